@@ -1,0 +1,211 @@
+"""Loading an inventory file: YAML (round-trip, so planner edits keep
+comments) -> plain data -> :class:`kontur.model.Region` -> whole-region rules.
+
+Every problem is reported as ``path.to.field: what is wrong and what is
+expected``, with the line in the file where it can be found.
+"""
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+from ruamel.yaml import YAML
+from ruamel.yaml.comments import CommentedMap, CommentedSeq
+from ruamel.yaml.error import MarkedYAMLError, YAMLError
+
+from .model import SECRET_KEYS, Region
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+EXAMPLE_INVENTORY = REPO_ROOT / "inventory" / "example" / "region.yaml"
+
+
+@dataclass(frozen=True, order=True)
+class Problem:
+    path: str
+    message: str
+    line: int | None = None
+
+    def __str__(self) -> str:
+        where = f"line {self.line}: " if self.line else ""
+        return f"{where}{self.path}: {self.message}" if self.path else f"{where}{self.message}"
+
+
+class InventoryError(Exception):
+    """The inventory cannot be accepted; ``problems`` says why, each with its path."""
+
+    def __init__(self, source: str, problems: list[Problem]):
+        self.source = source
+        self.problems = problems
+        super().__init__(f"{source}: {len(problems)} problem(s)")
+
+    def report(self) -> str:
+        lines = [f"{self.source}: the region is not sound ({len(self.problems)} problem"
+                 f"{'s' if len(self.problems) != 1 else ''}):"]
+        lines += [f"  {p}" for p in self.problems]
+        return "\n".join(lines)
+
+
+def yaml_rt() -> YAML:
+    y = YAML(typ="rt")
+    y.preserve_quotes = True
+    y.indent(mapping=2, sequence=4, offset=2)
+    y.width = 4096
+    return y
+
+
+def parse_yaml(text: str, source: str) -> Any:
+    try:
+        return yaml_rt().load(text)
+    except MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark else None
+        what = exc.problem or exc.context or "syntax error"
+        raise InventoryError(source, [Problem("", f"YAML syntax error: {what}", line)]) from None
+    except YAMLError as exc:
+        raise InventoryError(source, [Problem("", f"YAML error: {exc}")]) from None
+
+
+def to_plain(node: Any) -> Any:
+    if isinstance(node, dict):
+        return {str(k) if not isinstance(k, (int, float)) else k: to_plain(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [to_plain(v) for v in node]
+    if isinstance(node, str):
+        return str(node)
+    return node
+
+
+def dotted(loc: tuple | list) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out
+
+
+def line_of(doc: Any, loc: tuple | list) -> int | None:
+    """The 1-based line of ``loc`` in a round-trip document, as deep as it goes."""
+    line = None
+    node = doc
+    for part in loc:
+        try:
+            if isinstance(node, CommentedMap) and part in node:
+                line = node.lc.key(part)[0] + 1
+                node = node[part]
+            elif isinstance(node, CommentedSeq) and isinstance(part, int) and part < len(node):
+                line = node.lc.item(part)[0] + 1
+                node = node[part]
+            else:
+                break
+        except (KeyError, IndexError, TypeError, AttributeError):
+            break
+    return line
+
+
+_PYDANTIC_PREFIXES = ("Value error, ", "Assertion failed, ")
+
+
+def _message(err: dict) -> str:
+    msg = err["msg"]
+    for prefix in _PYDANTIC_PREFIXES:
+        if msg.startswith(prefix):
+            msg = msg[len(prefix):]
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        return "unknown field; check its spelling against inventory/README.md"
+    if kind == "missing":
+        return "required field is missing"
+    if kind in ("literal_error", "enum"):
+        return f"{err.get('input')!r} is not allowed; {msg[0].lower() + msg[1:]}"
+    if kind in ("greater_than_equal", "less_than_equal", "greater_than", "less_than"):
+        return f"{err.get('input')!r}: {msg[0].lower() + msg[1:]}"
+    if kind.startswith(("int_", "float_", "string_type", "bool_")):
+        return f"{err.get('input')!r}: {msg[0].lower() + msg[1:]}"
+    return msg
+
+
+def _secret_problems(doc: Any, plain: Any, loc: tuple = ()) -> list[Problem]:
+    out: list[Problem] = []
+    if isinstance(plain, dict):
+        for k, v in plain.items():
+            if isinstance(k, str) and k.lower() in SECRET_KEYS:
+                out.append(Problem(
+                    dotted(loc + (k,)),
+                    "secrets never go in the inventory; remove it: kontur generates passwords "
+                    "and keys once into the secrets store (see `kontur render --help`)",
+                    line_of(doc, loc + (k,))))
+            else:
+                out += _secret_problems(doc, v, loc + (k,))
+    elif isinstance(plain, list):
+        for i, v in enumerate(plain):
+            out += _secret_problems(doc, v, loc + (i,))
+    return out
+
+
+def validate_data(doc: Any, source: str) -> Region:
+    """Validate a parsed document; raise :class:`InventoryError` with every problem."""
+    from .rules import check_region
+
+    if not isinstance(doc, dict):
+        raise InventoryError(source, [Problem(
+            "", "expected a mapping with the keys kontur, region, centre, nodes, hospitals", 1)])
+    plain = to_plain(doc)
+    secrets = _secret_problems(doc, plain)
+    if secrets:
+        raise InventoryError(source, sorted(secrets, key=lambda p: (p.line or 0, p.path)))
+    try:
+        region = Region.model_validate(plain)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            loc = tuple(err["loc"])
+            problems.append(Problem(dotted(loc), _message(err), line_of(doc, loc)))
+        raise InventoryError(source, _dedupe(problems)) from None
+    problems = [Problem(dotted(loc), msg, line_of(doc, loc)) for loc, msg in check_region(region)]
+    if problems:
+        raise InventoryError(source, _dedupe(problems))
+    return region
+
+
+def _dedupe(problems: list[Problem]) -> list[Problem]:
+    seen = set()
+    out = []
+    for p in sorted(problems, key=lambda p: (p.line or 0, p.path, p.message)):
+        if (p.path, p.message) not in seen:
+            seen.add((p.path, p.message))
+            out.append(p)
+    return out
+
+
+def read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise InventoryError(str(path), [Problem("", "file not found; expected a region YAML file (see inventory/example/region.yaml)")]) from None
+    except IsADirectoryError:
+        raise InventoryError(str(path), [Problem("", "is a directory; expected a region YAML file")]) from None
+    except UnicodeDecodeError as exc:
+        raise InventoryError(str(path), [Problem("", f"not UTF-8 text (byte {exc.start}); save the file as UTF-8")]) from None
+    except PermissionError:
+        raise InventoryError(str(path), [Problem("", "permission denied")]) from None
+
+
+def load_text(text: str, source: str = "<inventory>") -> Region:
+    return validate_data(parse_yaml(text, source), source)
+
+
+def load(path: str | Path | None = None) -> Region:
+    """Load and validate an inventory file (the example region by default)."""
+    p = Path(path) if path else EXAMPLE_INVENTORY
+    return load_text(read_text(p), str(p))
+
+
+def dump_rt(doc: Any) -> str:
+    buf = io.StringIO()
+    yaml_rt().dump(doc, buf)
+    return buf.getvalue()

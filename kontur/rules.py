@@ -1,0 +1,204 @@
+"""Whole-region rules: what a single field cannot tell.
+
+Each rule yields ``(location, message)``; the location is a path into the
+inventory document (``("hospitals", "onco", "modalities", 0, "aet")``).
+"""
+from __future__ import annotations
+
+import ipaddress
+from collections import defaultdict
+from typing import Iterator
+
+from .model import HospitalType, Region, Role
+
+Loc = tuple
+Found = Iterator[tuple[Loc, str]]
+
+
+def check_region(region: Region) -> list[tuple[Loc, str]]:
+    out: list[tuple[Loc, str]] = []
+    for rule in RULES:
+        out.extend(rule(region))
+    return out
+
+
+def references(region: Region) -> Found:
+    nodes = region.nodes
+    for name, spec in nodes.items():
+        for field in ("upstream", "reads_from"):
+            target = getattr(spec, field)
+            if target is not None and target not in nodes:
+                yield ("nodes", name, field), f"unknown node {target!r}; expected one of: {', '.join(nodes)}"
+            elif target == name:
+                yield ("nodes", name, field), "a node cannot point at itself"
+    for hk, h in region.hospitals.items():
+        if h.node is not None and h.node not in nodes:
+            yield ("hospitals", hk, "node"), f"unknown node {h.node!r}; expected one of: {', '.join(nodes)}"
+    for i, u in enumerate(region.users):
+        if u.role not in region.roles:
+            yield ("users", i, "role"), f"unknown role {u.role!r}; expected one of: {', '.join(region.roles) or '(no roles defined)'}"
+        if u.hospital is not None and u.hospital not in region.hospitals:
+            yield ("users", i, "hospital"), f"unknown hospital {u.hospital!r}; expected one of: {', '.join(region.hospitals)}"
+        for j, n in enumerate(u.nodes or []):
+            if n not in nodes:
+                yield ("users", i, "nodes", j), f"unknown node {n!r}; expected one of: {', '.join(nodes)}"
+
+
+def roles_present(region: Region) -> Found:
+    tsamis = region.nodes_by_role(Role.TSAMI)
+    if not tsamis:
+        yield ("nodes",), "the region has no node with role tsami; expected exactly one central archive"
+    elif len(tsamis) > 1:
+        for n in tsamis[1:]:
+            yield ("nodes", n, "role"), f"a second TsAMI; the region has one central archive ({tsamis[0]})"
+    for name, spec in region.nodes.items():
+        if spec.role in (Role.TSAMI, Role.LAMI, Role.GATEWAY, Role.RESEARCH) and spec.aet is None:
+            yield ("nodes", name, "aet"), f"a {spec.role.value} node needs its DICOM AE title"
+        if spec.role in (Role.LAMI, Role.GATEWAY):
+            if spec.upstream is None:
+                yield ("nodes", name, "upstream"), f"a {spec.role.value} node needs an upstream (the TsAMI it sends to)"
+        elif spec.upstream is not None:
+            yield ("nodes", name, "upstream"), f"only LAMI and gateway nodes have an upstream, not a {spec.role.value}"
+        if spec.role == Role.REFERENCE:
+            if spec.reads_from is None:
+                yield ("nodes", name, "reads_from"), "a reference node needs reads_from: the archive its users read (the TsAMI)"
+            elif spec.reads_from in region.nodes and region.nodes[spec.reads_from].role not in (Role.TSAMI, Role.LAMI):
+                yield ("nodes", name, "reads_from"), "expected an archive node (tsami or lami)"
+        elif spec.reads_from is not None:
+            yield ("nodes", name, "reads_from"), f"only reference nodes read from another node, not a {spec.role.value}"
+
+
+def _route_to_tsami(region: Region, start: str) -> bool:
+    seen = set()
+    node = start
+    while node in region.nodes and node not in seen:
+        seen.add(node)
+        spec = region.nodes[node]
+        if spec.role == Role.TSAMI:
+            return True
+        node = spec.upstream
+    return False
+
+
+def routes(region: Region) -> Found:
+    for name, spec in region.nodes.items():
+        if spec.upstream and spec.upstream in region.nodes and not _route_to_tsami(region, name):
+            yield ("nodes", name, "upstream"), "this chain of upstreams never reaches the TsAMI (a loop or a dead end)"
+    owners: dict[str, str] = {}
+    for hk, h in region.hospitals.items():
+        node = region.nodes.get(h.node) if h.node else None
+        if h.node and h.node in owners:
+            yield ("hospitals", hk, "node"), f"node {h.node!r} already serves hospital {owners[h.node]!r}; each hospital has its own"
+        elif h.node:
+            owners[h.node] = hk
+        if h.type == HospitalType.LAMI:
+            if h.node is None:
+                yield ("hospitals", hk, "node"), "a type-1 hospital needs its own LAMI: name a node with role lami"
+            elif node is not None and node.role != Role.LAMI:
+                yield ("hospitals", hk, "node"), f"a type-1 hospital needs a LAMI, but {h.node!r} is a {node.role.value}"
+        elif h.type == HospitalType.GATEWAY:
+            if h.node is None:
+                yield ("hospitals", hk, "node"), "a type-2 hospital has no route to the TsAMI: name a node with role gateway"
+            elif node is not None and node.role != Role.GATEWAY:
+                yield ("hospitals", hk, "node"), f"a type-2 hospital sends through a gateway, but {h.node!r} is a {node.role.value}"
+            elif node is not None and not _route_to_tsami(region, h.node):
+                yield ("hospitals", hk, "node"), f"a type-2 hospital has no route to the TsAMI: gateway {h.node!r} does not reach it"
+        elif h.type == HospitalType.REFERENCE:
+            if node is not None and node.role != Role.REFERENCE:
+                yield ("hospitals", hk, "node"), f"a reference centre's node has role reference, not {node.role.value}"
+            if h.modalities and node is None:
+                yield ("hospitals", hk, "modalities"), "a reference centre with modalities needs a node for them to send to"
+        if h.modalities and node is not None and node.role not in (Role.LAMI, Role.GATEWAY):
+            yield ("hospitals", hk, "modalities"), f"modalities send to the hospital's node, and {h.node!r} ({node.role.value}) has no DICOM archive"
+
+
+def unique_aets(region: Region) -> Found:
+    owner: dict[str, Loc] = {}
+
+    def claim(aet: str, loc: Loc) -> Found:
+        if aet in owner:
+            yield loc, f"AE title {aet!r} is already used by {'.'.join(map(str, owner[aet][:-1]))}; AE titles are unique in the region"
+        else:
+            owner[aet] = loc
+
+    for name, spec in region.nodes.items():
+        if spec.aet:
+            yield from claim(spec.aet, ("nodes", name, "aet"))
+    for hk, h in region.hospitals.items():
+        for i, m in enumerate(h.modalities):
+            yield from claim(m.aet, ("hospitals", hk, "modalities", i, "aet"))
+    names: dict[str, Loc] = {}
+    for hk, h in region.hospitals.items():
+        for i, m in enumerate(h.modalities):
+            if m.key in names:
+                yield ("hospitals", hk, "modalities", i, "name"), f"modality name {m.key!r} is already used; give it a distinct name"
+            names[m.key] = ("hospitals", hk, "modalities", i)
+
+
+def services_of(region: Region, node: str) -> list[tuple[str, int]]:
+    spec = region.nodes[node]
+    p = region.ports(node)
+    out = [("ssh", p.ssh), ("https", p.https)]
+    if spec.role in (Role.TSAMI, Role.LAMI, Role.GATEWAY, Role.RESEARCH):
+        out += [("dicom", p.dicom), ("http", p.http)]
+        if region.index_of(node) == "postgresql":
+            out.append(("postgresql", p.postgresql))
+    return out
+
+
+def unique_endpoints(region: Region) -> Found:
+    taken: dict[tuple[str, int], str] = {}
+
+    def claim(addr: str, port: int, what: str, loc: Loc) -> Found:
+        if (addr, port) in taken:
+            yield loc, f"{addr}:{port} is already taken by {taken[(addr, port)]}; two services cannot share one address and port"
+        else:
+            taken[(addr, port)] = what
+
+    for name, spec in region.nodes.items():
+        for svc, port in services_of(region, name):
+            yield from claim(spec.address, port, f"node {name} ({svc})", ("nodes", name, "ports", svc))
+    addr_owner: dict[str, str] = {}
+    for name, spec in region.nodes.items():
+        if spec.address in addr_owner:
+            yield ("nodes", name, "address"), f"{spec.address} is already the address of node {addr_owner[spec.address]}; each node is its own host"
+        else:
+            addr_owner[spec.address] = name
+    for hk, h in region.hospitals.items():
+        for i, m in enumerate(h.modalities):
+            if m.host in addr_owner:
+                yield ("hospitals", hk, "modalities", i, "host"), f"{m.host} is the address of node {addr_owner[m.host]}; a modality has its own address"
+            yield from claim(m.host, m.port, f"modality {m.aet}", ("hospitals", hk, "modalities", i, "port"))
+        if h.mis:
+            if h.mis.host in addr_owner:
+                yield ("hospitals", hk, "mis", "host"), f"{h.mis.host} is the address of node {addr_owner[h.mis.host]}; the MIS runs on its own server"
+            yield from claim(h.mis.host, h.mis.port, f"the MIS of {hk}", ("hospitals", hk, "mis", "port"))
+
+
+def addresses_in_networks(region: Region) -> Found:
+    secure = ipaddress.IPv4Network(region.region.secure_network)
+    for name, spec in region.nodes.items():
+        if ipaddress.IPv4Address(spec.address) not in secure:
+            yield ("nodes", name, "address"), f"{spec.address} is outside the region's secure network {secure}; archives live inside it (R1)"
+    for hk, h in region.hospitals.items():
+        if not h.network:
+            continue
+        net = ipaddress.IPv4Network(h.network)
+        if h.node and h.node in region.nodes and ipaddress.IPv4Address(region.nodes[h.node].address) not in net:
+            yield ("hospitals", hk, "node"), f"node {h.node} ({region.nodes[h.node].address}) is outside the hospital network {net}"
+        for i, m in enumerate(h.modalities):
+            if ipaddress.IPv4Address(m.host) not in net:
+                yield ("hospitals", hk, "modalities", i, "host"), f"{m.host} is outside the hospital network {net}"
+
+
+def users_unique(region: Region) -> Found:
+    seen: set[str] = set()
+    for i, u in enumerate(region.users):
+        if u.login in seen:
+            yield ("users", i, "login"), f"login {u.login!r} appears twice; logins are unique in the region"
+        seen.add(u.login)
+        if u.login.startswith("kontur") or u.login.startswith("peer-"):
+            yield ("users", i, "login"), "logins starting with 'kontur' or 'peer-' are reserved for kontur's own service accounts"
+
+
+RULES = [references, roles_present, routes, unique_aets, unique_endpoints, addresses_in_networks, users_unique]
