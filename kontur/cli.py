@@ -1,0 +1,122 @@
+"""The ``kontur`` command line.
+
+Exit codes, for every command: 0 success; 1 the command ran and found
+problems, or an operation failed; 2 invalid input or usage.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import click
+from rich.console import Console
+
+from . import errors
+from .errors import KonturError
+from .inventory import EXAMPLE_INVENTORY, InventoryError, load
+
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+def inventory_path(value: str | None) -> Path:
+    return Path(value or os.environ.get("KONTUR_INVENTORY") or EXAMPLE_INVENTORY)
+
+
+def inventory_option(f):
+    return click.option(
+        "-i", "--inventory", "inventory", metavar="FILE", default=None,
+        help="Region inventory (YAML). Default: $KONTUR_INVENTORY, else the example region "
+             "inventory/example/region.yaml.")(f)
+
+
+def load_region(value: str | None):
+    """Load and validate, turning problems into an InvalidInput error."""
+    path = inventory_path(value)
+    try:
+        return load(path)
+    except InventoryError as exc:
+        raise InventoryProblems(exc) from None
+
+
+class InventoryProblems(errors.InvalidInput):
+    def __init__(self, exc: InventoryError):
+        super().__init__(exc.report())
+        self.inventory_error = exc
+
+
+@click.group(context_settings=CONTEXT)
+@click.version_option(package_name="kontur", prog_name="kontur")
+def cli():
+    """kontur: infrastructure as code for a region's medical-imaging network.
+
+    One inventory file describes the region: the central archive (TsAMI) at the
+    regional medical IT centre, a local archive (LAMI) per larger hospital,
+    gateways for small hospitals and mobile units, reference centres and a
+    research sandbox.  kontur validates it, renders every node's configuration,
+    rehearses the region in a lab of real hosts, deploys it with pyinfra and
+    checks it.
+
+    \b
+    Typical flow:
+      kontur validate -i region.yaml        is the region sound?
+      kontur show -i region.yaml            nodes, modalities, policies
+      kontur render -i region.yaml --out out/
+      kontur lab up && kontur deploy --lab  rehearse on this machine
+      kontur deploy -i region.yaml          roll out to the hospitals
+
+    Exit codes: 0 success, 1 problems found or an operation failed,
+    2 invalid input or usage.
+    """
+
+
+def _register() -> None:
+    from . import commands  # noqa: F401  (registers the core commands)
+    for modname, attr in (("kontur.inventory_cli", "inventory_group"),
+                          ("kontur.lab.cli", "lab"),
+                          ("kontur.deploy", "deploy_command"),
+                          ("kontur.replication_cli", "replicate_command"),
+                          ("kontur.replication_cli", "replication_group")):
+        try:
+            mod = __import__(modname, fromlist=[attr])
+        except ModuleNotFoundError as exc:
+            if exc.name == modname:
+                continue
+            raise
+        cmd = getattr(mod, attr, None)
+        if cmd is not None:
+            cli.add_command(cmd)
+
+
+def main(argv: list[str] | None = None) -> int:
+    _register()
+    try:
+        rv = cli.main(args=argv, prog_name="kontur", standalone_mode=False)
+    except click.exceptions.Abort:
+        err.print("kontur: aborted")
+        return errors.EXIT_FAILED
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except click.ClickException as exc:
+        exc.show()
+        return errors.EXIT_INVALID if isinstance(exc, click.UsageError) else exc.exit_code
+    except KonturError as exc:
+        err.print(f"kontur: {exc.message}", markup=False)
+        if exc.hint:
+            err.print(f"  hint: {exc.hint}", markup=False)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        err.print("kontur: interrupted")
+        return 130
+    return rv if isinstance(rv, int) else errors.EXIT_OK
+
+
+def entry() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    entry()

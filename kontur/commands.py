@@ -1,0 +1,2 @@
+"""Core commands: validate, show, render."""
+from __future__ import annotations
