@@ -16,8 +16,13 @@ from . import errors
 from .errors import KonturError
 from .inventory import EXAMPLE_INVENTORY, InventoryError, load
 
-out = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+def _width(stream) -> int | None:
+    """Tables keep their columns when the output is a pipe or a log file."""
+    return None if stream.isatty() or os.environ.get("COLUMNS") else 160
+
+
+out = Console(highlight=False, soft_wrap=True, width=_width(sys.stdout))
+err = Console(stderr=True, highlight=False, soft_wrap=True, width=_width(sys.stderr))
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -83,7 +88,7 @@ def _register() -> None:
         try:
             mod = __import__(modname, fromlist=[attr])
         except ModuleNotFoundError as exc:
-            if exc.name == modname:
+            if exc.name and modname.startswith(exc.name):
                 continue
             raise
         cmd = getattr(mod, attr, None)
