@@ -112,12 +112,19 @@ def routes(region: Region) -> Found:
             yield ("hospitals", hk, "modalities"), f"modalities send to the hospital's node, and {h.node!r} ({node.role.value}) has no DICOM archive"
 
 
+def _where(loc: Loc) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else ("." if out else "") + str(part)
+    return out
+
+
 def unique_aets(region: Region) -> Found:
     owner: dict[str, Loc] = {}
 
     def claim(aet: str, loc: Loc) -> Found:
         if aet in owner:
-            yield loc, f"AE title {aet!r} is already used by {'.'.join(map(str, owner[aet][:-1]))}; AE titles are unique in the region"
+            yield loc, f"AE title {aet!r} is already used by {_where(owner[aet][:-1])}; AE titles are unique in the region"
         else:
             owner[aet] = loc
 
@@ -201,4 +208,12 @@ def users_unique(region: Region) -> Found:
             yield ("users", i, "login"), "logins starting with 'kontur' or 'peer-' are reserved for kontur's own service accounts"
 
 
-RULES = [references, roles_present, routes, unique_aets, unique_endpoints, addresses_in_networks, users_unique]
+def staff_named(region: Region) -> Found:
+    """R7: every hospital with a node names who is responsible for it."""
+    for hk, h in region.hospitals.items():
+        if h.node and not h.staff:
+            yield ("hospitals", hk, "staff"), ("no responsible staff; on-call needs a name, position, "
+                                              "work and mobile phone for every hospital node (R7)")
+
+
+RULES = [staff_named, references, roles_present, routes, unique_aets, unique_endpoints, addresses_in_networks, users_unique]

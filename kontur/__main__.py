@@ -1,0 +1,3 @@
+from kontur.cli import entry
+
+entry()

@@ -1,0 +1,58 @@
+-- SPDX-License-Identifier: AGPL-3.0-or-later
+-- kontur: rights by role on top of Orthanc's HTTP basic authentication (R6).
+--
+-- The table comes from the "KonturRoles" section kontur renders into
+-- /etc/orthanc/orthanc.json: login -> {view, download, upload, delete, admin}.
+-- A login missing from the table is refused; so is anything not listed here.
+
+local roles = GetOrthancConfiguration()["KonturRoles"] or {}
+
+local function starts(s, prefix)
+  return string.sub(s, 1, string.len(prefix)) == prefix
+end
+
+local function is_download(uri)
+  return string.find(uri, "/archive$") or string.find(uri, "/media$")
+      or string.find(uri, "/file$") or string.find(uri, "/data$")
+      or starts(uri, "/tools/create-archive") or starts(uri, "/tools/create-media")
+end
+
+local function is_query(uri)
+  return uri == "/tools/find" or uri == "/tools/lookup"
+end
+
+function IncomingHttpRequestFilter(method, uri, ip, username, httpHeaders)
+  local r = roles[username]
+  if r == nil then
+    return false
+  end
+  if r["admin"] then
+    return true
+  end
+  if starts(uri, "/kontur/") then
+    -- replication controls: admins only; reading the status is a view
+    return method == "GET" and r["view"] == true
+  end
+  if method == "GET" then
+    if is_download(uri) then
+      return r["download"] == true
+    end
+    return r["view"] == true
+  end
+  if method == "POST" then
+    if is_query(uri) then
+      return r["view"] == true
+    end
+    if is_download(uri) then
+      return r["download"] == true
+    end
+    if uri == "/instances" or starts(uri, "/dicom-web/studies") then
+      return r["upload"] == true
+    end
+    return false
+  end
+  if method == "DELETE" then
+    return r["delete"] == true
+  end
+  return false
+end
