@@ -390,9 +390,22 @@ class Region(Strict):
                 seen[h.mis.host] = None
         return list(seen)
 
-    def with_addresses(self, mapping: dict[str, str]) -> "Region":
-        """A copy with every address translated through ``mapping`` (the lab)."""
+    def with_addresses(self, mapping: dict[str, str], *, network: str | None = None,
+                       admin_networks: list[str] | None = None) -> "Region":
+        """A copy with every address translated through ``mapping`` (the lab).
+
+        Networks cannot be translated address by address: a lab passes its own
+        ``network`` (it becomes the secure network and every hospital's
+        network) and the ``admin_networks`` its control machine connects from,
+        so the rendered firewall lets the lab's operator in."""
         data = self.model_dump(mode="json")
+        if network is not None:
+            data["region"]["secure_network"] = network
+            for h in data["hospitals"].values():
+                if h.get("network"):
+                    h["network"] = network
+        if admin_networks is not None:
+            data["region"]["admin_networks"] = list(admin_networks)
         for spec in data["nodes"].values():
             spec["address"] = mapping.get(spec["address"], spec["address"])
         for h in data["hospitals"].values():
