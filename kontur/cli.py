@@ -83,6 +83,7 @@ def _register() -> None:
     for modname, attr in (("kontur.inventory_cli", "inventory_group"),
                           ("kontur.lab.cli", "lab"),
                           ("kontur.deploy", "deploy_command"),
+                          ("kontur.check", "check_command"),
                           ("kontur.replication_cli", "replicate_command"),
                           ("kontur.replication_cli", "replication_group")):
         try:
