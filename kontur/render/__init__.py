@@ -21,6 +21,7 @@ from ..pki import ensure_ca, node_cert
 from ..rules import services_of
 from ..secrets import SecretStore
 from . import orthanc as oc
+from . import system
 from .bundle import Bundle, Directory, RenderedFile
 
 TEMPLATES = REPO_ROOT / "templates"
@@ -124,6 +125,7 @@ def render_node(region: Region, node: str, store: SecretStore) -> Bundle:
     ca = ensure_ca(store, title)
     cert = node_cert(store, title, node, [spec.address])
     bundle = Bundle(node=node, role=role.value, packages=packages_for(role, index))
+    system.add_apt_source(region, bundle)
 
     # TLS material: nginx (root) and Orthanc/plugin (group orthanc) read the key
     key_group = "orthanc" if is_archive(role) else "root"
@@ -227,6 +229,7 @@ def _render_orthanc(region: Region, node: str, store: SecretStore, bundle: Bundl
             "password_key": f"nodes/{node}/postgresql",
             "port": region.ports(node).postgresql,
         }
+        system.add_postgresql_conf(region, node, bundle, (PG_UNIT,))
         services.append(PG_UNIT)
     services.append(ORTHANC_UNIT)
     return services

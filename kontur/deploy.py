@@ -1,0 +1,394 @@
+# SPDX-License-Identifier: AGPL-3.0-or-later
+"""``kontur deploy``: the region's nodes brought to their rendered state with pyinfra.
+
+The deploy code lives in ``deploys/`` (one folder per component, entry
+``deploys/region.py``) and is the same code plain pyinfra runs::
+
+    pyinfra inventory/region.py deploys/region.py
+
+``kontur deploy`` drives it through pyinfra's Python API in this process
+rather than a subprocess of the pyinfra CLI: it gets every operation's result
+as data -- changed or not, the step's name, the host's stderr -- so it can
+print a per-host progress line, a config diff for ``--dry-run`` without ever
+showing a secret, one summary line, and on failure name host, step and cause,
+without parsing pyinfra's console output.
+
+Stages (see ``deploys/region.py``): connect, prepare (facts are read and
+operations planned on every host in parallel), then execute (each host runs
+its own operations in order; a failed host stops at its failed step, the
+others go on).
+"""
+from __future__ import annotations
+
+import difflib
+import os
+import sys
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import click
+
+from .errors import InvalidInput, OperationFailed
+from .inventory import REPO_ROOT, load
+from .model import Region, Role
+from .secrets import default_dir
+
+ROLES = tuple(r.value for r in Role)
+
+
+# --- the pyinfra inventory ---------------------------------------------------------
+
+def host_data(region: Region, node: str, *, inventory: Path, lab: bool, secrets: Path,
+              address: str, ssh: dict[str, Any]) -> dict[str, Any]:
+    data = {
+        "ssh_hostname": address,
+        "ssh_port": region.ports(node).ssh,
+        "kontur_node": node,
+        "kontur_role": region.nodes[node].role.value,
+        "kontur_inventory": str(inventory),
+        "kontur_lab": lab,
+        "kontur_secrets": str(secrets),
+    }
+    data.update({k: v for k, v in ssh.items() if v not in (None, "")})
+    return data
+
+
+def host_groups(inventory: str | Path | None = None, lab: bool = False,
+                nodes: list[str] | None = None) -> dict[str, list[tuple[str, dict]]]:
+    """pyinfra groups ``{role: [(node, data), ...]}`` for every role.
+
+    With ``lab`` the hosts are the running lab's: lab addresses, the lab's
+    SSH key and known_hosts, the lab's secrets store.
+    """
+    from .cli import inventory_path
+    path = inventory_path(str(inventory) if inventory else None).resolve()
+    region = load(path)
+    groups: dict[str, list[tuple[str, dict]]] = {r: [] for r in ROLES}
+    if lab:
+        from .lab.state import require_state
+        state = require_state()
+        if state.region_name != region.region.name:
+            raise InvalidInput(
+                f"the running lab is of region {state.region_name!r}, the inventory {path} is of "
+                f"region {region.region.name!r}; bring the lab up with this inventory: kontur lab up -i {path}")
+        secrets = default_dir(region.region.name, lab=True)
+        missing = [n for n in region.nodes if n not in state.hosts]
+        if missing:
+            raise InvalidInput(
+                f"node(s) {', '.join(missing)} of {path} have no lab host; "
+                f"bring them up with: kontur lab up -i {path}")
+        ssh = {"ssh_user": state.ssh_user, "ssh_key": state.ssh_key,
+               "ssh_known_hosts_file": state.known_hosts, "ssh_strict_host_key_checking": "yes"}
+        for node, spec in region.nodes.items():
+            h = state.hosts[node]
+            data = host_data(region, node, inventory=path, lab=True, secrets=secrets, address=h.address,
+                             ssh=dict(ssh, ssh_port=h.ssh_port))
+            groups[spec.role.value].append((node, data))
+    else:
+        secrets = default_dir(region.region.name)
+        ssh = {
+            "ssh_user": os.environ.get("KONTUR_SSH_USER", "root"),
+            "ssh_key": os.environ.get("KONTUR_SSH_KEY"),
+            "ssh_known_hosts_file": os.environ.get("KONTUR_KNOWN_HOSTS"),
+            # never trust a host key on first sight: production hosts are known
+            "ssh_strict_host_key_checking": "yes",
+        }
+        for node, spec in region.nodes.items():
+            groups[spec.role.value].append(
+                (node, host_data(region, node, inventory=path, lab=False, secrets=secrets,
+                                 address=spec.address, ssh=ssh)))
+    if nodes is not None:
+        groups = {g: [(n, d) for n, d in hosts if n in nodes] for g, hosts in groups.items()}
+    return groups
+
+
+# --- results -------------------------------------------------------------------------
+
+@dataclass
+class HostResult:
+    node: str
+    changed: int = 0
+    ops: int = 0
+    failed_step: str | None = None
+    cause: str | None = None
+    changes: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def failed(self) -> bool:
+        return self.failed_step is not None
+
+
+@dataclass
+class DeployResult:
+    hosts: dict[str, HostResult]
+    dry_run: bool = False
+    seconds: float = 0.0
+
+    @property
+    def changed(self) -> int:
+        return sum(h.changed for h in self.hosts.values())
+
+    @property
+    def failed(self) -> list[HostResult]:
+        return [h for h in self.hosts.values() if h.failed]
+
+    def summary(self) -> str:
+        verb = "operations to change" if self.dry_run else "changed operations"
+        return f"hosts: {len(self.hosts)}, {verb}: {self.changed}, failed: {len(self.failed)}"
+
+
+def _cause(lines: list[str], limit: int = 10) -> str:
+    useful = [ln.rstrip() for ln in lines if ln.strip()]
+    return "\n".join(useful[-limit:]) if useful else "no output"
+
+
+def _error_text(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    inner = getattr(exc, "__cause__", None) or getattr(exc, "__context__", None)
+    if inner and str(inner) and str(inner) not in text:
+        text += f": {inner}"
+    return text
+
+
+# --- the runner ------------------------------------------------------------------------
+
+def _quiet_pyinfra() -> None:
+    import logging
+    log = logging.getLogger("pyinfra")
+    log.handlers[:] = [logging.NullHandler()]
+    log.propagate = False
+    os.environ.setdefault("PYINFRA_PROGRESS", "off")
+
+
+def run_deploy(inventory: str | None = None, *, lab: bool = False, limit: list[str] | None = None,
+               dry_run: bool = False, emit: Callable[..., None] = lambda line, kind="progress": print(line),
+               show_diff: bool = True) -> DeployResult:
+    """Deploy the region (or ``limit``'s nodes) and return what happened."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from gevent import monkey
+        if not monkey.is_module_patched("socket"):
+            monkey.patch_all()
+    _quiet_pyinfra()
+    if str(REPO_ROOT) not in sys.path:
+        sys.path.insert(0, str(REPO_ROOT))
+
+    import gevent
+    from pyinfra.api import Config, Inventory, State
+    from pyinfra.api.connect import connect_all, disconnect_all
+    from pyinfra.api.exceptions import PyinfraError
+    from pyinfra.api.operations import run_host_op
+    from pyinfra.api.state import StateStage
+    from pyinfra.context import ctx_config, ctx_host, ctx_inventory, ctx_state
+
+    from deploys import node as node_ctx
+    from deploys.region import deploy_node
+
+    started = time.monotonic()
+    groups = host_groups(inventory, lab=lab)
+    all_nodes = [n for hosts in groups.values() for n, _ in hosts]
+    if limit:
+        unknown = [n for n in limit if n not in all_nodes]
+        if unknown:
+            raise InvalidInput(f"unknown node {unknown[0]!r} in --limit; expected one of: {', '.join(all_nodes)}")
+    wanted = [n for n in all_nodes if not limit or n in limit]
+    results = {n: HostResult(n) for n in wanted}
+
+    node_ctx.reset()
+    names = [(n, d) for hosts in groups.values() for n, d in hosts]
+    inv = Inventory((names, {}), **{g: ([n for n, _ in hosts], {}) for g, hosts in groups.items()})
+    config = Config(CONNECT_TIMEOUT=10, FAIL_PERCENT=None)
+    state = State(check_for_changes=True)
+    state.init(inv, config, initial_limit={inv.get_host(n) for n in wanted})
+    ctx_config.set(config)
+    ctx_inventory.set(inv)
+    ctx_state.set(state)
+
+    def fail(node: str, step: str, cause: str) -> None:
+        r = results[node]
+        if r.failed_step is None:
+            r.failed_step, r.cause = step, cause
+            first, *rest = cause.splitlines() or [""]
+            emit(f"{node}: FAILED at {step}: {first}", "failure")
+            for line in rest:
+                emit(f"{node}:   {line}", "failure")
+
+    def drop(hosts) -> None:
+        try:
+            state.fail_hosts(set(hosts))
+        except PyinfraError:
+            pass  # no host left: the results say why
+
+    # connect
+    emit(f"connecting to {len(wanted)} host(s)" + (" in the lab" if lab else ""))
+    state.set_stage(StateStage.Connect)
+    try:
+        connect_all(state)
+    except PyinfraError:
+        pass
+    for n in wanted:
+        h = inv.get_host(n)
+        if not h.connected:
+            fail(n, "connect", f"cannot reach {h.data.get('ssh_hostname')} over SSH "
+                               f"as {h.data.get('ssh_user')} (port {h.data.get('ssh_port')})")
+            drop([h])
+
+    # prepare: read facts and plan operations on every host in parallel
+    state.set_stage(StateStage.Prepare)
+
+    def prepare(h) -> None:
+        with ctx_state.use(state), ctx_host.use(h):
+            try:
+                deploy_node()
+            except Exception as exc:  # anything, so one broken host does not stop the others
+                current = h.current_deploy_name or "prepare"
+                fail(h.name, f"{current} (planning)", _error_text(exc))
+                raise
+
+    active = [inv.get_host(n) for n in wanted if inv.get_host(n) in state.active_hosts]
+    greenlets = {gevent.spawn(prepare, h): h for h in active}
+    gevent.joinall(list(greenlets))
+    drop([h for g, h in greenlets.items() if not g.successful()])
+    contexts = node_ctx.contexts()
+
+    def step_name(h, meta) -> str:
+        ctx = contexts.get(h.name)
+        for s in (ctx.steps if ctx else []):
+            if s.meta is meta:
+                return s.name
+        return "an operation"
+
+    if dry_run:
+        for h in active:
+            if h not in state.active_hosts:
+                continue
+            ctx = contexts[h.name]
+            changing = [s for s in ctx.steps if _will_change(s)]
+            results[h.name].ops = len(ctx.steps)
+            results[h.name].changed = len(changing)
+            results[h.name].changes = [s.name for s in changing]
+            for s in changing:
+                emit(f"{h.name}: would change: {s.name}", "change")
+                if show_diff and s.file is not None:
+                    for line in _file_diff(state, h, s.file):
+                        emit(f"{h.name}:   {line}", "diff")
+            emit(f"{h.name}: {len(changing)} operation(s) would change")
+        disconnect_all(state)
+        return DeployResult(results, dry_run=True, seconds=time.monotonic() - started)
+
+    # execute: every host runs its own operations in order, independently
+    state.set_stage(StateStage.Execute)
+    state.is_executing = True
+    order = state.get_op_order()
+
+    def execute(h) -> None:
+        t0 = time.monotonic()
+        r = results[h.name]
+        with ctx_state.use(state), ctx_host.use(h):
+            for op_hash in order:
+                if op_hash not in state.ops[h]:
+                    continue
+                ok = run_host_op(state, h, op_hash)
+                meta = state.ops[h][op_hash].operation_meta
+                r.ops += 1
+                name = step_name(h, meta)
+                if not ok:
+                    out = meta._combined_output
+                    lines = [ln.line for ln in out] if out is not None else []
+                    err = [ln.line for ln in out if ln.buffer_name == "stderr"] if out is not None else []
+                    fail(h.name, name, _cause(err or lines))
+                    break
+                if meta.did_change():
+                    r.changed += 1
+                    r.changes.append(name)
+                    emit(f"{h.name}: {name}", "change")
+        r.seconds = time.monotonic() - t0
+        if not r.failed:
+            emit(f"{h.name}: done, {r.changed} changed ({r.seconds:.1f} s)")
+
+    active = [h for h in active if h in state.active_hosts]
+    gevent.joinall([gevent.spawn(execute, h) for h in active])
+    state.set_stage(StateStage.Disconnect)
+    disconnect_all(state)
+    return DeployResult(results, seconds=time.monotonic() - started)
+
+
+def _will_change(step) -> bool:
+    """In a dry run: would this step change?  A restart, reload or package
+    list update waits on other steps: it happens when one of them changes."""
+    if not step.meta.will_change():
+        return False
+    if step.gates is not None:
+        return any(m.will_change() for m in step.gates)
+    return True
+
+
+def _file_diff(state, host, f) -> list[str]:
+    """A unified diff of ``f`` against the host's file; for a secret only "changed"."""
+    from pyinfra.api.facts import get_fact
+    from pyinfra.context import ctx_host, ctx_state
+    from pyinfra.facts.files import FileContents
+
+    if f.secret:
+        return ["(secret: content not shown) changed"]
+    with ctx_state.use(state), ctx_host.use(host):
+        current = get_fact(state, host, FileContents, kwargs={"path": f.path})
+    if current is None:
+        return [f"(new file, {len(f.content.splitlines())} lines)"]
+    try:
+        desired = f.content.decode("utf-8").splitlines()
+    except UnicodeDecodeError:
+        return ["(binary file) changed"]
+    diff = list(difflib.unified_diff(current, desired, f"{f.path} (host)", f"{f.path} (rendered)", lineterm="", n=1))
+    return diff or ["(owner or mode) changed"]
+
+
+# --- the command ------------------------------------------------------------------------
+
+@click.command("deploy")
+@click.option("-i", "--inventory", "inventory", metavar="FILE", default=None,
+              help="Region inventory (YAML). Default: $KONTUR_INVENTORY, else the example region.")
+@click.option("--lab", is_flag=True, help="Deploy into the running lab (kontur lab up) instead of the real hosts.")
+@click.option("--limit", "limit", metavar="NODE", multiple=True,
+              help="Deploy only this node (repeatable; several names may also be given comma-separated).")
+@click.option("--dry-run", is_flag=True, help="Show what would change, with config diffs (secrets: only 'changed'); change nothing.")
+@click.option("-q", "--quiet", is_flag=True, help="Print only failures and the summary line.")
+def deploy_command(inventory, lab, limit, dry_run, quiet):
+    """Deploy the region with pyinfra: every node brought to its rendered state.
+
+    \b
+    Per node, in order:
+      install    package source (the region mirror / the lab repository),
+                 packages, directories
+      configure  every rendered file with owner and mode; kontur owns
+                 /etc/orthanc and the nginx sites: nothing else stays there
+      activate   configuration checked (check-orthanc-config, nginx -t,
+                 nft -c), then restart or reload only the units whose files
+                 changed; services enabled and running; PostgreSQL role and
+                 database
+
+    A second deploy with the same inventory changes nothing.  Ends with
+    `hosts: H, changed operations: C, failed: F`; exit 1 if a host failed
+    (host, step and cause are printed), 2 for invalid input.
+    """
+    from .cli import err, out
+
+    nodes = [n.strip() for item in limit for n in item.split(",") if n.strip()]
+
+    def emit(line: str, kind: str = "progress") -> None:
+        if quiet and kind != "failure":
+            return
+        (err if kind == "failure" else out).print(line, markup=False, highlight=False)
+
+    result = run_deploy(inventory, lab=lab, limit=nodes or None, dry_run=dry_run, emit=emit)
+    out.print(result.summary() + f" ({result.seconds:.1f} s)", markup=False)
+    if result.failed:
+        first = result.failed[0]
+        names = ", ".join(f"{h.node} ({h.failed_step})" for h in result.failed)
+        raise OperationFailed(f"deploy failed on {len(result.failed)} host(s): {names}",
+                              hint=f"fix {first.node} and run kontur deploy again: a re-run only changes what is left")
+    return 0

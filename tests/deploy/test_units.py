@@ -1,0 +1,39 @@
+# SPDX-License-Identifier: AGPL-3.0-or-later
+"""Deploy pieces that need no host."""
+from __future__ import annotations
+
+from deploys.base.facts import DirectoryEntries, InstalledPackages, PostgresqlRole, UnitStates
+from deploys.postgresql import scram_verifier
+
+
+def test_scram_verifier_is_stable_and_salted_per_role():
+    v = scram_verifier("secret", "orthanc")
+    assert v == scram_verifier("secret", "orthanc")
+    assert v != scram_verifier("secret", "other")
+    assert v.startswith("SCRAM-SHA-256$4096:")
+    head, keys = v.split("$", 1)[1].split("$")
+    assert len(keys.split(":")) == 2
+
+
+def test_unit_states_parse_systemctl_show():
+    out = ["Id=orthanc.service", "ActiveState=active", "UnitFileState=enabled", "MainPID=42", "",
+           "Id=nginx.service", "ActiveState=inactive", "UnitFileState=disabled", "MainPID=0"]
+    assert UnitStates().process(out) == {
+        "orthanc.service": {"active": True, "enabled": True, "pid": 42},
+        "nginx.service": {"active": False, "enabled": False, "pid": 0},
+    }
+
+
+def test_installed_packages_only_counts_installed():
+    assert InstalledPackages().process(["ii  orthanc", "rc  nginx", "ii  postgresql"]) == {"orthanc", "postgresql"}
+
+
+def test_directory_entries_sorted():
+    assert DirectoryEntries().process(["b.json", "", "a.json"]) == ["a.json", "b.json"]
+
+
+def test_postgresql_role_fact():
+    f = PostgresqlRole()
+    assert f.process(["running no"]) == {"running": False, "verifier": None, "owner": None}
+    assert f.process(["verifier SCRAM-x", "owner orthanc", "running yes"]) == \
+        {"running": True, "verifier": "SCRAM-x", "owner": "orthanc"}
