@@ -1,0 +1,110 @@
+"""The replication policy file of one node (``/etc/kontur/policy.json``).
+
+The control side builds it from the inventory; the Orthanc Python plugin under
+``plugins/`` reads it (schema: ``plugins/kontur_plugins/replication/config.py``,
+which also validates it -- :func:`build_policy` output always passes that
+check).  Deterministic: no timestamps; the renderer dumps it with sorted keys.
+
+LAMI and gateway nodes replicate to their upstream (the TsAMI) under their
+hospital's ``replication`` section; every other node gets
+``"replication": {"enabled": false, "reason": ...}`` so the same entry script
+can run everywhere.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+from .errors import InvalidInput
+from .model import Region, Role
+
+SCHEMA = 1
+STATE_DIR = "/var/lib/kontur"
+PLUGINS_SRC = Path(__file__).resolve().parent.parent / "plugins"
+
+#: knobs the control side sets (the rest keep the plugin's defaults)
+INTERMITTENT_RETRY_MAX_SECONDS = 60
+
+UPSTREAM_KEYS = ("name", "aet", "url", "username", "password", "ca_file", "cert_file", "key_file")
+
+
+def build_policy(region: Region, node: str, upstream: dict | None, *,
+                 state_dir: str = STATE_DIR, tuning: dict[str, float] | None = None) -> dict[str, Any]:
+    """The policy document for ``node``.
+
+    ``upstream`` comes from the renderer: name, aet, url (with a trailing
+    slash), username, password and the TLS files (None for plain http).
+    """
+    if node not in region.nodes:
+        raise InvalidInput(f"node {node!r} is not in the inventory; known: {', '.join(sorted(region.nodes))}")
+    spec = region.nodes[node]
+    hospital = region.hospital_of(node)
+    doc: dict[str, Any] = {
+        "schema": SCHEMA,
+        "node": node,
+        "role": spec.role.value,
+        "hospital": hospital,
+        "timezone": region.region.timezone,
+        "state_dir": state_dir,
+    }
+    if spec.role not in (Role.LAMI, Role.GATEWAY):
+        doc["replication"] = {"enabled": False,
+                              "reason": f"a {spec.role.value} node does not replicate to an upstream"}
+        return doc
+    if not spec.upstream:
+        doc["replication"] = {"enabled": False, "reason": f"{node} has no upstream in the inventory"}
+        return doc
+    if upstream is None:
+        raise InvalidInput(f"{node} replicates to {spec.upstream}: the renderer must give its address and credentials")
+    missing = [k for k in ("name", "url", "username", "password") if not upstream.get(k)]
+    if missing:
+        raise InvalidInput(f"{node}: upstream is missing {', '.join(missing)}")
+    unknown = sorted(set(upstream) - set(UPSTREAM_KEYS))
+    if unknown:
+        raise InvalidInput(f"{node}: upstream has unknown key(s) {', '.join(unknown)}")
+    url = str(upstream["url"])
+    if not url.endswith("/"):
+        url += "/"
+    rep_src = region.hospitals[hospital].replication if hospital else None
+    gateway = spec.role == Role.GATEWAY
+    mode = rep_src.policy.value if rep_src else "all"
+    knobs: dict[str, float] = {}
+    if hospital and region.hospitals[hospital].intermittent_link:
+        # a mobile unit reaches the checkpoint for a while: try often
+        knobs["retry_max_seconds"] = INTERMITTENT_RETRY_MAX_SECONDS
+    knobs.update(tuning or {})
+    doc["replication"] = {
+        "enabled": True,
+        # a gateway keeps no archive: it forwards everything whatever the hospital's policy says
+        "mode": "all" if gateway else mode,
+        "gateway": gateway,
+        "windows": list(rep_src.windows) if rep_src else [],
+        "bandwidth_mbit": rep_src.bandwidth_mbit if rep_src else None,
+        "deadline_hours": rep_src.deadline_hours if rep_src else 24,
+        "retention_days": (rep_src.retention_days if rep_src else 7) if gateway else None,
+        "upstream": {
+            "name": upstream["name"],
+            "aet": upstream.get("aet"),
+            "url": url,
+            "username": upstream["username"],
+            "password": upstream["password"],
+            "ca_file": upstream.get("ca_file"),
+            "cert_file": upstream.get("cert_file"),
+            "key_file": upstream.get("key_file"),
+        },
+        "tuning": dict(sorted(knobs.items())),
+    }
+    check_policy(doc)
+    return doc
+
+
+def check_policy(doc: dict[str, Any]) -> None:
+    """Validate with the plugin's own parser (the one that runs on the node)."""
+    if str(PLUGINS_SRC) not in sys.path:
+        sys.path.insert(0, str(PLUGINS_SRC))
+    from kontur_plugins.replication.config import PolicyError, parse_policy
+    try:
+        parse_policy(doc)
+    except PolicyError as exc:
+        raise InvalidInput(f"policy for {doc.get('node')} is not valid: " + "; ".join(exc.problems)) from None

@@ -1,0 +1,656 @@
+# SPDX-License-Identifier: AGPL-3.0-or-later
+"""The replicator: change processing, the send/verify loop, the full pass.
+
+Three worker threads, started when Orthanc has started and joined when it
+stops (never inside an Orthanc callback):
+
+``kontur-changes``   reads /changes from the saved position (woken at once
+                     by the OnChange callback), marks touched studies, turns
+                     StableStudy (or a quiet period after a lost event) into
+                     policy decisions
+``kontur-sender``    takes the next due study (urgent first, then oldest),
+                     sends what the upstream lacks, paced to the cap,
+                     verifies, then gateway deletions when due
+``kontur-fullpass``  compares per-study instance counts with the upstream
+                     every ``full_pass_interval_seconds``
+
+Every per-study step is wrapped: an exception is logged with the study ID and
+counted as a failed attempt (retried with backoff); it never reaches Orthanc.
+"""
+from __future__ import annotations
+
+import json
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+from ..pipeline import Gate, PassGate, StudyRef, run_gates
+from . import backoff, decisions, reconcile, windows
+from .config import ReplicationConfig
+from .local import LocalArchive, is_orthanc_id, study_keys
+from .outbox import Outbox
+from .pacing import Pacer
+from .transport import Aborted, RefusedError, TransientError, UpstreamClient
+
+
+class BadRequest(ValueError):
+    """A request the API answers with 400."""
+
+
+class UnknownStudy(LookupError):
+    """A request naming something this archive does not hold (404)."""
+
+
+class Log:
+    """Where the replicator writes; the glue maps these to orthanc.Log*."""
+
+    def __init__(self, info: Callable[[str], Any] = print, warning: Callable[[str], Any] = print,
+                 error: Callable[[str], Any] = print):
+        self.info, self.warning, self.error = info, warning, error
+
+
+class Replicator:
+    def __init__(self, cfg: ReplicationConfig, local: LocalArchive, outbox: Outbox, *,
+                 upstream_factory: Callable[[Pacer | None], Any] | None = None, stable_age: float = 60.0,
+                 log: Log | None = None, clock: Callable[[], float] = time.time,
+                 gates: list[Gate] | None = None):
+        self.cfg = cfg
+        self.local = local
+        self.outbox = outbox
+        self.stable_age = float(stable_age)
+        self.log = log or Log()
+        self.clock = clock
+        self.gates: list[Gate] = list(gates) if gates is not None else [PassGate()]
+        self.stop_event = threading.Event()
+        self.wake_changes = threading.Event()
+        self.wake_sender = threading.Event()
+        self.preempt = threading.Event()
+        t = cfg.tuning
+        self.link = backoff.LinkBackoff(t["retry_base_seconds"], t["retry_factor"], t["retry_max_seconds"])
+        cap = cfg.cap_bytes_per_second
+        self.pacer = Pacer(cap * t["pacing_fraction"] if cap else None, burst_bytes=int(t["chunk_bytes"]),
+                           sleep=self._sleep)
+        self._factory = upstream_factory or self._default_upstream
+        # one connection per thread: the sender (paced) and the full pass (small queries)
+        self.upstream = self._factory(self.pacer)
+        self.counter = self._factory(None)
+        self._lock = threading.Lock()
+        self._in_flight: dict | None = None
+        self._threads: list[threading.Thread] = []
+        self._full_pass: dict[str, Any] = {}
+        self.started_at = clock()
+
+    # ------------------------------------------------------------------ life cycle
+
+    def _default_upstream(self, pacer: Pacer | None) -> UpstreamClient:
+        t = self.cfg.tuning
+        return UpstreamClient(self.cfg.upstream, timeout=t["http_timeout_seconds"],
+                              chunk_bytes=int(t["chunk_bytes"]), pacer=pacer)
+
+    def _sleep(self, seconds: float) -> None:
+        self.stop_event.wait(seconds)
+
+    def start(self) -> None:
+        self.stop_event.clear()
+        for name, target in (("kontur-changes", self._changes_loop),
+                             ("kontur-sender", self._sender_loop),
+                             ("kontur-fullpass", self._full_pass_loop)):
+            th = threading.Thread(target=self._guard(name, target), name=name, daemon=True)
+            th.start()
+            self._threads.append(th)
+        self.log.info(f"kontur replication: started ({self.describe()})")
+
+    def stop(self, timeout: float = 15.0) -> None:
+        self.stop_event.set()
+        self.wake_changes.set()
+        self.wake_sender.set()
+        self.upstream.abort()
+        self.counter.abort()
+        deadline = time.monotonic() + timeout
+        for th in self._threads:
+            th.join(max(0.1, deadline - time.monotonic()))
+        alive = [th.name for th in self._threads if th.is_alive()]
+        if alive:
+            self.log.warning(f"kontur replication: threads still busy at stop: {', '.join(alive)}")
+        self._threads = []
+        self.upstream.close()
+        self.counter.close()
+
+    def _guard(self, name: str, target: Callable[[], None]) -> Callable[[], None]:
+        def run() -> None:
+            while not self.stop_event.is_set():
+                try:
+                    target()
+                    return
+                except Exception as exc:  # noqa: BLE001 - a thread must not die silently
+                    self.log.error(f"kontur replication: {name} failed, restarting it in 5 s: {exc!r}\n"
+                                   f"{traceback.format_exc()}")
+                    self.outbox_error(None, f"{name}: {exc!r}")
+                    self.stop_event.wait(5)
+        return run
+
+    def notify(self) -> None:
+        """From Orthanc's OnChange callback: never blocks."""
+        self.wake_changes.set()
+
+    def describe(self) -> str:
+        up = self.cfg.upstream
+        mode = "gateway (forward everything)" if self.cfg.gateway else f"policy {self.cfg.mode}"
+        cap = f"{self.cfg.bandwidth_mbit:g} Mbit/s" if self.cfg.bandwidth_mbit else "no cap"
+        return (f"{mode}, upstream {up.name} {up.url}, windows {windows.describe(self.cfg.windows, self.cfg.timezone)}, "
+                f"{cap}")
+
+    def outbox_error(self, study_id: str | None, message: str) -> None:
+        try:
+            self.outbox.record_error(self.clock(), study_id, message)
+        except Exception:  # noqa: BLE001
+            pass
+
+    # ------------------------------------------------------------------ loops
+
+    def _changes_loop(self) -> None:
+        poll = self.cfg.t("changes_poll_seconds")
+        while not self.stop_event.is_set():
+            self.wake_changes.wait(poll)
+            self.wake_changes.clear()
+            if self.stop_event.is_set():
+                break
+            try:
+                self.process_changes()
+                self.sweep_quiet()
+            except Exception as exc:  # noqa: BLE001
+                self.log.error(f"kontur replication: reading /changes failed: {exc!r}\n{traceback.format_exc()}")
+                self.outbox_error(None, f"reading /changes failed: {exc!r}")
+                self.stop_event.wait(poll)
+
+    def _sender_loop(self) -> None:
+        idle = self.cfg.t("idle_poll_seconds")
+        while not self.stop_event.is_set():
+            worked = False
+            try:
+                if self.cfg.gateway:
+                    self.housekeeping()
+                worked = self.send_next()
+            except Exception as exc:  # noqa: BLE001
+                self.log.error(f"kontur replication: sender: {exc!r}\n{traceback.format_exc()}")
+                self.outbox_error(None, f"sender: {exc!r}")
+            if worked:
+                continue
+            self.wake_sender.wait(self._idle_wait(idle))
+            self.wake_sender.clear()
+
+    def _idle_wait(self, idle: float) -> float:
+        now = self.clock()
+        waits = [idle]
+        nxt = self.outbox.next_attempt_time()
+        if nxt is not None and nxt > now:
+            waits.append(nxt - now)
+        if not self.link.ready(now):
+            waits.append(self.link.next_try - now)
+        return max(0.05, min(waits))
+
+    def _full_pass_loop(self) -> None:
+        first = self.cfg.t("full_pass_first_delay_seconds")
+        interval = self.cfg.t("full_pass_interval_seconds")
+        if self.stop_event.wait(first):
+            return
+        while not self.stop_event.is_set():
+            try:
+                self.run_full_pass()
+            except TransientError as exc:
+                self.log.warning(f"kontur replication: full pass interrupted, upstream unreachable: {exc}")
+                self._full_pass["error"] = str(exc)
+            except Exception as exc:  # noqa: BLE001
+                self.log.error(f"kontur replication: full pass failed: {exc!r}\n{traceback.format_exc()}")
+                self._full_pass["error"] = repr(exc)
+            if self.stop_event.wait(interval):
+                return
+
+    # ------------------------------------------------------------------ changes
+
+    def process_changes(self) -> int:
+        """Read /changes from the saved position; returns how many were read."""
+        seq_text = self.outbox.get_meta("changes_seq")
+        if seq_text is None:
+            # first start on this archive: its history is the full pass's job
+            last = self.local.last_change()
+            self.outbox.set_meta("changes_seq", last)
+            self.log.info(f"kontur replication: first start, following /changes from {last}; "
+                          "older studies are compared by the full pass")
+            return 0
+        seq = int(seq_text)
+        batch = int(self.cfg.t("changes_batch"))
+        total = 0
+        while not self.stop_event.is_set():
+            res = self.local.changes(seq, batch)
+            changes = res.get("Changes", [])
+            with self.outbox.transaction():
+                for kind, rid, s in reconcile.parse_change_batch(changes):
+                    try:
+                        if kind == "NewInstance":
+                            self._on_new_instance(rid)
+                        else:
+                            self._on_ready(rid, "stable")
+                    except Exception as exc:  # noqa: BLE001 - one bad change must not stop the feed
+                        self.log.error(f"kontur replication: change {s} ({kind} {rid}): {exc!r}\n"
+                                       f"{traceback.format_exc()}")
+                new_seq = max([seq] + [int(c.get("Seq", 0)) for c in changes])
+                if new_seq != seq:
+                    self.outbox.set_meta("changes_seq", new_seq)
+            # wake the sender only now: it cannot see what this transaction queued before the commit
+            self.wake_sender.set()
+            total += len(changes)
+            seq = new_seq
+            if res.get("Done", True) or not changes:
+                break
+        return total
+
+    def _on_new_instance(self, instance_id: str) -> None:
+        study_id = self.local.parent_study(instance_id)
+        if study_id is None:
+            return                      # deleted meanwhile
+        row = self.outbox.get(study_id)
+        if row is None or row.get("study_uid") is None:
+            info = self.local.study(study_id)
+            uid, pid = study_keys(info) if info else (None, None)
+            self.outbox.ensure(study_id, self.clock(), uid, pid)
+        self.outbox.touch(study_id, self.clock())
+
+    def _ensure_keys(self, study_id: str) -> dict | None:
+        row = self.outbox.get(study_id)
+        if row is not None and row.get("study_uid"):
+            return row
+        info = self.local.study(study_id)
+        if info is None:
+            return row
+        uid, pid = study_keys(info)
+        return self.outbox.ensure(study_id, self.clock(), uid, pid)
+
+    def _on_ready(self, study_id: str, source: str) -> str:
+        """A study is complete (Orthanc's StableStudy or a quiet period)."""
+        now = self.clock()
+        self._ensure_keys(study_id)
+        row = self.outbox.mark_stable(study_id, now)
+        if row["state"] == "parked":
+            return "parked"
+        d = decisions.on_ready(self.cfg.mode, self.cfg.gateway, bool(row["selected"]),
+                               self.outbox.is_flagged(row.get("study_uid")))
+        if not d.send:
+            return "idle"
+        why = d.reason if source == "stable" else f"{d.reason} ({source})"
+        return self._admit(row, why, urgent=False, source=source)
+
+    def _admit(self, row: dict, reason: str, *, urgent: bool, source: str, unpark: bool = False) -> str:
+        """Gates, then the outbox."""
+        ref = StudyRef(row["study_id"], row.get("study_uid"), row.get("patient_id"), urgent, source)
+        hold = run_gates(self.gates, ref)
+        now = self.clock()
+        if hold:
+            self.outbox.hold(row["study_id"], now, hold)
+            self.log.info(f"kontur replication: study {row['study_id']} held: {hold}")
+            return "held"
+        state = self.outbox.enqueue(row["study_id"], now, reason, urgent=urgent, unpark=unpark)
+        if state == "pending":
+            if urgent:
+                self.preempt.set()
+            self.wake_sender.set()
+        return state
+
+    def sweep_quiet(self) -> int:
+        """Studies quiet for StableAge + grace without a StableStudy event."""
+        quiet = self.stable_age + self.cfg.t("stable_grace_seconds")
+        rows = self.outbox.quiet(self.clock(), quiet)
+        for row in rows:
+            try:
+                self._on_ready(row["study_id"], f"quiet for {quiet:g} s, no stable event seen")
+            except Exception as exc:  # noqa: BLE001
+                self.log.error(f"kontur replication: study {row['study_id']}: {exc!r}")
+        return len(rows)
+
+    # ------------------------------------------------------------------ operator requests
+
+    def request(self, *, study: str | None = None, patient: str | None = None, urgent: bool = False,
+                source: str = "operator") -> list[dict]:
+        """Push one study (Orthanc ID or StudyInstanceUID) or all of a patient's
+        studies, in any mode; a parked study is given another chance."""
+        if (study is None) == (patient is None):
+            raise BadRequest('give exactly one of "study" or "patient"')
+        if study is not None:
+            ids = self.local.resolve_study(study)
+            what = f"study {study}"
+        else:
+            ids = self.local.patient_studies(patient)
+            what = f"patient {patient}"
+        if not ids:
+            raise UnknownStudy(f"{what} is not in this archive")
+        out = []
+        for sid in ids:
+            row = self._ensure_keys(sid) or self.outbox.ensure(sid, self.clock())
+            reason = f"{source} push" + (" (urgent)" if urgent else "")
+            if urgent:
+                self.link.succeeded()       # an operator says "now": do not wait out the backoff
+            state = self._admit(row, reason, urgent=urgent, source=source, unpark=True)
+            out.append({"study": sid, "study_uid": row.get("study_uid"), "patient_id": row.get("patient_id"),
+                        "state": state, "urgent": urgent})
+        self.log.info(f"kontur replication: {source} queued {what}: {len(out)} stud{'y' if len(out) == 1 else 'ies'}"
+                      f"{' (urgent)' if urgent else ''}")
+        return out
+
+    def flag(self, study: str, pathology: bool = True, source: str = "rest") -> dict:
+        """Flag (or unflag) a study as pathology; under the pathology policy a
+        flagged study goes once it is stable."""
+        if not isinstance(study, str) or not study:
+            raise BadRequest('"study" must be a StudyInstanceUID or an Orthanc study ID')
+        now = self.clock()
+        if is_orthanc_id(study):
+            info = self.local.study(study)
+            if info is None:
+                raise UnknownStudy(f"study {study} is not in this archive")
+            uid, _ = study_keys(info)
+            ids = [study]
+        else:
+            uid = study
+            ids = self.local.resolve_study(study)
+        self.outbox.set_flag(uid, pathology, now, source)
+        results = []
+        for sid in ids:
+            row = self._ensure_keys(sid)
+            if not pathology:
+                if not self.cfg.gateway and self.cfg.mode == "pathology":
+                    self.outbox.dequeue(sid, now, "pathology flag withdrawn")
+                results.append({"study": sid, "state": (self.outbox.get(sid) or {}).get("state", "idle")})
+                continue
+            ready = not row.get("awaiting_stable")
+            d = decisions.on_flag(self.cfg.mode, self.cfg.gateway, ready)
+            state = self._admit(row, d.reason, urgent=False, source="flag") if d.send else row["state"]
+            results.append({"study": sid, "state": state, "note": d.reason})
+        return {"study_uid": uid, "pathology": pathology, "studies": results,
+                "note": None if ids else "flag recorded; the study is not in this archive yet"}
+
+    # ------------------------------------------------------------------ sending
+
+    def window_open(self, now: float | None = None) -> bool:
+        return windows.is_open(self.cfg.windows, self.cfg.timezone, self.clock() if now is None else now)
+
+    def send_next(self) -> bool:
+        """Send and verify the next due study; False if there was nothing to do."""
+        now = self.clock()
+        if not self.link.ready(now):
+            return False
+        self.preempt.clear()
+        row = self.outbox.next_due(now, self.window_open(now))
+        if row is None:
+            return False
+        self.send_study(row)
+        return True
+
+    def _should_pause(self, urgent: bool) -> str | None:
+        if self.stop_event.is_set():
+            return "Orthanc is stopping"
+        if urgent:
+            return None
+        if self.preempt.is_set() and self.outbox.urgent_due(self.clock()):
+            return "an urgent study goes first"
+        if not self.window_open():
+            return "the transfer window closed"
+        return None
+
+    def send_study(self, row: dict) -> str:
+        """Send what the upstream lacks of one study, then verify; returns the outcome."""
+        sid = row["study_id"]
+        urgent = bool(row["urgent"])
+        flight = {"study": sid, "study_uid": row.get("study_uid"), "urgent": urgent, "started_at": self.clock(),
+                  "instances_total": None, "instances_sent": 0, "bytes_sent": 0}
+        with self._lock:
+            self._in_flight = flight
+        current = None
+        try:
+            attempted: set[str] = set()
+            rounds = int(self.cfg.t("verify_rounds"))
+            for _ in range(max(1, rounds)):
+                local_ids = self.local.study_instance_ids(sid)
+                if local_ids is None or not local_ids:
+                    return self._study_gone(row)
+                remote_ids = self.upstream.study_instance_ids(sid)
+                self.link.succeeded()
+                missing = reconcile.missing_instances(local_ids, remote_ids)
+                flight["instances_total"] = len(local_ids)
+                if not missing:
+                    return self._delivered(sid, local_ids)
+                if attempted & set(missing):
+                    # we sent these and the upstream said stored, yet it does not list them
+                    raise _NotVerified(f"not verified: {self.cfg.upstream.name} lacks "
+                                       f"{len(attempted & set(missing))} instance(s) it acknowledged")
+                for iid in missing:
+                    why = self._should_pause(urgent)
+                    if why:
+                        raise Aborted(why)
+                    data = self.local.instance_file(iid)
+                    if data is None:
+                        continue                        # deleted here meanwhile
+                    current = iid
+                    self.upstream.post_instance(data, should_abort=self.stop_event.is_set)
+                    attempted.add(iid)
+                    flight["instances_sent"] += 1
+                    flight["bytes_sent"] += len(data)
+                    self.outbox.incr("instances_sent_total")
+                    self.outbox.incr("bytes_sent_total", len(data))
+                current = None
+            local_ids = self.local.study_instance_ids(sid) or set()
+            remote_ids = self.upstream.study_instance_ids(sid)
+            if reconcile.verified(local_ids, remote_ids):
+                return self._delivered(sid, local_ids)
+            raise _NotVerified(f"not verified after {rounds} rounds: {self.cfg.upstream.name} holds "
+                               f"{len(local_ids & remote_ids)} of {len(local_ids)} instances (still receiving?)")
+        except Aborted as exc:
+            self.log.info(f"kontur replication: study {sid} paused: {exc}")
+            return "paused"
+        except RefusedError as exc:
+            reason = f"{self.cfg.upstream.name} refused instance {current}: {exc}"
+            self.outbox.park(sid, self.clock(), reason)
+            self.log.warning(f"kontur replication: study {sid} parked: {reason}")
+            return "parked"
+        except TransientError as exc:
+            now = self.clock()
+            wait = self.link.failed(now, str(exc))
+            self.outbox.failed(sid, now, str(exc), now + wait)
+            self.log.warning(f"kontur replication: study {sid}: {exc}; next try in {wait:.0f} s")
+            return "failed"
+        except _NotVerified as exc:
+            return self._study_failed(row, str(exc))
+        except Exception as exc:  # noqa: BLE001 - a plugin bug must not reach Orthanc
+            self.log.error(f"kontur replication: study {sid}: internal error: {exc!r}\n{traceback.format_exc()}")
+            return self._study_failed(row, f"internal error: {exc!r}")
+        finally:
+            with self._lock:
+                self._in_flight = None
+
+    def _study_failed(self, row: dict, message: str) -> str:
+        now = self.clock()
+        t = self.cfg.tuning
+        wait = backoff.delay(int(row.get("attempts") or 0) + 1, t["retry_base_seconds"], t["retry_factor"],
+                             t["retry_max_seconds"])
+        self.outbox.failed(row["study_id"], now, message, now + wait)
+        self.log.warning(f"kontur replication: study {row['study_id']}: {message}; next try in {wait:.0f} s")
+        return "failed"
+
+    def _delivered(self, sid: str, local_ids: set[str]) -> str:
+        now = self.clock()
+        info = self.local.study(sid)
+        last_update = info.get("LastUpdate") if info else None
+        delete_after = None
+        if self.cfg.gateway and self.cfg.retention_days is not None:
+            delete_after = now + float(self.cfg.retention_days) * 86400
+        self.outbox.delivered(sid, now, len(local_ids), last_update, delete_after)
+        self.log.info(f"kontur replication: study {sid} delivered and verified "
+                      f"({len(local_ids)} instances held by {self.cfg.upstream.name})")
+        if delete_after is not None and delete_after <= now:
+            self.wake_sender.set()
+        return "delivered"
+
+    def _study_gone(self, row: dict) -> str:
+        sid = row["study_id"]
+        if row.get("delivered_at"):
+            # a gateway already deleted its verified copy; nothing left to send
+            self.outbox.delivered(sid, self.clock(), int(row.get("delivered_count") or 0),
+                                  row.get("delivered_last_update"), None)
+            self.outbox.mark_deleted(sid, self.clock(), 0)
+            return "delivered"
+        reason = "deleted from this archive before it was replicated"
+        self.outbox.gone(sid, self.clock(), reason)
+        self.log.warning(f"kontur replication: study {sid}: {reason}")
+        return "gone"
+
+    # ------------------------------------------------------------------ gateway
+
+    def housekeeping(self) -> int:
+        """Gateway: delete local copies whose delivery was verified and whose
+        retention has passed -- instance by instance, each one checked upstream
+        right before, so an instance that arrived since is never lost."""
+        now = self.clock()
+        if not self.link.ready(now):
+            return 0
+        deleted = 0
+        for row in self.outbox.deletions_due(now):
+            if self.stop_event.is_set():
+                break
+            sid = row["study_id"]
+            try:
+                local_ids = self.local.study_instance_ids(sid) or set()
+                remote_ids = self.upstream.study_instance_ids(sid)
+                n = 0
+                for iid in sorted(local_ids & remote_ids):
+                    if self.local.delete_instance(iid):
+                        n += 1
+                self.outbox.mark_deleted(sid, self.clock(), n)
+                deleted += n
+                kept = len(local_ids - remote_ids)
+                self.log.info(f"kontur replication: study {sid}: deleted {n} verified instance(s) here"
+                              + (f", kept {kept} not yet delivered" if kept else ""))
+            except TransientError as exc:
+                self.link.failed(self.clock(), str(exc))
+                break
+            except Exception as exc:  # noqa: BLE001
+                self.log.error(f"kontur replication: study {sid}: deleting the local copy failed: {exc!r}")
+                self.outbox_error(sid, f"deleting the local copy failed: {exc!r}")
+        return deleted
+
+    # ------------------------------------------------------------------ full pass
+
+    def run_full_pass(self) -> dict:
+        """Compare per-study instance counts with the upstream; re-queue shortfalls."""
+        t0 = self.clock()
+        page_size = int(self.cfg.t("full_pass_page"))
+        pause = self.cfg.t("full_pass_pause_seconds")
+        stats = {"started_at": t0, "finished_at": None, "studies": 0, "compared": 0, "listed_locally": 0,
+                 "requeued": 0, "held_rechecked": 0, "error": None}
+        self._full_pass = stats
+        since = 0
+        while not self.stop_event.is_set():
+            page = self.local.studies_page(since, page_size)
+            if not page:
+                break
+            since += len(page)
+            stats["studies"] += len(page)
+            cands: list[tuple[str, str, str]] = []
+            local_counts: dict[str, int] = {}
+            for s in page:
+                sid = s["ID"]
+                uid, pid = study_keys(s)
+                row = self.outbox.get(sid)
+                if row and row["state"] == "held":
+                    self._admit(row, "full pass: gate re-checked", urgent=False, source="full-pass")
+                    stats["held_rechecked"] += 1
+                    continue
+                if row and (row["state"] in ("pending", "parked") or row["awaiting_stable"]):
+                    continue
+                if not decisions.in_full_pass(self.cfg.mode, self.cfg.gateway, bool(row and row["selected"]),
+                                              self.outbox.is_flagged(uid)):
+                    continue
+                if uid is None:
+                    continue
+                known = reconcile.known_local_count(row, s.get("LastUpdate"))
+                if known is None:
+                    ids = self.local.study_instance_ids(sid)
+                    stats["listed_locally"] += 1
+                    if not ids:
+                        continue
+                    known = len(ids)
+                local_counts[sid] = known
+                cands.append((sid, uid, pid or ""))
+            if cands:
+                remote = self.counter.study_counts(cands)
+                stats["compared"] += len(cands)
+                keys = {sid: (uid, pid) for sid, uid, pid in cands}
+                for short in reconcile.count_shortfalls(local_counts, remote):
+                    uid, pid = keys[short.study_id]
+                    row = self.outbox.ensure(short.study_id, self.clock(), uid, pid)
+                    state = self._admit(row, f"full pass: {self.cfg.upstream.name} holds {short.remote} of "
+                                             f"{short.local} instances", urgent=False, source="full-pass")
+                    if state == "pending":
+                        stats["requeued"] += 1
+            if pause:
+                self.stop_event.wait(pause)
+        stats["finished_at"] = self.clock()
+        self.outbox.set_meta("full_pass", json.dumps(stats, sort_keys=True))
+        if stats["requeued"]:
+            self.log.warning(f"kontur replication: full pass re-queued {stats['requeued']} stud"
+                             f"{'y' if stats['requeued'] == 1 else 'ies'} the upstream was missing instances of")
+        return stats
+
+    # ------------------------------------------------------------------ visibility
+
+    def status(self) -> dict:
+        now = self.clock()
+        s = self.outbox.summary(now, self.cfg.deadline_hours * 3600)
+        last_error = self.outbox.get_meta("last_error")
+        full_pass = self.outbox.get_meta("full_pass")
+        with self._lock:
+            flight = dict(self._in_flight) if self._in_flight else None
+        oldest = s["oldest_pending_queued_at"]
+        return {
+            "enabled": True,
+            "node": self.cfg.node,
+            "role": self.cfg.role,
+            "hospital": self.cfg.hospital,
+            "policy": "gateway" if self.cfg.gateway else self.cfg.mode,
+            "mode": self.cfg.mode,
+            "gateway": self.cfg.gateway,
+            "upstream": self.cfg.upstream.public(),
+            "windows": list(self.cfg.windows),
+            "timezone": self.cfg.timezone,
+            "window_open": self.window_open(now),
+            "seconds_until_window": windows.seconds_until_open(self.cfg.windows, self.cfg.timezone, now),
+            "bandwidth_mbit": self.cfg.bandwidth_mbit,
+            "deadline_hours": self.cfg.deadline_hours,
+            "retention_days": self.cfg.retention_days,
+            "queue_depth": s["queue_depth"],
+            "urgent_pending": s["urgent_pending"],
+            "oldest_pending_age_seconds": round(now - oldest, 1) if oldest else None,
+            "overdue": s["overdue"],
+            "in_flight": flight,
+            "delivered": s["by_state"]["delivered"],
+            "failed": s["failing"],
+            "parked": s["by_state"]["parked"],
+            "held": s["by_state"]["held"],
+            "gone": s["by_state"]["gone"],
+            "awaiting_stable": s["awaiting_stable"],
+            "deletions_pending": s["deletions_pending"],
+            "counters": self.outbox.counters(),
+            "last_error": json.loads(last_error) if last_error else None,
+            "link": {"up": self.link.up, "failures": self.link.failures,
+                     "next_try_in_seconds": round(max(0.0, self.link.next_try - now), 1),
+                     "last_error": self.link.last_error},
+            "changes_seq": int(self.outbox.get_meta("changes_seq") or 0),
+            "full_pass": json.loads(full_pass) if full_pass else None,
+            "stable_age": self.stable_age,
+        }
+
+    def parked(self) -> list[dict]:
+        return self.outbox.parked()
+
+
+class _NotVerified(Exception):
+    pass

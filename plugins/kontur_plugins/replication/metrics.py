@@ -1,0 +1,48 @@
+# SPDX-License-Identifier: AGPL-3.0-or-later
+"""The replication status in Prometheus text format (exposition format 0.0.4)."""
+from __future__ import annotations
+
+
+def _esc(value: str) -> str:
+    return str(value).replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def render(status: dict) -> str:
+    labels = f'node="{_esc(status.get("node", ""))}",upstream="{_esc((status.get("upstream") or {}).get("name", ""))}"'
+    lines: list[str] = []
+
+    def metric(name: str, kind: str, help_: str, value, extra: str = "") -> None:
+        if value is None:
+            return
+        lab = labels + ("," + extra if extra else "")
+        lines.append(f"# HELP {name} {help_}")
+        lines.append(f"# TYPE {name} {kind}")
+        lines.append(f"{name}{{{lab}}} {float(value):g}" if isinstance(value, float) else f"{name}{{{lab}}} {int(value)}")
+
+    enabled = 1 if status.get("enabled") else 0
+    metric("kontur_replication_enabled", "gauge", "1 if replication runs on this node", enabled)
+    if not enabled:
+        return "\n".join(lines) + "\n"
+    metric("kontur_replication_queue_depth", "gauge", "Studies waiting to be sent", status["queue_depth"])
+    metric("kontur_replication_oldest_pending_age_seconds", "gauge",
+           "Age of the oldest study waiting to be sent (0 if none)", float(status["oldest_pending_age_seconds"] or 0.0))
+    metric("kontur_replication_in_flight", "gauge", "Studies being sent now", 1 if status.get("in_flight") else 0)
+    metric("kontur_replication_delivered", "gauge", "Studies verified delivered", status["delivered"])
+    metric("kontur_replication_failed", "gauge", "Queued studies whose last attempt failed", status["failed"])
+    metric("kontur_replication_parked", "gauge", "Studies the upstream refused, parked with a reason", status["parked"])
+    metric("kontur_replication_held", "gauge", "Studies a gate holds back", status["held"])
+    metric("kontur_replication_overdue", "gauge", "Queued studies older than the deadline", status["overdue"])
+    metric("kontur_replication_window_open", "gauge", "1 if a transfer window is open now", 1 if status["window_open"] else 0)
+    metric("kontur_replication_link_up", "gauge", "0 while the link to the upstream is backing off", 1 if status["link"]["up"] else 0)
+    c = status.get("counters", {})
+    metric("kontur_replication_deliveries_total", "counter", "Verified deliveries", c.get("deliveries_total", 0))
+    metric("kontur_replication_failures_total", "counter", "Failed attempts", c.get("failures_total", 0))
+    metric("kontur_replication_instances_sent_total", "counter", "Instances sent upstream", c.get("instances_sent_total", 0))
+    metric("kontur_replication_bytes_sent_total", "counter", "DICOM bytes sent upstream", c.get("bytes_sent_total", 0))
+    metric("kontur_replication_deleted_instances_total", "counter",
+           "Instances deleted here after verified delivery (gateway)", c.get("deleted_instances_total", 0))
+    metric("kontur_replication_changes_seq", "gauge", "Last Orthanc change processed", status.get("changes_seq") or 0)
+    if status.get("bandwidth_mbit"):
+        metric("kontur_replication_bandwidth_cap_bits_per_second", "gauge", "Bandwidth cap",
+               int(status["bandwidth_mbit"] * 1_000_000))
+    return "\n".join(lines) + "\n"
