@@ -26,6 +26,7 @@ from pyinfra.api import DeployError
 from kontur.inventory import load
 from kontur.render import render_node
 from kontur.render.bundle import Bundle, RenderedFile
+from kontur.render.system import POSTGRESQL_CLUSTER_UNIT
 from kontur.secrets import SecretStore
 
 if TYPE_CHECKING:
@@ -70,6 +71,12 @@ class NodeContext:
     #: packages of the bundle missing at prepare time: facts read before the
     #: install do not show what the packages will put on the host
     installing: list[str] = field(default_factory=list)
+    #: bundle paths as the host had them before this run (facts.PathStates)
+    paths: dict | None = None
+    #: systemd units as the host had them before this run (facts.UnitStates)
+    units: dict | None = None
+    #: units read along with the bundle's services (e.g. the PostgreSQL cluster)
+    extra_units: tuple[str, ...] = ()
 
     def record(self, name: str, meta: "OperationMeta", file: RenderedFile | None = None,
                gates: list["OperationMeta"] | None = None) -> "OperationMeta":
@@ -171,7 +178,8 @@ def context() -> NodeContext:
     with _lock:
         bundle = render_node(region, node, store)
     bundle.files = [f for f in bundle.files if not f.path.startswith("/etc/apt/")] if lab else bundle.files
-    ctx = NodeContext(node=node, region=region, bundle=bundle, lab=lab, apt=_apt_plan(bundle, state), store=store)
+    ctx = NodeContext(node=node, region=region, bundle=bundle, lab=lab, apt=_apt_plan(bundle, state), store=store,
+                      extra_units=(POSTGRESQL_CLUSTER_UNIT,) if "postgresql.service" in bundle.services else ())
     _contexts[name] = ctx
     return ctx
 

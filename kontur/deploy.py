@@ -141,8 +141,14 @@ class DeployResult:
         return f"hosts: {len(self.hosts)}, {verb}: {self.changed}, failed: {len(self.failed)}"
 
 
+#: stderr lines that never explain a failure
+_NOISE = ("debconf: delaying package configuration", "WARNING: apt does not have a stable CLI",
+          "debconf: unable to initialize frontend", "debconf: (", "debconf: falling back",
+          "dpkg-preconfigure: unable to re-open stdin")
+
+
 def _cause(lines: list[str], limit: int = 10) -> str:
-    useful = [ln.rstrip() for ln in lines if ln.strip()]
+    useful = [ln.rstrip() for ln in lines if ln.strip() and not ln.strip().startswith(_NOISE)]
     return "\n".join(useful[-limit:]) if useful else "no output"
 
 
@@ -178,7 +184,7 @@ def run_deploy(inventory: str | None = None, *, lab: bool = False, limit: list[s
         sys.path.insert(0, str(REPO_ROOT))
 
     import gevent
-    from pyinfra.api import Config, Inventory, State
+    from pyinfra.api import BaseStateCallback, Config, Inventory, State
     from pyinfra.api.connect import connect_all, disconnect_all
     from pyinfra.api.exceptions import PyinfraError
     from pyinfra.api.operations import run_host_op
@@ -204,6 +210,14 @@ def run_deploy(inventory: str | None = None, *, lab: bool = False, limit: list[s
     config = Config(CONNECT_TIMEOUT=10, FAIL_PERCENT=None)
     state = State(check_for_changes=True)
     state.init(inv, config, initial_limit={inv.get_host(n) for n in wanted})
+    connect_errors: dict[str, str] = {}
+
+    class Callbacks(BaseStateCallback):
+        @staticmethod
+        def host_connect_error(state, host, error):
+            connect_errors[host.name] = str(error)
+
+    state.add_callback_handler(Callbacks())
     ctx_config.set(config)
     ctx_inventory.set(inv)
     ctx_state.set(state)
@@ -233,26 +247,29 @@ def run_deploy(inventory: str | None = None, *, lab: bool = False, limit: list[s
     for n in wanted:
         h = inv.get_host(n)
         if not h.connected:
+            why = connect_errors.get(n)
             fail(n, "connect", f"cannot reach {h.data.get('ssh_hostname')} over SSH "
-                               f"as {h.data.get('ssh_user')} (port {h.data.get('ssh_port')})")
+                               f"as {h.data.get('ssh_user')} (port {h.data.get('ssh_port')})"
+                               + (f": {why}" if why else ""))
             drop([h])
 
     # prepare: read facts and plan operations on every host in parallel
     state.set_stage(StateStage.Prepare)
 
-    def prepare(h) -> None:
+    def prepare(h) -> bool:
         with ctx_state.use(state), ctx_host.use(h):
             try:
                 deploy_node()
             except Exception as exc:  # anything, so one broken host does not stop the others
                 current = h.current_deploy_name or "prepare"
                 fail(h.name, f"{current} (planning)", _error_text(exc))
-                raise
+                return False
+        return True
 
     active = [inv.get_host(n) for n in wanted if inv.get_host(n) in state.active_hosts]
     greenlets = {gevent.spawn(prepare, h): h for h in active}
     gevent.joinall(list(greenlets))
-    drop([h for g, h in greenlets.items() if not g.successful()])
+    drop([h for g, h in greenlets.items() if not g.value])
     contexts = node_ctx.contexts()
 
     def step_name(h, meta) -> str:
@@ -292,10 +309,15 @@ def run_deploy(inventory: str | None = None, *, lab: bool = False, limit: list[s
             for op_hash in order:
                 if op_hash not in state.ops[h]:
                     continue
-                ok = run_host_op(state, h, op_hash)
                 meta = state.ops[h][op_hash].operation_meta
-                r.ops += 1
                 name = step_name(h, meta)
+                try:
+                    ok = run_host_op(state, h, op_hash)
+                except Exception as exc:  # a lost connection, a bug: this host stops here
+                    fail(h.name, name, f"{type(exc).__name__}: {exc}" if str(exc) else
+                         f"{type(exc).__name__} (the connection to the host was lost?)")
+                    break
+                r.ops += 1
                 if not ok:
                     out = meta._combined_output
                     lines = [ln.line for ln in out] if out is not None else []

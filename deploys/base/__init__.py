@@ -15,18 +15,19 @@ changed, then make sure it is enabled and running).
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import shlex
 
 from pyinfra import host
-from pyinfra.api import StringCommand, deploy, operation
+from pyinfra.api import FileUploadCommand, QuoteString, StringCommand, deploy, operation
 from pyinfra.operations import apt, files, server
 from pyinfra.operations.util import any_changed
 
 from kontur.render.bundle import RenderedFile
 
-from ..node import NodeContext, as_io, context
-from .facts import DirectoryEntries, InstalledPackages, UnitStates
+from ..node import NodeContext, context
+from .facts import DirectoryEntries, InstalledPackages, PathStates, UnitStates
 
 #: documented defaults of the base deploy (host data may override them)
 DEFAULTS = {
@@ -64,6 +65,50 @@ def remove_unowned(directory: str, glob: str, keep: list[str], fresh: bool = Fal
         host.noop(f"{directory} holds only what the bundle names")
 
 
+@operation()
+def put_file(path: str, content: bytes, mode: str, user: str, group: str, current: dict | None,
+             secret: bool = False):
+    """``path`` holds ``content`` with ``user``:``group`` and ``mode``.
+
+    + current: the path's state read once per host (:class:`PathStates`),
+      so a host with nothing to change costs no command per file
+    + secret: a new file is created empty with its final mode first, so the
+      content is never readable by others, not even for a moment
+    """
+    want = int(mode, 8)
+    digest = hashlib.sha1(content).hexdigest()
+    if current is None or current.get("type") != "file":
+        yield StringCommand("mkdir", "-p", QuoteString(path.rsplit("/", 1)[0] or "/"))
+        if secret:
+            yield StringCommand("install", "-m", f"{want:04o}", "-o", user, "-g", group, "/dev/null",
+                                QuoteString(path))
+        yield FileUploadCommand(io.BytesIO(content), path)
+        yield StringCommand("chown", f"{user}:{group}", QuoteString(path))
+        yield StringCommand("chmod", f"{want:04o}", QuoteString(path))
+        return
+    if current.get("sha1") != digest:
+        yield FileUploadCommand(io.BytesIO(content), path)
+    if (current.get("user"), current.get("group")) != (user, group):
+        yield StringCommand("chown", f"{user}:{group}", QuoteString(path))
+    if current.get("mode") != want:
+        yield StringCommand("chmod", f"{want:04o}", QuoteString(path))
+
+
+@operation()
+def directory(path: str, mode: str, user: str, group: str, current: dict | None):
+    """``path`` is a directory with ``user``:``group`` and ``mode``."""
+    want = int(mode, 8)
+    if current is None or current.get("type") != "dir":
+        yield StringCommand("mkdir", "-p", QuoteString(path))
+        yield StringCommand("chown", f"{user}:{group}", QuoteString(path))
+        yield StringCommand("chmod", f"{want:04o}", QuoteString(path))
+        return
+    if (current.get("user"), current.get("group")) != (user, group):
+        yield StringCommand("chown", f"{user}:{group}", QuoteString(path))
+    if current.get("mode") != want:
+        yield StringCommand("chmod", f"{want:04o}", QuoteString(path))
+
+
 def _diagnose(unit: str, log: str | None) -> str:
     """Shell that prints why ``unit`` failed, to stderr."""
     cmd = f"systemctl status --no-pager -n 0 {unit} 2>&1 | sed -n '1,3p'; journalctl -u {unit} -n 8 --no-pager -o cat 2>/dev/null"
@@ -83,13 +128,14 @@ def _ready(ready: str | None, unit: str, timeout: int) -> str:
 
 @operation()
 def unit_running(unit: str, check: str | None = None, ready: str | None = None, log: str | None = None,
-                 timeout: int = 90, enable: bool = True):
+                 timeout: int = 90, enable: bool = True, current: dict | None = None):
     """``unit`` enabled and running; a start is preceded by ``check`` and
     followed by ``ready``; on failure the unit's status and log go to stderr.
 
     + enable: also enable it at boot (off for units started by another unit)
+    + current: the unit's state read once per host (:class:`UnitStates`)
     """
-    state = host.get_fact(UnitStates, units=[unit]).get(unit, {})
+    state = current if current is not None else host.get_fact(UnitStates, units=[unit]).get(unit, {})
     if enable and not state.get("enabled"):
         yield f"systemctl enable -q {unit}"
     if not state.get("active"):
@@ -119,11 +165,23 @@ def upload(ctx: NodeContext, component: str, items: list[RenderedFile]) -> list:
     """Upload ``items`` with their owner, group and mode; remember which units
     each upload restarts or reloads."""
     metas = []
+    states = path_states(ctx)
     for f in items:
         name = f"{component}: {f.path}"
-        meta = files.put(name=name, src=as_io(f), dest=f.path, user=f.owner, group=f.group, mode=f.mode)
+        meta = put_file(name=name, path=f.path, content=f.content, mode=f.mode, user=f.owner, group=f.group,
+                        current=states.get(f.path), secret=f.secret)
         metas.append(ctx.record(name, meta, f))
     return metas
+
+
+def path_states(ctx: NodeContext) -> dict:
+    """Every bundle file and directory as the host has it, read once (before
+    anything changes) and reused by the operations at execution."""
+    if ctx.paths is None:
+        paths = [f.path for f in ctx.bundle.files] + [f.path for f in ctx.apt.files] + \
+                [d.path for d in ctx.bundle.directories]
+        ctx.paths = host.get_fact(PathStates, paths=sorted(set(paths)))
+    return ctx.paths
 
 
 def cleanup_owned(ctx: NodeContext, component: str, owned: dict[str, str], names: list[str]) -> None:
@@ -152,7 +210,8 @@ def activate_unit(ctx: NodeContext, component: str, unit: str, *, check: str | N
     make sure it is enabled and running."""
     timeout = int(host.data.get("base_ready_timeout", DEFAULTS["base_ready_timeout"]))
     target = restart_unit or unit
-    running = host.get_fact(UnitStates, units=[target]).get(target, {}).get("active", False)
+    current = unit_states(ctx, target)
+    running = current.get("active", False)
     restart_ops = ctx.restarts.get(unit, [])
     reload_ops = ctx.reloads.get(unit, [])
     if running and restart_ops:
@@ -168,7 +227,16 @@ def activate_unit(ctx: NodeContext, component: str, unit: str, *, check: str | N
                    gates=reload_ops)
     name = f"{component}: {target} {'enabled and ' if enable else ''}running"
     ctx.record(name, unit_running(name=name, unit=target, check=check, ready=ready, log=log, timeout=timeout,
-                                  enable=enable))
+                                  enable=enable, current=current))
+
+
+def unit_states(ctx: NodeContext, unit: str) -> dict:
+    """``unit`` as the host had it before this run; every unit the node runs
+    is read in one command on first use."""
+    if ctx.units is None or unit not in ctx.units:
+        units = sorted(set(ctx.bundle.services) | set(ctx.extra_units) | {unit})
+        ctx.units = {u: {} for u in units} | host.get_fact(UnitStates, units=units)
+    return ctx.units.get(unit, {})
 
 
 # --- the base deploy ---------------------------------------------------------------
@@ -204,9 +272,11 @@ def install() -> None:
     name = "Base: allow service starts again"
     ctx.record(name, files.file(name=name, path=POLICY_RC_D, present=False))
 
+    states = path_states(ctx)
     for d in bundle.directories:
         name = f"Base: directory {d.path}"
-        ctx.record(name, files.directory(name=name, path=d.path, user=d.owner, group=d.group, mode=d.mode))
+        ctx.record(name, directory(name=name, path=d.path, user=d.owner, group=d.group, mode=d.mode,
+                                   current=states.get(d.path)))
 
 
 @deploy("Base: configure", data_defaults=DEFAULTS)

@@ -19,7 +19,7 @@ from pyinfra.api import DeployError, deploy, operation
 
 from kontur.render.system import POSTGRESQL_CLUSTER, POSTGRESQL_CLUSTER_UNIT, POSTGRESQL_VERSION
 
-from ..base import activate_unit, unit_running, upload
+from ..base import activate_unit, unit_running, unit_states, upload
 from ..base.facts import PostgresqlRole
 from ..node import context
 
@@ -89,7 +89,7 @@ def activate() -> None:
     # postgresql.service only groups the clusters (its start succeeds even
     # when a cluster fails): restart and watch the cluster's own unit
     name = f"PostgreSQL: {UNIT} enabled and running"
-    ctx.record(name, unit_running(name=name, unit=UNIT))
+    ctx.record(name, unit_running(name=name, unit=UNIT, current=unit_states(ctx, UNIT)))
     activate_unit(ctx, "PostgreSQL", UNIT, ready=ready, log=LOG, restart_unit=POSTGRESQL_CLUSTER_UNIT,
                   enable=False)
     password = ctx.store.password(facts["password_key"])

@@ -37,3 +37,15 @@ def test_postgresql_role_fact():
     assert f.process(["running no"]) == {"running": False, "verifier": None, "owner": None}
     assert f.process(["verifier SCRAM-x", "owner orthanc", "running yes"]) == \
         {"running": True, "verifier": "SCRAM-x", "owner": "orthanc"}
+
+
+def test_path_states_parse():
+    from deploys.base.facts import PathStates
+    out = ["path|/etc/orthanc/orthanc.json|regular file|640|root|orthanc|" + "a" * 40,
+           "path|/etc/orthanc|directory|750|root|orthanc|-",
+           "link|/etc/nginx/sites-enabled/kontur.conf|/etc/nginx/sites-available/kontur.conf"]
+    got = PathStates().process(out)
+    assert got["/etc/orthanc/orthanc.json"] == {"type": "file", "mode": 0o640, "user": "root",
+                                                "group": "orthanc", "sha1": "a" * 40}
+    assert got["/etc/orthanc"]["type"] == "dir" and got["/etc/orthanc"]["sha1"] is None
+    assert got["/etc/nginx/sites-enabled/kontur.conf"]["type"] == "link"
