@@ -1,0 +1,184 @@
+"""``kontur lab``: the region lab commands."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+import click
+from rich.table import Table
+
+from ..cli import err, inventory_option, inventory_path, load_region, out
+from ..errors import EXIT_FAILED, EXIT_OK, KonturError
+from . import ops
+from .config import state_file
+from .state import require_state, ssh_command
+
+
+def _progress(msg: str) -> None:
+    err.print(f"[dim]·[/dim] {msg}", markup=True, highlight=False)
+
+
+@click.group("lab")
+@click.option("-v", "--verbose", is_flag=True, help="Log every command the lab runs (to stderr).")
+def lab(verbose: bool):
+    """Rehearse the region on this machine: real hosts, real network, real DICOM and HL7.
+
+    Every node of the inventory becomes a Debian 12 container (systemd, sshd) in its own
+    network namespace on a private bridge (198.18.0.0/24); every inventory address maps to
+    a lab address, so the inventory is never edited.  Modalities get namespaces of their
+    own (`kontur lab send`), every MIS an MLLP listener that records what it receives
+    (`kontur lab mis-log`).  Hosts install packages from a signed repository the lab
+    serves on the bridge, and reach nothing else.  Needs root.
+
+    \b
+      kontur lab up [-i FILE]        build (cached) and boot the region's hosts
+      kontur lab status              hosts, addresses, systemd state, links
+      kontur lab ssh NODE [-- CMD]   log in to a host, or run a command
+      kontur lab send AET PATH...    send DICOM as a modality (DCMTK storescu)
+      kontur lab mis-log HOSPITAL    HL7 messages a hospital's MIS received
+      kontur lab cut|heal NODE       take a node's network link down / up
+      kontur lab down                stop and remove everything the lab started
+
+    State for other tools (pyinfra, kontur deploy --lab): $KONTUR_LAB_DIR/state.json
+    (default /var/lib/kontur/lab).  Cache: $KONTUR_LAB_CACHE (default /var/cache/kontur/lab).
+    """
+    if verbose:
+        logging.basicConfig(level=logging.DEBUG, stream=sys.stderr, format="%(name)s: %(message)s")
+        logging.getLogger("kontur.lab").setLevel(logging.DEBUG)
+
+
+@lab.command("up")
+@inventory_option
+def up_cmd(inventory):
+    """Bring the region's lab up (refuses when one is already up)."""
+    region = load_region(inventory)
+    path = inventory_path(inventory)
+    state = ops.up(region, path, progress=_progress)
+    t = Table(title=f"lab of region {state.region_name}", title_justify="left")
+    for col in ("node", "role", "lab address", "inventory address"):
+        t.add_column(col)
+    for node, h in state.hosts.items():
+        t.add_row(node, h.role, h.address, h.inventory_address)
+    out.print(t)
+    out.print(f"log in:    kontur lab ssh NODE   (key {state.ssh_key}, known hosts {state.known_hosts})")
+    out.print(f"packages:  {state.apt.source_line}")
+    out.print(f"state:     {state_file()}")
+    return EXIT_OK
+
+
+@lab.command("down")
+def down_cmd():
+    """Stop everything the lab started (by PID) and remove its namespaces, links and mounts."""
+    if not ops.down(progress=_progress):
+        out.print("no lab is running; nothing to do")
+    return EXIT_OK
+
+
+@lab.command("status")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def status_cmd(as_json: bool):
+    """Hosts, addresses, up/down, systemd state, links; modalities and MIS listeners.
+
+    Exit 0 when everything the lab started runs, 1 otherwise (or when no lab is up).
+    """
+    st = ops.status()
+    if as_json:
+        out.print_json(json.dumps({"region": st.region, "status": st.status, "healthy": st.healthy,
+                                   "hosts": [asdict(h) for h in st.hosts],
+                                   "modalities": st.modalities, "mis": st.mis}))
+        return EXIT_OK if st.healthy else EXIT_FAILED
+    t = Table(title=f"lab of region {st.region} ({st.status})", title_justify="left")
+    for col in ("node", "role", "lab address", "inventory address", "host", "link", "systemd"):
+        t.add_column(col)
+    for h in st.hosts:
+        t.add_row(h.node, h.role, h.address, h.inventory_address,
+                  "[green]up[/green]" if h.running else "[red]down[/red]",
+                  "[yellow]cut[/yellow]" if h.link == "cut" else h.link, h.systemd)
+    out.print(t)
+    if st.modalities:
+        t = Table(title="modalities", title_justify="left")
+        for col in ("AE title", "hospital", "modality", "lab address", "inventory address", "sends to", "netns"):
+            t.add_column(col)
+        for m in st.modalities:
+            t.add_row(m["aet"], m["hospital"], m["modality"], m["address"], m["inventory_address"],
+                      m["node"], m["netns"] if m["present"] else f"[red]{m['netns']} missing[/red]")
+        out.print(t)
+    if st.mis:
+        t = Table(title="MIS listeners (MLLP)", title_justify="left")
+        for col in ("hospital", "lab address", "inventory address", "listener", "messages"):
+            t.add_column(col)
+        for m in st.mis:
+            t.add_row(m["hospital"], f"{m['address']}:{m['port']}", m["inventory_address"],
+                      "[green]up[/green]" if m["running"] else "[red]down[/red]", str(m["messages"]))
+        out.print(t)
+    return EXIT_OK if st.healthy else EXIT_FAILED
+
+
+@lab.command("ssh", context_settings={"ignore_unknown_options": True})
+@click.argument("node")
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
+def ssh_cmd(node, command):
+    """Log in to NODE's lab host as root, or run COMMAND there (after --)."""
+    argv = ssh_command(require_state(), node, *command)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
+        os.execvp(argv[0], argv)
+    except OSError as exc:
+        raise KonturError(f"cannot run ssh: {exc.strerror}", hint="install Debian's openssh-client") from None
+
+
+@lab.command("cut")
+@click.argument("node")
+def cut_cmd(node):
+    """Take NODE's network link down: the host runs on, unreachable (a partition)."""
+    h = ops.set_link(node, False)
+    out.print(f"{node} ({h.address}) is cut off the lab network; `kontur lab heal {node}` restores it")
+
+
+@lab.command("heal")
+@click.argument("node")
+def heal_cmd(node):
+    """Bring NODE's network link back up."""
+    h = ops.set_link(node, True)
+    out.print(f"{node} ({h.address}) is back on the lab network")
+
+
+@lab.command("send")
+@click.argument("modality")
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+def send_cmd(modality, paths):
+    """Send DICOM files or folders as MODALITY (AE title or name) to its node, with storescu."""
+    r = ops.send(modality, list(paths))
+    if r.ok:
+        out.print(f"{r.aet} -> {r.node} ({r.target}): {r.stored} of {r.files} file(s) stored")
+        return EXIT_OK
+    err.print(f"kontur: {r.aet} -> {r.node} ({r.target}): storescu failed "
+              f"({r.stored} of {r.files} file(s) stored):", markup=False)
+    err.print("\n".join(r.stderr.strip().splitlines()[-20:]), markup=False)
+    return EXIT_FAILED
+
+
+@lab.command("mis-log")
+@click.argument("hospital")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per message, as recorded.")
+def mis_log_cmd(hospital, as_json):
+    """HL7 messages HOSPITAL's MIS has received, oldest first."""
+    info, messages = ops.mis_messages(hospital)
+    if as_json:
+        for m in messages:
+            click.echo(json.dumps(m, ensure_ascii=False))
+        return EXIT_OK
+    out.print(f"MIS of {hospital} at {info.address}:{info.port} (inventory {info.inventory_address}): "
+              f"{len(messages)} message(s)", markup=False)
+    for m in messages:
+        out.print(f"\n{m['time']}  from {m['peer']}  {m.get('type') or '?'}  control id "
+                  f"{m.get('control_id') or '-'}  ack {m.get('ack')}", markup=False)
+        for seg in m["message"].replace("\r\n", "\r").replace("\n", "\r").split("\r"):
+            if seg:
+                out.print(f"  {seg}", markup=False)
+    return EXIT_OK
