@@ -2,7 +2,7 @@
 
 ``tests/lab/conftest.py`` imports them; another test folder reuses them with::
 
-    from kontur.lab.pytest_fixtures import example_lab, lab, lab_manager  # noqa: F401
+    from kontur.lab.pytest_fixtures import example_lab, lab, lab_manager, no_lab  # noqa: F401
 
 ``lab`` (session scope) is the small test region (tests/data/small-region.yaml,
 or ``$KONTUR_LAB_TEST_INVENTORY``) brought up once per session; ``example_lab``
@@ -102,6 +102,11 @@ class LabManager:
             pytest.fail(self.failed[inventory], pytrace=False)
         return self.state
 
+    def ensure_none(self) -> None:
+        """No lab up (for tests of ``lab up`` refusing or failing)."""
+        self.prepare()
+        self._down("the running lab")
+
     def shutdown(self) -> None:
         if self.prepared:
             self._down("the test lab")
@@ -132,6 +137,16 @@ def example_lab(lab_manager) -> LabState:
     return lab_manager.ensure(EXAMPLE_INVENTORY)
 
 
+@pytest.fixture
+def no_lab(lab_manager) -> None:
+    """No lab is up when the test starts (whatever ran before is brought down)."""
+    lab_manager.ensure_none()
+
+
 def order_example_last(items: list) -> None:
-    """Run tests that use ``example_lab`` after all others (one lab swap per session)."""
-    items.sort(key=lambda item: "example_lab" in getattr(item, "fixturenames", ()))
+    """Run tests that use ``example_lab`` after all others, then those that need
+    ``no_lab``: the small lab comes up once, the example region once."""
+    def rank(item) -> int:
+        names = getattr(item, "fixturenames", ())
+        return 2 if "no_lab" in names else 1 if "example_lab" in names else 0
+    items.sort(key=rank)

@@ -11,10 +11,10 @@ import hashlib
 import json
 import logging
 import os
-import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -222,20 +222,27 @@ def _release_text(directory: Path, files: list[str]) -> str:
     return "\n".join(head + body) + "\n"
 
 
+#: no proxy from the environment: the bridge is reached directly, nothing else is
+_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
 def serve(repo: Repo, port: int, logfile: Path) -> Started:
-    """Start the HTTP server for the repository on the bridge address (detached)."""
+    """Start the HTTP server for the repository on the bridge address (detached),
+    and wait until *it* serves the signed index."""
     started = spawn([sys.executable, "-m", "http.server", str(port), "--bind", BRIDGE_ADDRESS,
                      "--directory", str(repo.path)], logfile, what="the lab repository's HTTP server")
+    url = f"{repo.url(port)}InRelease"
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:
+        if not alive(started.pid, started.start_time):
+            raise OperationFailed(
+                f"the lab repository's HTTP server on {BRIDGE_ADDRESS}:{port} stopped: {tail(logfile, 1)}",
+                hint="another program holds the port; set KONTUR_LAB_REPO_PORT to a free one")
         try:
-            with socket.create_connection((BRIDGE_ADDRESS, port), timeout=1):
-                return started
+            with _DIRECT.open(url, timeout=1) as r:
+                if r.status == 200 and alive(started.pid, started.start_time):
+                    return started
         except OSError:
-            if not alive(started.pid, started.start_time):
-                raise OperationFailed(
-                    f"the lab repository's HTTP server on {BRIDGE_ADDRESS}:{port} stopped:\n{tail(logfile)}",
-                    hint="another program may hold the port; set KONTUR_LAB_REPO_PORT to a free one")
-            time.sleep(0.1)
-    raise OperationFailed(f"the lab repository's HTTP server does not answer on {BRIDGE_ADDRESS}:{port}")
-
+            pass
+        time.sleep(0.1)
+    raise OperationFailed(f"the lab repository's HTTP server does not serve {url}:\n{tail(logfile)}")

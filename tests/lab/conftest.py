@@ -6,7 +6,7 @@ can import them too; see its docstring.
 """
 from __future__ import annotations
 
-from kontur.lab.pytest_fixtures import example_lab, lab, lab_manager, order_example_last  # noqa: F401
+from kontur.lab.pytest_fixtures import example_lab, lab, lab_manager, no_lab, order_example_last  # noqa: F401
 
 
 def pytest_collection_modifyitems(session, config, items):

@@ -328,3 +328,50 @@ def test_down_leaves_nothing_behind(example_lab):
     again = kontur("lab", "down")
     assert again.returncode == 0
     assert "nothing to do" in again.stdout
+
+
+# --- lab up refusing and failing (no lab up; run after everything else) ---------------
+
+def nothing_of_a_lab_exists() -> list[str]:
+    left = []
+    if net.link_exists(BRIDGE):
+        left.append(f"link {BRIDGE}")
+    left += [f"netns {n}" for n in net.list_netns() if n.startswith("kl-")]
+    left += [f"link {n}" for n in os.listdir("/sys/class/net") if re.fullmatch(r"klv\d+", n)]
+    left += [f"mount {m}" for m in fs.mounts() if m.startswith(str(lab_dir()) + "/")]
+    if net.nft_table_exists():
+        left.append(f"nft table {NFT_TABLE}")
+    if load_state() is not None:
+        left.append("state file")
+    return left
+
+
+def test_up_refuses_when_the_lab_network_is_already_taken(no_lab):
+    # an address of 198.18.0.0/24 on some interface that no lab state accounts for
+    subprocess.run(["ip", "link", "add", "kltaken0", "type", "bridge"], check=True)
+    try:
+        subprocess.run(["ip", "addr", "add", "198.18.0.250/32", "dev", "kltaken0"], check=True)
+        cp = kontur("lab", "up", "-i", str(SMALL_INVENTORY))
+    finally:
+        subprocess.run(["ip", "link", "del", "kltaken0"], check=False)
+    assert cp.returncode == 2, cp.stderr
+    assert "198.18.0.250" in cp.stderr and "kltaken0" in cp.stderr and "Nothing was changed" in cp.stderr
+    assert nothing_of_a_lab_exists() == []
+
+
+def test_up_that_fails_midway_rolls_back_everything(no_lab):
+    # the repository port is taken on every address, so the lab's HTTP server
+    # cannot start -- after the bridge, namespaces and links were made
+    blocker = socket.socket()
+    blocker.bind(("0.0.0.0", 0))
+    blocker.listen(1)
+    port = blocker.getsockname()[1]
+    try:
+        cp = subprocess.run([KONTUR, "lab", "up", "-i", str(SMALL_INVENTORY)], check=False, capture_output=True,
+                            text=True, timeout=600, env={**os.environ, "KONTUR_LAB_REPO_PORT": str(port)})
+    finally:
+        blocker.close()
+    assert cp.returncode == 1, cp.stderr
+    assert "HTTP server" in cp.stderr and "Address already in use" in cp.stderr
+    assert "Traceback" not in cp.stderr
+    assert nothing_of_a_lab_exists() == []
