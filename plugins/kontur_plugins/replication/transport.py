@@ -143,8 +143,8 @@ class UpstreamClient:
         url = self.base + path.lstrip("/")
         for attempt in (1, 2):
             fresh = self._conn is None
-            conn = self._connection()
             try:
+                conn = self._connection()
                 conn.request(method, url, body=body, headers=hdrs)
                 resp = conn.getresponse()
                 data = resp.read()

@@ -1,0 +1,69 @@
+"""Fixtures for the replication plugin against real Orthanc processes on loopback.
+
+A "TsAMI" Orthanc (DICOMweb plugin, a peer account, a Lua filter that refuses
+instances of PatientID REFUSED, as a site's filters would) and "LAMI"/gateway
+Orthancs loading kontur's entry script from ``plugins/`` exactly as deployed
+(``PythonScript`` + ``"Kontur": {"PolicyFile"}``), with a policy file built
+like the renderer's.  Every process is stopped by PID in teardown.
+"""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from kontur.testing.orthanc import OrthancProcess, orthanc_available
+from kontur.testing.replication import REFUSE_LUA, Node, make_policy, node_config, tsami_config
+
+
+def pytest_collection_modifyitems(config, items):
+    if not orthanc_available():
+        skip = pytest.mark.skip(reason="Debian's /usr/sbin/Orthanc is not installed")
+        for item in items:
+            if "orthanc" in item.keywords:
+                item.add_marker(skip)
+
+
+@pytest.fixture
+def processes():
+    started: list[OrthancProcess] = []
+    yield started
+    for p in reversed(started):
+        p.stop()
+
+
+@pytest.fixture
+def tsami(tmp_path, processes) -> OrthancProcess:
+    lua = tmp_path / "refuse.lua"
+    lua.write_text(REFUSE_LUA)
+    o = OrthancProcess("tsami", tsami_config(lua), tmp_path / "tsami", aet="TSAMI")
+    processes.append(o)
+    return o.start()
+
+
+@pytest.fixture
+def make_node(tmp_path, processes, tsami):
+    """make_node(mode=..., gateway=..., windows=..., stable_age=..., upstream_url=..., start=True)"""
+    count = {"n": 0}
+
+    def factory(*, stable_age: int = 2, upstream_url: str | None = None, start: bool = True,
+                extra_config: dict | None = None, **policy_kw) -> Node:
+        count["n"] += 1
+        name = f"lami{count['n']}"
+        base = tmp_path / name
+        base.mkdir()
+        policy_path = base / "policy.json"
+        policy = make_policy(upstream_url or tsami.url, base / "state", **policy_kw)
+        policy_path.write_text(json.dumps(policy, indent=2, sort_keys=True))
+        cfg = node_config(policy_path, stable_age=stable_age)
+        cfg.update(extra_config or {})
+        o = OrthancProcess(name, cfg, base / "orthanc", aet=name.upper())
+        processes.append(o)
+        node = Node(o, policy_path, base / "files")
+        if start:
+            o.start()
+        return node
+
+    return factory
+
+
