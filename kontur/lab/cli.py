@@ -19,7 +19,7 @@ from .state import require_state, ssh_command
 
 
 def _progress(msg: str) -> None:
-    err.print(f"[dim]·[/dim] {msg}", markup=True, highlight=False)
+    err.print(f"· {msg}", markup=False, highlight=False)
 
 
 @click.group("lab")
@@ -54,7 +54,12 @@ def lab(verbose: bool):
 @lab.command("up")
 @inventory_option
 def up_cmd(inventory):
-    """Bring the region's lab up (refuses when one is already up)."""
+    """Bring the region's lab up: one Debian host per node, booted in parallel.
+
+    The base root filesystem and the signed package repository are built on first
+    use and cached ($KONTUR_LAB_CACHE).  Refuses (exit 2) when a lab is up or the lab
+    network is in use; a failure midway removes what was built (exit 1).
+    """
     region = load_region(inventory)
     path = inventory_path(inventory)
     state = ops.up(region, path, progress=_progress)
@@ -64,9 +69,10 @@ def up_cmd(inventory):
     for node, h in state.hosts.items():
         t.add_row(node, h.role, h.address, h.inventory_address)
     out.print(t)
-    out.print(f"log in:    kontur lab ssh NODE   (key {state.ssh_key}, known hosts {state.known_hosts})")
-    out.print(f"packages:  {state.apt.source_line}")
-    out.print(f"state:     {state_file()}")
+    out.print(f"log in:    kontur lab ssh NODE   (key {state.ssh_key}, known hosts {state.known_hosts})",
+              markup=False)
+    out.print(f"packages:  {state.apt.source_line}", markup=False)
+    out.print(f"state:     {state_file()}", markup=False)
     return EXIT_OK
 
 
@@ -137,7 +143,8 @@ def ssh_cmd(node, command):
 def cut_cmd(node):
     """Take NODE's network link down: the host runs on, unreachable (a partition)."""
     h = ops.set_link(node, False)
-    out.print(f"{node} ({h.address}) is cut off the lab network; `kontur lab heal {node}` restores it")
+    out.print(f"{node} ({h.address}) is cut off the lab network; `kontur lab heal {node}` restores it",
+              markup=False)
 
 
 @lab.command("heal")
@@ -145,7 +152,7 @@ def cut_cmd(node):
 def heal_cmd(node):
     """Bring NODE's network link back up."""
     h = ops.set_link(node, True)
-    out.print(f"{node} ({h.address}) is back on the lab network")
+    out.print(f"{node} ({h.address}) is back on the lab network", markup=False)
 
 
 @lab.command("send")
@@ -155,7 +162,7 @@ def send_cmd(modality, paths):
     """Send DICOM files or folders as MODALITY (AE title or name) to its node, with storescu."""
     r = ops.send(modality, list(paths))
     if r.ok:
-        out.print(f"{r.aet} -> {r.node} ({r.target}): {r.stored} of {r.files} file(s) stored")
+        out.print(f"{r.aet} -> {r.node} ({r.target}): {r.stored} of {r.files} file(s) stored", markup=False)
         return EXIT_OK
     err.print(f"kontur: {r.aet} -> {r.node} ({r.target}): storescu failed "
               f"({r.stored} of {r.files} file(s) stored):", markup=False)

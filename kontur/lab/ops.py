@@ -220,7 +220,9 @@ def up(region: Region, inventory: Path, progress: Progress = _quiet) -> LabState
                     f"{msg}\nand the rollback left: " + "; ".join(left),
                     hint="run `kontur lab down` to retry the clean-up") from None
             state_file().unlink(missing_ok=True)
-            raise
+            if isinstance(exc, (KonturError, KeyboardInterrupt)):
+                raise
+            raise OperationFailed(f"lab up failed and was rolled back: {type(exc).__name__}: {exc}") from exc
         progress(f"lab up: {len(state.hosts)} hosts in {time.monotonic() - t0:.1f} s")
         return state
 
