@@ -91,6 +91,8 @@ def handle(engine: Any, method: str, path: str, body: bytes | None,
             if unknown:
                 raise BadRequest(f"unknown field(s) {', '.join(unknown)}; expected study or patient, and urgent")
             study, patient = _str_field(data, "study"), _str_field(data, "patient")
+            if (study is None) == (patient is None):
+                raise BadRequest('give exactly one of "study" (StudyInstanceUID or Orthanc ID) or "patient" (PatientID)')
             urgent = _bool_field(data, "urgent", False)
             queued = engine.request(study=study, patient=patient, urgent=urgent)
             return _json(202, {"queued": queued})

@@ -1,11 +1,12 @@
 # SPDX-License-Identifier: AGPL-3.0-or-later
 """Bandwidth cap by pacing the sender.
 
-Before each chunk of ``n`` bytes, the pacer waits until the chunk's start
-time: chunk k starts no earlier than (bytes before it) / rate seconds after the
-pacer's reference point, so over any run the payload rate cannot exceed the
-cap (plus at most one chunk of burst).  Idle time is not banked beyond
-``burst_bytes``: after a pause the link does not get a flood.
+Before each chunk of ``n`` bytes the pacer waits until the chunk may start:
+over any run of N bytes the sender needs at least (N - chunk - burst) / rate
+seconds, so the payload rate cannot exceed the cap.  Idle time is not banked
+beyond ``burst_bytes``: after a pause the link does not get a flood.  The
+engine paces at ``pacing_fraction`` (0.95) of the cap, leaving room for HTTP,
+TLS and TCP/IP overhead on the wire.
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ class Pacer:
         self.burst = burst_bytes
         self.clock = clock
         self.sleep = sleep
-        self._free_at = None  # when the link is free for the next byte
+        self._tat: float | None = None
         self.bytes_total = 0
         self.slept_total = 0.0
 
@@ -32,16 +33,19 @@ class Pacer:
         return self.rate is not None
 
     def delay_for(self, nbytes: int, now: float) -> float:
-        """Seconds to wait before sending ``nbytes`` at ``now`` (and book them)."""
+        """Seconds to wait before sending ``nbytes`` at ``now`` (and book them).
+
+        A virtual clock (GCRA): ``_tat`` is when the link will have carried
+        everything booked so far at the capped rate; a chunk may start once
+        ``_tat`` is no more than ``burst / rate`` ahead of now."""
         self.bytes_total += nbytes
         if self.rate is None:
             return 0.0
-        credit = self.burst / self.rate
-        if self._free_at is None or self._free_at < now - credit:
-            self._free_at = now - credit
-        start = max(now, self._free_at)
-        self._free_at = start + nbytes / self.rate
-        return start - now
+        if self._tat is None or self._tat < now:
+            self._tat = now                 # idle time is not banked
+        d = max(0.0, self._tat - now - self.burst / self.rate)
+        self._tat += nbytes / self.rate
+        return d
 
     def wait(self, nbytes: int) -> float:
         """Block until ``nbytes`` may be sent; returns the seconds slept."""

@@ -1,0 +1,388 @@
+"""The replicator's logic with fake local and upstream archives (no Orthanc)."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+
+from kontur_plugins.pipeline import StudyRef
+from kontur_plugins.replication.config import parse_policy
+from kontur_plugins.replication.engine import Log, Replicator, UnknownStudy
+from kontur_plugins.replication.outbox import Outbox
+from kontur_plugins.replication.transport import RefusedError, TransientError
+
+from test_replication_config_decisions import GOOD  # noqa: E402
+
+
+class FakeLocal:
+    """studies: {study_id: {"uid", "pid", "instances": {instance_id: bytes}, "last_update"}}"""
+
+    def __init__(self):
+        self.studies: dict[str, dict] = {}
+        self.change_log: list[dict] = []
+        self.deleted: list[str] = []
+        self.fail_listing: set[str] = set()
+
+    def add(self, sid, n, uid=None, pid="P"):
+        st = self.studies.setdefault(sid, {"uid": uid or f"1.2.{sid}", "pid": pid, "instances": {},
+                                           "last_update": "1"})
+        for k in range(n):
+            iid = f"{sid}-i{len(st['instances'])}"
+            st["instances"][iid] = iid.encode() * 10
+            self.change_log.append({"ChangeType": "NewInstance", "ID": iid, "ResourceType": "Instance",
+                                    "Seq": len(self.change_log) + 1})
+        st["last_update"] = str(int(st["last_update"]) + 1)
+        return st
+
+    def stable(self, sid):
+        self.change_log.append({"ChangeType": "StableStudy", "ID": sid, "ResourceType": "Study",
+                                "Seq": len(self.change_log) + 1})
+
+    def study(self, sid):
+        st = self.studies.get(sid)
+        if st is None:
+            return None
+        return {"ID": sid, "LastUpdate": st["last_update"], "MainDicomTags": {"StudyInstanceUID": st["uid"]},
+                "PatientMainDicomTags": {"PatientID": st["pid"]}}
+
+    def study_instance_ids(self, sid):
+        if sid in self.fail_listing:
+            raise RuntimeError("the index is on fire")
+        st = self.studies.get(sid)
+        return set(st["instances"]) if st and st["instances"] else None
+
+    def instance_file(self, iid):
+        for st in self.studies.values():
+            if iid in st["instances"]:
+                return st["instances"][iid]
+        return None
+
+    def delete_instance(self, iid):
+        for st in self.studies.values():
+            if st["instances"].pop(iid, None) is not None:
+                self.deleted.append(iid)
+                return True
+        return False
+
+    def parent_study(self, iid):
+        for sid, st in self.studies.items():
+            if iid in st["instances"]:
+                return sid
+        return None
+
+    def studies_page(self, since, limit):
+        ids = sorted(self.studies)[since:since + limit]
+        return [self.study(s) for s in ids]
+
+    def changes(self, since, limit):
+        chunk = [c for c in self.change_log if c["Seq"] > since][:limit]
+        return {"Changes": chunk, "Done": len(chunk) < limit, "Last": chunk[-1]["Seq"] if chunk else since}
+
+    def last_change(self):
+        return len(self.change_log)
+
+    def resolve_study(self, ident):
+        if ident in self.studies:
+            return [ident]
+        return [s for s, st in self.studies.items() if st["uid"] == ident]
+
+    def patient_studies(self, pid):
+        return sorted(s for s, st in self.studies.items() if st["pid"] == pid)
+
+
+class FakeUpstream:
+    def __init__(self):
+        self.held: dict[str, set[str]] = {}
+        self.down = False
+        self.refuse: set[str] = set()
+        self.posts: list[str] = []
+        self.pacer = None
+
+    def post_instance(self, data, should_abort=None):
+        if self.down:
+            raise TransientError("cannot reach tsami at 10.42.0.10:443: Connection refused")
+        iid = data[: len(data) // 10].decode()
+        if iid in self.refuse:
+            raise RefusedError("HTTP 400: Bad file format")
+        self.posts.append(iid)
+        self.held.setdefault(iid.split("-i")[0], set()).add(iid)
+        return {"Status": "Success"}
+
+    def study_instance_ids(self, sid):
+        if self.down:
+            raise TransientError("cannot reach tsami")
+        return set(self.held.get(sid, set()))
+
+    def study_counts(self, studies):
+        if self.down:
+            raise TransientError("cannot reach tsami")
+        return {sid: len(self.held.get(sid, ())) for sid, _, _ in studies}
+
+    def abort(self):
+        pass
+
+    def close(self):
+        pass
+
+
+class Clock:
+    def __init__(self):
+        self.t = 1_700_000_000.0
+
+    def __call__(self):
+        return self.t
+
+
+def make(tmp_path, *, mode="all", gateway=False, windows=(), retention=None, gates=None):
+    doc = copy.deepcopy(GOOD)
+    r = doc["replication"]
+    r.update(mode=mode, gateway=gateway, windows=list(windows), retention_days=retention, bandwidth_mbit=None)
+    r["upstream"].update(url="http://127.0.0.1:9/", ca_file=None, cert_file=None, key_file=None)
+    r["tuning"] = {"retry_base_seconds": 10, "retry_max_seconds": 100, "stable_grace_seconds": 5}
+    doc["state_dir"] = str(tmp_path)
+    cfg = parse_policy(doc)
+    local, up, clock = FakeLocal(), FakeUpstream(), Clock()
+    logs: list[str] = []
+    eng = Replicator(cfg, local, Outbox(cfg.state_db), upstream_factory=lambda pacer: up, stable_age=10,
+                     log=Log(logs.append, logs.append, logs.append), clock=clock, gates=gates)
+    eng.process_changes()          # first start: position at the end of /changes
+    return eng, local, up, clock, logs
+
+
+def drain(eng, limit=50):
+    n = 0
+    while eng.send_next() and n < limit:
+        n += 1
+    return n
+
+
+def test_stable_study_is_sent_verified_and_late_instances_follow(tmp_path):
+    eng, local, up, clock, _ = make(tmp_path)
+    local.add("s1", 3)
+    local.stable("s1")
+    eng.process_changes()
+    assert eng.outbox.get("s1")["state"] == "pending"
+    assert drain(eng) == 1
+    assert up.held["s1"] == {"s1-i0", "s1-i1", "s1-i2"}
+    assert eng.status()["delivered"] == 1
+    local.add("s1", 2)
+    eng.process_changes()
+    assert eng.outbox.get("s1")["awaiting_stable"] == 1
+    local.stable("s1")
+    eng.process_changes()
+    drain(eng)
+    assert len(up.held["s1"]) == 5
+    assert sorted(up.posts) == sorted(set(up.posts))      # nothing sent twice
+
+
+def test_first_start_leaves_history_to_the_full_pass(tmp_path):
+    eng, local, up, clock, _ = make(tmp_path)
+    assert eng.outbox.get_meta("changes_seq") == "0"
+    local.add("old", 2)
+    local.stable("old")
+    # a second replicator on a fresh state dir would start after these
+    eng2, *_ = make(tmp_path / "other")
+    assert eng2.outbox.get("old") is None
+
+
+def test_lost_stable_event_recovered_after_quiet_period(tmp_path):
+    eng, local, up, clock, _ = make(tmp_path)
+    local.add("s", 2)                      # no StableStudy will ever come (restart forgot it)
+    eng.process_changes()
+    assert eng.sweep_quiet() == 0
+    clock.t += 10 + 5                      # StableAge + grace
+    assert eng.sweep_quiet() == 1
+    assert eng.outbox.get("s")["state"] == "pending"
+    assert "no stable event" in eng.outbox.get("s")["reason"]
+
+
+def test_pathology_and_on_demand(tmp_path):
+    eng, local, up, clock, _ = make(tmp_path, mode="pathology")
+    local.add("a", 1)
+    local.add("b", 1)
+    local.stable("a")
+    local.stable("b")
+    eng.process_changes()
+    assert eng.outbox.summary(clock(), 1)["queue_depth"] == 0
+    eng.flag("1.2.b")
+    assert eng.outbox.get("b")["state"] == "pending" and eng.outbox.get("a")["state"] == "idle"
+    eng.flag("1.2.b", pathology=False)
+    assert eng.outbox.get("b")["state"] == "idle"
+    eng2, local2, *_ = make(tmp_path / "od", mode="on-demand")
+    local2.add("x", 1, pid="PX")
+    local2.add("y", 1, pid="PX")
+    local2.stable("x")
+    eng2.process_changes()
+    assert eng2.outbox.summary(clock(), 1)["queue_depth"] == 0
+    out = eng2.request(patient="PX")
+    assert sorted(q["study"] for q in out) == ["x", "y"]
+    with pytest.raises(UnknownStudy):
+        eng2.request(study="9.9.9")
+
+
+def test_window_closed_urgent_only_and_preemption(tmp_path):
+    eng, local, up, clock, _ = make(tmp_path, mode="on-demand", windows=["00:00-00:01"])
+    clock.t = 1_700_000_000.0 + 3600 * 5      # some hour well outside that minute (UTC+7 local)
+    assert not eng.window_open()
+    local.add("n", 2)
+    local.add("u", 1)
+    eng.request(study="n")
+    assert not eng.send_next()                  # closed: nothing goes
+    eng.request(study="u", urgent=True)
+    assert eng.send_next()
+    assert "u" in up.held and "n" not in up.held
+    assert eng.status()["queue_depth"] == 1
+
+
+def test_urgent_request_pauses_a_running_study(tmp_path):
+    eng, local, up, clock, _ = make(tmp_path, mode="on-demand")
+    local.add("big", 5)
+    local.add("hot", 1)
+    eng.request(study="big")
+    real_post = up.post_instance
+
+    def post_then_urgent(data, should_abort=None):
+        answer = real_post(data, should_abort)
+        if len(up.posts) == 2:
+            eng.request(study="hot", urgent=True)
+        return answer
+
+    up.post_instance = post_then_urgent
+    assert eng.send_study(eng.outbox.next_due(clock(), True)) == "paused"
+    assert len(up.held["big"]) == 2
+    assert eng.send_next() and "hot" in up.held
+    assert eng.send_next() and len(up.held["big"]) == 5
+
+
+def test_link_down_backs_off_and_keeps_the_study(tmp_path):
+    eng, local, up, clock, _ = make(tmp_path, mode="on-demand")
+    local.add("s", 2)
+    eng.request(study="s")
+    up.down = True
+    assert eng.send_next()
+    st = eng.status()
+    assert st["queue_depth"] == 1 and st["failed"] == 1 and not st["link"]["up"]
+    assert "cannot reach" in st["last_error"]["message"]
+    assert not eng.send_next()                  # backing off: not hammering the link
+    clock.t += 10
+    up.down = False
+    assert eng.send_next()
+    assert eng.status()["delivered"] == 1 and eng.status()["link"]["up"]
+
+
+def test_refused_instance_parks_the_study(tmp_path):
+    eng, local, up, clock, logs = make(tmp_path, mode="on-demand")
+    local.add("s", 3)
+    up.refuse.add("s-i1")
+    eng.request(study="s")
+    assert eng.send_next()
+    row = eng.outbox.get("s")
+    assert row["state"] == "parked" and "s-i1" in row["reason"] and "HTTP 400" in row["reason"]
+    clock.t += 10_000
+    assert not eng.send_next()                  # never retried by itself
+    assert any("parked" in line for line in logs)
+
+
+def test_exception_is_logged_with_the_study_and_retried(tmp_path):
+    eng, local, up, clock, logs = make(tmp_path, mode="on-demand")
+    local.add("s", 1)
+    eng.request(study="s")
+    local.fail_listing.add("s")
+    assert eng.send_next()
+    row = eng.outbox.get("s")
+    assert row["state"] == "pending" and row["attempts"] == 1 and "internal error" in row["last_error"]
+    assert any("study s: internal error" in line and "the index is on fire" in line for line in logs)
+    local.fail_listing.clear()
+    clock.t += 10
+    assert eng.send_next() and eng.outbox.get("s")["state"] == "delivered"
+
+
+def test_acknowledged_but_missing_is_not_delivered(tmp_path):
+    eng, local, up, clock, _ = make(tmp_path, mode="on-demand")
+    local.add("s", 2)
+    eng.request(study="s")
+    up.study_instance_ids = lambda sid: set()      # the upstream says stored, then lists nothing
+    assert eng.send_next()
+    row = eng.outbox.get("s")
+    assert row["state"] == "pending" and "not verified" in row["last_error"]
+
+
+def test_gateway_deletes_only_verified_instances(tmp_path):
+    eng, local, up, clock, _ = make(tmp_path, gateway=True, retention=0)
+    local.add("s", 2)
+    local.stable("s")
+    eng.process_changes()
+    assert drain(eng) == 1
+    local.add("s", 1)                            # arrived after verification, not yet sent
+    assert eng.housekeeping() == 2
+    assert sorted(local.deleted) == ["s-i0", "s-i1"]
+    assert set(local.studies["s"]["instances"]) == {"s-i2"}
+    local.stable("s")
+    eng.process_changes()
+    drain(eng)
+    eng.housekeeping()
+    assert local.studies["s"]["instances"] == {}
+
+
+def test_gateway_retention_waits(tmp_path):
+    eng, local, up, clock, _ = make(tmp_path, gateway=True, retention=2)
+    local.add("s", 1)
+    local.stable("s")
+    eng.process_changes()
+    drain(eng)
+    assert eng.housekeeping() == 0
+    clock.t += 2 * 86400
+    assert eng.housekeeping() == 1
+
+
+def test_full_pass_requeues_shortfalls_only(tmp_path):
+    eng, local, up, clock, _ = make(tmp_path)
+    local.add("ok", 2)
+    local.add("short", 3)
+    local.add("absent", 1)
+    up.held = {"ok": {"ok-i0", "ok-i1"}, "short": {"short-i0"}}
+    stats = eng.run_full_pass()
+    assert stats["compared"] == 3 and stats["requeued"] == 2
+    assert eng.outbox.get("ok") is None
+    assert "holds 1 of 3" in eng.outbox.get("short")["reason"]
+    drain(eng)
+    assert eng.run_full_pass()["requeued"] == 0
+    # unchanged delivered studies are counted from the outbox, not listed again
+    assert eng.run_full_pass()["listed_locally"] == 1        # only "ok", never verified by us
+
+
+def test_a_gate_holds_a_study_back(tmp_path):
+    class Hold:
+        name = "package"
+
+        def __init__(self):
+            self.ok = False
+
+        def check(self, study: StudyRef):
+            return None if self.ok else "no conclusion attached"
+
+    gate = Hold()
+    eng, local, up, clock, _ = make(tmp_path, gates=[gate])
+    local.add("s", 1)
+    local.stable("s")
+    eng.process_changes()
+    row = eng.outbox.get("s")
+    assert row["state"] == "held" and "no conclusion" in row["reason"]
+    assert not eng.send_next()
+    gate.ok = True
+    eng.run_full_pass()
+    assert eng.outbox.get("s")["state"] == "pending"
+
+
+def test_broken_gate_holds_rather_than_leaks(tmp_path):
+    class Broken:
+        name = "broken"
+
+        def check(self, study):
+            raise ValueError("bug")
+
+    eng, local, up, clock, _ = make(tmp_path, gates=[Broken()])
+    local.add("s", 1)
+    local.stable("s")
+    eng.process_changes()
+    assert eng.outbox.get("s")["state"] == "held"

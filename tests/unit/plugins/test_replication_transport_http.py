@@ -1,0 +1,108 @@
+"""The upstream client against a stdlib HTTP server on loopback (no Orthanc)."""
+from __future__ import annotations
+
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from kontur_plugins.replication.config import Upstream
+from kontur_plugins.replication.pacing import Pacer
+from kontur_plugins.replication.transport import RefusedError, TransientError, UpstreamClient
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    received: list[bytes] = []
+    mode = {"post": 200, "status": "Success"}
+
+    def log_message(self, *a):
+        pass
+
+    def _answer(self, code, obj):
+        data = json.dumps(obj).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_POST(self):
+        n = int(self.headers["Content-Length"])
+        body = self.rfile.read(n)
+        assert self.headers["Authorization"].startswith("Basic ")
+        Handler.received.append(body)
+        code = Handler.mode["post"]
+        if code == 200:
+            self._answer(200, {"ID": "x", "Status": Handler.mode["status"]})
+        else:
+            self._answer(code, {"Message": "Bad file format", "Details": "nope"})
+
+    def do_GET(self):
+        if self.path.startswith("/studies/known/series"):
+            self._answer(200, [{"Instances": ["a", "b"]}, {"Instances": ["c"]}])
+        elif self.path.startswith("/dicom-web/studies"):
+            self._answer(200, [{"0020000D": {"Value": ["1.2.3"]}, "00100020": {"Value": ["P"]},
+                                "00201208": {"Value": [4]}}])
+        else:
+            self._answer(404, {"Message": "Unknown resource"})
+
+
+@pytest.fixture
+def server():
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    th = threading.Thread(target=srv.serve_forever, daemon=True)
+    th.start()
+    Handler.received = []
+    Handler.mode = {"post": 200, "status": "Success"}
+    yield srv
+    srv.shutdown()
+    srv.server_close()
+
+
+def client(server, pacer=None):
+    up = Upstream("tsami", f"http://127.0.0.1:{server.server_address[1]}/", "peer", "pw")
+    return UpstreamClient(up, timeout=5, chunk_bytes=16384, pacer=pacer)
+
+
+def test_post_instance_paced_and_answers(server):
+    rate = 200_000.0
+    c = client(server, Pacer(rate))
+    data = bytes(range(256)) * 1200          # ~300 kB: 1.5 s at 200 kB/s
+    t0 = time.monotonic()
+    assert c.post_instance(data)["Status"] == "Success"
+    elapsed = time.monotonic() - t0
+    assert Handler.received[-1] == data
+    assert elapsed >= (len(data) - 16384) / rate * 0.99
+    Handler.mode["status"] = "AlreadyStored"
+    assert c.post_instance(b"x" * 10)["Status"] == "AlreadyStored"
+
+
+def test_refusals_and_filters(server):
+    c = client(server)
+    Handler.mode["post"] = 400
+    with pytest.raises(RefusedError, match="HTTP 400: Bad file format: nope"):
+        c.post_instance(b"x")
+    Handler.mode["post"] = 503
+    with pytest.raises(TransientError, match="HTTP 503"):
+        c.post_instance(b"x")
+    Handler.mode.update(post=200, status="FilteredOut")
+    with pytest.raises(RefusedError, match="FilteredOut"):
+        c.post_instance(b"x")
+
+
+def test_listing_counts_and_a_dead_link(server):
+    c = client(server)
+    assert c.study_instance_ids("known") == {"a", "b", "c"}
+    assert c.study_instance_ids("unknown") == set()
+    from kontur_plugins.replication.reconcile import orthanc_study_id
+    sid = orthanc_study_id("P", "1.2.3")
+    assert c.study_counts([(sid, "1.2.3", "P"), ("other", "9.9", "Q")]) == {sid: 4, "other": 0}
+    port = server.server_address[1]
+    server.shutdown()
+    server.server_close()
+    dead = UpstreamClient(Upstream("tsami", f"http://127.0.0.1:{port}/", "p", "w"), timeout=2)
+    with pytest.raises(TransientError, match="cannot reach tsami"):
+        dead.post_instance(b"x")
