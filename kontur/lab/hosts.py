@@ -74,14 +74,76 @@ def known_hosts_line(root: Path, node: str, address: str, port: int) -> str:
     return f"{','.join(names)} {pub[0]} {pub[1]}"
 
 
-def boot(node: str, root: Path, netns: str, console_log: Path) -> Started:
-    """Boot the container detached; its console goes to ``console_log``."""
+def cgroup_hierarchies() -> list[tuple[Path, str]]:
+    """(mount point, this process's path below it) of the hierarchies a container's
+    systemd manages: cgroup2 (unified) and the legacy name=systemd one."""
+    own: dict[str, str] = {}
+    for line in Path("/proc/self/cgroup").read_text().splitlines():
+        _, controllers, path = line.split(":", 2)
+        own[controllers or "0"] = path
+    found = []
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        left, _, right = line.partition(" - ")
+        fields, rfields = left.split(), right.split()
+        fstype, opts = rfields[0], rfields[-1].split(",")
+        if fstype == "cgroup2":
+            key = "0"
+        elif fstype == "cgroup" and "name=systemd" in opts:
+            key = "name=systemd"
+        else:
+            continue
+        mount_root, mount_point, path = fields[3], fields[4], own.get(key)
+        if path is None or not path.startswith(mount_root):
+            continue
+        rel = path[len(mount_root):].strip("/")
+        found.append((Path(mount_point), rel))
+    return found
+
+
+def make_cgroups(node: str) -> list[Path]:
+    """A cgroup of its own for a container, in each hierarchy its systemd manages.
+
+    Without it every container would run in the cgroup kontur runs in, and their
+    systemds would manage (and clean up) one another's units.
+    """
+    made = []
+    for mount_point, rel in cgroup_hierarchies():
+        d = mount_point / rel / "kontur-lab" / node
+        try:
+            d.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            log.warning("cannot create cgroup %s (%s); %s shares its parent's", d, exc.strerror, node)
+            continue
+        made.append(d)
+    return made
+
+
+def remove_cgroup(d: Path) -> None:
+    """Remove a container's cgroup and what its systemd made below it (processes gone)."""
+    if not d.is_dir():
+        return
+    for dirpath, _, _ in sorted(os.walk(d), key=lambda t: -t[0].count("/")):
+        try:
+            os.rmdir(dirpath)
+        except FileNotFoundError:
+            pass
+    parent = d.parent
+    if parent.name == "kontur-lab":
+        try:
+            parent.rmdir()
+        except OSError:
+            pass      # another container's cgroup is still there
+
+
+def boot(node: str, root: Path, netns: str, console_log: Path, cgroups: list[Path] = ()) -> Started:
+    """Boot the container detached, in its own cgroups; its console goes to ``console_log``."""
     # CAP_NET_ADMIN: a node loads its own nftables firewall (in its own namespace;
     # the host's kontur_lab table still keeps the lab on the bridge)
     return spawn(["systemd-nspawn", "--quiet", "--boot", "--capability=CAP_NET_ADMIN", "-D", str(root), f"--machine={node}",
                   "--register=no", "--keep-unit", f"--network-namespace-path=/run/netns/{netns}",
                   "--link-journal=no", "--resolv-conf=off", "--timezone=off"],
-                 console_log, env={**os.environ, "SYSTEMD_LOG_LEVEL": "warning"}, what=f"host {node}")
+                 console_log, env={**os.environ, "SYSTEMD_LOG_LEVEL": "warning"}, what=f"host {node}",
+                 cgroups=cgroups)
 
 
 def sshd_answers(address: str, port: int, timeout: float = 1.0) -> bool:

@@ -157,6 +157,9 @@ def teardown(state: LabState, progress: Progress = _quiet) -> list[str]:
             problems.append(f"{what}: {getattr(exc, 'message', None) or exc}")
 
     for r in reversed(res):
+        if r["kind"] == "cgroup":
+            attempt(f"remove cgroup {r['path']}", hosts.remove_cgroup, Path(r["path"]))
+    for r in reversed(res):
         if r["kind"] == "mount":
             attempt(f"unmount {r['path']}", fs.umount, Path(r["path"]))
     for r in reversed(res):
@@ -314,7 +317,9 @@ def _build(state: LabState, ledger: Ledger, region: Region, plan: Plan, base: Pa
     booted = {}
     for node, ep in plan.nodes.items():
         console = logs / f"{node}.console.log"
-        started = hosts.boot(node, roots[node], ep.netns, console)
+        cgroups = hosts.make_cgroups(node)
+        ledger.add(*({"kind": "cgroup", "path": str(d)} for d in cgroups))
+        started = hosts.boot(node, roots[node], ep.netns, console, cgroups)
         ledger.add({"kind": "process", "pid": started.pid, "start_time": started.start_time,
                     "label": f"host {node}"})
         state.hosts[node] = HostInfo(address=ep.address, netns=ep.netns, pid=started.pid,

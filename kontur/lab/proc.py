@@ -55,7 +55,7 @@ def run(argv: list[str], *, check: bool = True, input: str | bytes | None = None
 # exec succeeded.
 _TRAMPOLINE = r"""
 import os, sys
-logpath, argv = sys.argv[1], sys.argv[2:]
+logpath, cgroups, argv = sys.argv[1], sys.argv[2], sys.argv[3:]
 r, w = os.pipe()
 pid = os.fork()
 if pid == 0:
@@ -63,6 +63,12 @@ if pid == 0:
     fd = os.open(logpath, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
     nul = os.open(os.devnull, os.O_RDONLY)
     os.dup2(nul, 0); os.dup2(fd, 1); os.dup2(fd, 2)
+    for cg in filter(None, cgroups.split("\n")):
+        try:
+            with open(os.path.join(cg, "cgroup.procs"), "w") as f:
+                f.write("0")
+        except OSError as exc:
+            print(f"kontur lab: cannot move into cgroup {cg}: {exc.strerror}", flush=True)
     try:
         os.execvp(argv[0], argv)
     except OSError as exc:
@@ -84,10 +90,11 @@ class Started:
 
 
 def spawn(argv: list[str], logfile: Path, *, env: dict[str, str] | None = None,
-          what: str = "") -> Started:
-    """Start ``argv`` detached (own session, adopted by PID 1), output to ``logfile``."""
+          what: str = "", cgroups: list[Path] = ()) -> Started:
+    """Start ``argv`` detached (own session, adopted by PID 1), output to ``logfile``,
+    in ``cgroups`` (directories of cgroup hierarchies) if given."""
     log.debug("spawn: %s > %s", shlex.join(argv), logfile)
-    cp = subprocess.run([sys.executable, "-c", _TRAMPOLINE, str(logfile), *argv],
+    cp = subprocess.run([sys.executable, "-c", _TRAMPOLINE, str(logfile), "\n".join(map(str, cgroups)), *argv],
                         capture_output=True, text=True, env=env, start_new_session=True,
                         timeout=30, check=False)
     if cp.returncode != 0 or not cp.stdout.strip().isdigit():

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from kontur.inventory import EXAMPLE_INVENTORY, load
-from kontur.lab import fs, net
+from kontur.lab import fs, hosts, net
 from kontur.lab.config import BRIDGE, NETWORK, NFT_TABLE, lab_dir
 from kontur.lab.proc import alive
 from kontur.lab.pytest_fixtures import SMALL_INVENTORY
@@ -270,6 +270,16 @@ def test_every_example_node_answers_over_ssh_at_its_own_address(example_lab):
         assert f" {h.address}/24 " in addr_line
 
 
+def test_every_example_host_runs_in_a_cgroup_of_its_own(example_lab):
+    # else their systemds would manage (and clean up) one another's units
+    def unified(pid: int) -> str:
+        lines = Path(f"/proc/{pid}/cgroup").read_text().splitlines()
+        return next(line.split(":", 2)[2] for line in lines if line.startswith("0::"))
+    paths = {node: unified(h.pid) for node, h in example_lab.hosts.items()}
+    assert len(set(paths.values())) == len(paths), paths
+    assert all(f"/kontur-lab/{node}/" in p for node, p in paths.items()), paths
+
+
 def test_status_shows_every_example_node_up(example_lab):
     deadline = time.monotonic() + 120
     while True:
@@ -323,6 +333,8 @@ def test_down_leaves_nothing_behind(example_lab):
     ours = [pid for pid in nspawn.stdout.split() if str(lab_dir()) + "/" in cmdline(int(pid))]
     assert not ours, [cmdline(int(p)) for p in ours]
     assert not net.nft_table_exists(), NFT_TABLE
+    cgroups = [mp / rel / "kontur-lab" for mp, rel in hosts.cgroup_hierarchies()]
+    assert not [d for d in cgroups if d.exists()], "cgroups left"
     assert not Path(state.known_hosts).exists()
 
     again = kontur("lab", "down")
