@@ -135,7 +135,8 @@ def remove_cgroup(d: Path) -> None:
             pass      # another container's cgroup is still there
 
 
-def boot(node: str, root: Path, netns: str, console_log: Path, cgroups: list[Path] = ()) -> Started:
+def boot(node: str, root: Path, netns: str, console_log: Path, cgroups: list[Path] = (),
+         pidfile: Path | None = None) -> Started:
     """Boot the container detached, in its own cgroups; its console goes to ``console_log``."""
     # CAP_NET_ADMIN: a node loads its own nftables firewall (in its own namespace;
     # the host's kontur_lab table still keeps the lab on the bridge)
@@ -143,7 +144,7 @@ def boot(node: str, root: Path, netns: str, console_log: Path, cgroups: list[Pat
                   "--register=no", "--keep-unit", f"--network-namespace-path=/run/netns/{netns}",
                   "--link-journal=no", "--resolv-conf=off", "--timezone=off"],
                  console_log, env={**os.environ, "SYSTEMD_LOG_LEVEL": "warning"}, what=f"host {node}",
-                 cgroups=cgroups)
+                 cgroups=cgroups, pidfile=pidfile)
 
 
 def sshd_answers(address: str, port: int, timeout: float = 1.0) -> bool:

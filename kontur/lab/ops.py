@@ -41,7 +41,7 @@ from .config import (
 )
 from .mis import read_log
 from .plan import Plan, make_plan
-from .proc import alive, run, spawn, stop
+from .proc import Started, alive, read_pidfile, run, spawn, stop
 from .repo import ensure_repo, serve
 from .state import (
     AptInfo,
@@ -137,13 +137,32 @@ class Ledger:
             self.state.resources.extend(entries)
             save_state(self.state)
 
+    def spawn(self, label: str, start: Callable[[Path], Started]) -> Started:
+        """Start a process through ``start(pidfile)``, recorded before it exists:
+        the pidfile names it even if kontur dies before noting its PID."""
+        pidfile = Path(self.state.lab_dir) / "run" / (label.replace(" ", "-") + ".pid")
+        entry: dict[str, Any] = {"kind": "process", "label": label, "pidfile": str(pidfile),
+                                 "pid": 0, "start_time": 0}
+        self.add(entry)
+        started = start(pidfile)
+        with self.lock:
+            entry["pid"], entry["start_time"] = started.pid, started.start_time
+            save_state(self.state)
+        return started
+
 
 def teardown(state: LabState, progress: Progress = _quiet) -> list[str]:
     """Undo everything in ``state.resources``; returns what could not be undone."""
     res = state.resources
     problems: list[str] = []
 
-    procs = [(r["pid"], r.get("start_time", 0), r["label"]) for r in res if r["kind"] == "process"]
+    procs = []
+    for r in res:
+        if r["kind"] == "process":
+            if not r.get("pid"):     # kontur stopped before it noted the PID: the pidfile has it
+                r["pid"], r["start_time"] = read_pidfile(Path(r["pidfile"])) or (0, 0)
+            if r["pid"]:
+                procs.append((r["pid"], r.get("start_time", 0), r["label"]))
     running = [p for p in procs if alive(p[0], p[1])]
     if running:
         progress(f"stopping {len(running)} process(es): "
@@ -239,7 +258,7 @@ def _python_env() -> dict[str, str]:
 
 def _build(state: LabState, ledger: Ledger, region: Region, plan: Plan, base: Path, repo, progress) -> None:
     d = Path(state.lab_dir)
-    dirs = {name: d / name for name in ("ssh", "logs", "mis", "hosts")}
+    dirs = {name: d / name for name in ("ssh", "logs", "mis", "hosts", "run")}
     ledger.add(*({"kind": "dir", "path": str(p)} for p in dirs.values()))
     for p in dirs.values():
         fs.remove_tree(p)
@@ -268,9 +287,7 @@ def _build(state: LabState, ledger: Ledger, region: Region, plan: Plan, base: Pa
     state.ssh_key, state.ssh_user = str(key), "root"
     state.known_hosts = str(dirs["ssh"] / "known_hosts")
 
-    started = serve(repo, REPO_PORT, logs / "repo-http.log")
-    ledger.add({"kind": "process", "pid": started.pid, "start_time": started.start_time,
-                "label": "repository HTTP server"})
+    ledger.spawn("repository HTTP server", lambda pidfile: serve(repo, REPO_PORT, logs / "repo-http.log", pidfile))
     state.apt = AptInfo(url=repo.url(REPO_PORT), keyring=str(repo.keyring),
                         source_line=repo.source_line(REPO_PORT))
 
@@ -301,12 +318,11 @@ def _build(state: LabState, ledger: Ledger, region: Region, plan: Plan, base: Pa
     for hk, (port, ep) in plan.mis.items():
         mis = region.hospitals[hk].mis
         logfile = dirs["mis"] / f"{hk}.jsonl"
-        started = spawn(["ip", "netns", "exec", ep.netns, sys.executable, "-m", "kontur.lab.mis",
-                         "--bind", ep.address, "--port", str(port), "--log", str(logfile),
-                         "--facility", (mis.facility if mis and mis.facility else hk.upper())],
-                        logs / f"mis-{hk}.log", env=_python_env(), what=f"the MIS listener of {hk}")
-        ledger.add({"kind": "process", "pid": started.pid, "start_time": started.start_time,
-                    "label": f"MIS listener {hk}"})
+        argv = ["ip", "netns", "exec", ep.netns, sys.executable, "-m", "kontur.lab.mis",
+                "--bind", ep.address, "--port", str(port), "--log", str(logfile),
+                "--facility", (mis.facility if mis and mis.facility else hk.upper())]
+        started = ledger.spawn(f"MIS listener {hk}", lambda pidfile, argv=argv, hk=hk: spawn(
+            argv, logs / f"mis-{hk}.log", env=_python_env(), what=f"the MIS listener of {hk}", pidfile=pidfile))
         state.mis[hk] = MisInfo(address=ep.address, port=port, netns=ep.netns, log=str(logfile),
                                 pid=started.pid, start_time=started.start_time,
                                 inventory_address=ep.inventory_address)
@@ -319,9 +335,8 @@ def _build(state: LabState, ledger: Ledger, region: Region, plan: Plan, base: Pa
         console = logs / f"{node}.console.log"
         cgroups = hosts.make_cgroups(node)
         ledger.add(*({"kind": "cgroup", "path": str(d)} for d in cgroups))
-        started = hosts.boot(node, roots[node], ep.netns, console, cgroups)
-        ledger.add({"kind": "process", "pid": started.pid, "start_time": started.start_time,
-                    "label": f"host {node}"})
+        started = ledger.spawn(f"host {node}", lambda pidfile, node=node, ep=ep, console=console, cgroups=cgroups:
+                               hosts.boot(node, roots[node], ep.netns, console, cgroups, pidfile))
         state.hosts[node] = HostInfo(address=ep.address, netns=ep.netns, pid=started.pid,
                                      rootfs=str(roots[node]), veth=ep.veth, role=region.nodes[node].role.value,
                                      inventory_address=ep.inventory_address, ssh_port=region.ports(node).ssh,

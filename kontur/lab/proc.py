@@ -55,7 +55,7 @@ def run(argv: list[str], *, check: bool = True, input: str | bytes | None = None
 # exec succeeded.
 _TRAMPOLINE = r"""
 import os, sys
-logpath, cgroups, argv = sys.argv[1], sys.argv[2], sys.argv[3:]
+logpath, pidfile, cgroups, argv = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4:]
 r, w = os.pipe()
 pid = os.fork()
 if pid == 0:
@@ -75,6 +75,13 @@ if pid == 0:
         os.write(w, f"{argv[0]}: {exc.strerror}".encode())
     os._exit(127)
 os.close(w)
+if pidfile:
+    # written by this separate process, so it lands even if kontur is killed now
+    with open(f"/proc/{pid}/stat") as f:
+        start = f.read().rsplit(")", 1)[1].split()[19]
+    with open(pidfile + ".tmp", "w") as f:
+        f.write(f"{pid} {start}\n")
+    os.replace(pidfile + ".tmp", pidfile)
 err = os.read(r, 4096)
 if err:
     sys.stdout.write("ERR " + err.decode(errors="replace"))
@@ -90,11 +97,13 @@ class Started:
 
 
 def spawn(argv: list[str], logfile: Path, *, env: dict[str, str] | None = None,
-          what: str = "", cgroups: list[Path] = ()) -> Started:
+          what: str = "", cgroups: list[Path] = (), pidfile: Path | None = None) -> Started:
     """Start ``argv`` detached (own session, adopted by PID 1), output to ``logfile``,
-    in ``cgroups`` (directories of cgroup hierarchies) if given."""
+    in ``cgroups`` (directories of cgroup hierarchies) if given.  With ``pidfile``,
+    "PID START_TIME" is written there as soon as the process exists."""
     log.debug("spawn: %s > %s", shlex.join(argv), logfile)
-    cp = subprocess.run([sys.executable, "-c", _TRAMPOLINE, str(logfile), "\n".join(map(str, cgroups)), *argv],
+    cp = subprocess.run([sys.executable, "-c", _TRAMPOLINE, str(logfile), str(pidfile or ""),
+                         "\n".join(map(str, cgroups)), *argv],
                         capture_output=True, text=True, env=env, start_new_session=True,
                         timeout=30, check=False)
     if cp.returncode != 0 or not cp.stdout.strip().isdigit():
@@ -106,6 +115,15 @@ def spawn(argv: list[str], logfile: Path, *, env: dict[str, str] | None = None,
         tail = _tail(logfile)
         raise OperationFailed(f"{what or argv[0]} exited at once" + (f":\n{tail}" if tail else ""))
     return Started(pid, st)
+
+
+def read_pidfile(path: Path) -> tuple[int, int] | None:
+    """(pid, start time) from a pidfile ``spawn`` wrote, None if there is none."""
+    try:
+        pid, start = Path(path).read_text().split()
+        return int(pid), int(start)
+    except (OSError, ValueError):
+        return None
 
 
 def _stat(pid: int) -> list[str] | None:

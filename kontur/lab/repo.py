@@ -226,11 +226,12 @@ def _release_text(directory: Path, files: list[str]) -> str:
 _DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
-def serve(repo: Repo, port: int, logfile: Path) -> Started:
+def serve(repo: Repo, port: int, logfile: Path, pidfile: Path | None = None) -> Started:
     """Start the HTTP server for the repository on the bridge address (detached),
     and wait until *it* serves the signed index."""
     started = spawn([sys.executable, "-m", "http.server", str(port), "--bind", BRIDGE_ADDRESS,
-                     "--directory", str(repo.path)], logfile, what="the lab repository's HTTP server")
+                     "--directory", str(repo.path)], logfile, what="the lab repository's HTTP server",
+                    pidfile=pidfile)
     url = f"{repo.url(port)}InRelease"
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:
