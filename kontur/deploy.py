@@ -226,9 +226,8 @@ def run_deploy(inventory: str | None = None, *, lab: bool = False, limit: list[s
         r = results[node]
         if r.failed_step is None:
             r.failed_step, r.cause = step, cause
-            first, *rest = cause.splitlines() or [""]
-            emit(f"{node}: FAILED at {step}: {first}", "failure")
-            for line in rest:
+            emit(f"{node}: FAILED at {step}:", "failure")
+            for line in cause.splitlines():
                 emit(f"{node}:   {line}", "failure")
 
     def drop(hosts) -> None:

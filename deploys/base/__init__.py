@@ -110,20 +110,24 @@ def directory(path: str, mode: str, user: str, group: str, current: dict | None)
 
 
 def _diagnose(unit: str, log: str | None) -> str:
-    """Shell that prints why ``unit`` failed, to stderr."""
-    cmd = f"systemctl status --no-pager -n 0 {unit} 2>&1 | sed -n '1,3p'; journalctl -u {unit} -n 8 --no-pager -o cat 2>/dev/null"
+    """Shell that prints why ``unit`` failed, to stderr: its state, its last
+    journal lines, then ``log`` (a command printing the service's own log
+    lines, for services that log to files)."""
+    cmd = (f"systemctl show -p ActiveState -p SubState -p Result {unit} 2>&1 | tr '\\n' ' '; echo; "
+           f"journalctl -u {unit} -n 5 --no-pager -o cat 2>/dev/null | grep -v -e '^Failed to dump process list' -e 'Failed to kill control group'")
     if log:
-        cmd += f"; tail -n 8 {log} 2>/dev/null"
+        cmd += f"; {log}"
     return "{ " + cmd + "; } >&2"
 
 
 def _ready(ready: str | None, unit: str, timeout: int) -> str:
-    """Shell that waits until ``ready`` succeeds while ``unit`` stays active."""
+    """Shell that waits until ``ready`` succeeds while ``unit`` stays active;
+    false (with a message) when it does not."""
     if not ready:
         return "true"
-    return (f"i=0; until {ready}; do i=$((i+1)); "
-            f"if [ $i -ge {timeout * 2} ] || ! systemctl is-active -q {unit}; then "
-            f"echo '{unit} did not become ready' >&2; false; break; fi; sleep 0.5; done")
+    return (f"i=0; ok=1; until {ready}; do i=$((i+1)); "
+            f"if [ $i -ge {timeout * 2} ] || ! systemctl is-active -q {unit}; then ok=0; break; fi; "
+            f"sleep 0.5; done; [ $ok = 1 ] || {{ echo '{unit} did not become ready' >&2; false; }}")
 
 
 @operation()
@@ -139,7 +143,7 @@ def unit_running(unit: str, check: str | None = None, ready: str | None = None, 
     if enable and not state.get("enabled"):
         yield f"systemctl enable -q {unit}"
     if not state.get("active"):
-        start = f"systemctl start {unit}"
+        start = f"timeout {timeout} systemctl start {unit}"
         if check:
             start = f"{check} && {start}"
         yield f"{{ {start} && {_ready(ready, unit, timeout)}; }} || {{ rc=$?; {_diagnose(unit, log)}; exit $rc; }}"
@@ -153,7 +157,7 @@ def unit_restart(unit: str, check: str | None = None, ready: str | None = None, 
     """Check the configuration, then restart (or reload) ``unit``: a failed
     check leaves the running service untouched."""
     verb = "reload-or-restart" if reload else "restart"
-    cmd = f"systemctl {verb} {unit}"
+    cmd = f"timeout {timeout} systemctl {verb} {unit}"
     if check:
         cmd = f"{check} && {cmd}"
     yield f"{{ {cmd} && {_ready(ready, unit, timeout)}; }} || {{ rc=$?; {_diagnose(unit, log)}; exit $rc; }}"

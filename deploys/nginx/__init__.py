@@ -45,4 +45,4 @@ def configure() -> None:
 def activate() -> None:
     ctx = context()
     if UNIT in ctx.bundle.services:
-        activate_unit(ctx, "nginx", UNIT, check=DEFAULTS["nginx_check"], log="/var/log/nginx/error.log")
+        activate_unit(ctx, "nginx", UNIT, check=DEFAULTS["nginx_check"], log="tail -n 3 /var/log/nginx/error.log 2>/dev/null")

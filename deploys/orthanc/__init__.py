@@ -50,10 +50,13 @@ def activate() -> None:
     ctx = context()
     if UNIT not in ctx.bundle.services:
         return
-    http = int(ctx.bundle.facts.get("ports", {}).get("http", 8042))
-    # Orthanc binds its DICOM port before its HTTP server: an answer on the
-    # loopback HTTP port (401: authentication is on) means both are up
+    ports = ctx.bundle.facts.get("ports", {})
+    http, dicom = int(ports.get("http", 8042)), int(ports.get("dicom", 4242))
+    # ready: the HTTP server answers on loopback (401: authentication is on)
+    # and the DICOM port is Orthanc's (not another process's)
     ready = (f"curl -s -o /dev/null --max-time 2 -w '%{{http_code}}' http://127.0.0.1:{http}/system "
-             "| grep -qv '^000$'")
-    log = f"$(ls -t {DEFAULTS['orthanc_log_dir']}/*.log 2>/dev/null | head -n 1)"
+             f"| grep -qv '^000$' && ss -Hltnp 'sport = :{dicom}' | grep -q '\"Orthanc\"'")
+    # Debian's unit sends Orthanc's log to files: its error lines say why it stopped
+    log = (f"grep -h '^E' $(ls -t {DEFAULTS['orthanc_log_dir']}/*.log 2>/dev/null | head -n 1) "
+           "2>/dev/null | tail -n 3")
     activate_unit(ctx, "Orthanc", UNIT, check=DEFAULTS["orthanc_check"], ready=ready, log=log)

@@ -29,7 +29,8 @@ DEFAULTS = {
     "postgresql_cluster": POSTGRESQL_CLUSTER,
     "postgresql_scram_iterations": 4096,
 }
-LOG = f"/var/log/postgresql/postgresql-{POSTGRESQL_VERSION}-{POSTGRESQL_CLUSTER}.log"
+LOG = (f"grep -hE 'FATAL|PANIC|ERROR|could not' /var/log/postgresql/postgresql-{POSTGRESQL_VERSION}-"
+       f"{POSTGRESQL_CLUSTER}.log 2>/dev/null | tail -n 4")
 
 
 def scram_verifier(password: str, user: str, iterations: int = 4096) -> str:
