@@ -100,7 +100,7 @@ def cgroup_hierarchies() -> list[tuple[Path, str]]:
     return found
 
 
-def make_cgroups(node: str) -> list[Path]:
+def make_cgroups(lab_id: str, node: str) -> list[Path]:
     """A cgroup of its own for a container, in each hierarchy its systemd manages.
 
     Without it every container would run in the cgroup kontur runs in, and their
@@ -108,7 +108,7 @@ def make_cgroups(node: str) -> list[Path]:
     """
     made = []
     for mount_point, rel in cgroup_hierarchies():
-        d = mount_point / rel / "kontur-lab" / node
+        d = mount_point / rel / "kontur-lab" / lab_id / node
         try:
             d.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -127,12 +127,12 @@ def remove_cgroup(d: Path) -> None:
             os.rmdir(dirpath)
         except FileNotFoundError:
             pass
-    parent = d.parent
-    if parent.name == "kontur-lab":
-        try:
-            parent.rmdir()
-        except OSError:
-            pass      # another container's cgroup is still there
+    for parent in (d.parent, d.parent.parent):
+        if "kontur-lab" in (parent.name, parent.parent.name):
+            try:
+                parent.rmdir()
+            except OSError:
+                break     # another container's (or another lab's) cgroup is still there
 
 
 def boot(node: str, root: Path, netns: str, console_log: Path, cgroups: list[Path] = (),

@@ -16,6 +16,7 @@ import shutil
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -226,7 +227,8 @@ def up(region: Region, inventory: Path, progress: Progress = _quiet) -> LabState
         d = lab_dir()
         state = LabState(region_name=region.region.name, inventory=str(Path(inventory).resolve()),
                          address_map=plan.address_map, status="starting", lab_dir=str(d), bridge=BRIDGE,
-                         bridge_address=BRIDGE_ADDRESS, created=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+                         bridge_address=BRIDGE_ADDRESS, created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                         lab_id=uuid.uuid4().hex[:8])
         ledger = Ledger(state)
         save_state(state)
         try:
@@ -333,7 +335,7 @@ def _build(state: LabState, ledger: Ledger, region: Region, plan: Plan, base: Pa
     booted = {}
     for node, ep in plan.nodes.items():
         console = logs / f"{node}.console.log"
-        cgroups = hosts.make_cgroups(node)
+        cgroups = hosts.make_cgroups(state.lab_id, node)
         ledger.add(*({"kind": "cgroup", "path": str(d)} for d in cgroups))
         started = ledger.spawn(f"host {node}", lambda pidfile, node=node, ep=ep, console=console, cgroups=cgroups:
                                hosts.boot(node, roots[node], ep.netns, console, cgroups, pidfile))

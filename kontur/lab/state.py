@@ -89,6 +89,8 @@ class LabState:
     bridge: str = ""
     bridge_address: str = ""
     created: str = ""
+    #: random per ``lab up``: names what must be unique on the machine (cgroups)
+    lab_id: str = ""
     #: everything ``up`` created, in order; ``down`` undoes it (internal)
     resources: list[dict[str, Any]] = field(default_factory=list)
     version: int = STATE_VERSION

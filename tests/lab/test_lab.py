@@ -277,7 +277,7 @@ def test_every_example_host_runs_in_a_cgroup_of_its_own(example_lab):
         return next(line.split(":", 2)[2] for line in lines if line.startswith("0::"))
     paths = {node: unified(h.pid) for node, h in example_lab.hosts.items()}
     assert len(set(paths.values())) == len(paths), paths
-    assert all(f"/kontur-lab/{node}/" in p for node, p in paths.items()), paths
+    assert all(f"/kontur-lab/{example_lab.lab_id}/{node}/" in p for node, p in paths.items()), paths
 
 
 def test_status_shows_every_example_node_up(example_lab):
@@ -333,7 +333,7 @@ def test_down_leaves_nothing_behind(example_lab):
     ours = [pid for pid in nspawn.stdout.split() if str(lab_dir()) + "/" in cmdline(int(pid))]
     assert not ours, [cmdline(int(p)) for p in ours]
     assert not net.nft_table_exists(), NFT_TABLE
-    cgroups = [mp / rel / "kontur-lab" for mp, rel in hosts.cgroup_hierarchies()]
+    cgroups = [mp / rel / "kontur-lab" / state.lab_id for mp, rel in hosts.cgroup_hierarchies()]
     assert not [d for d in cgroups if d.exists()], "cgroups left"
     assert not Path(state.known_hosts).exists()
 
@@ -387,3 +387,30 @@ def test_up_that_fails_midway_rolls_back_everything(no_lab):
     assert "HTTP server" in cp.stderr and "Address already in use" in cp.stderr
     assert "Traceback" not in cp.stderr
     assert nothing_of_a_lab_exists() == []
+
+
+def test_down_cleans_up_after_an_up_that_was_killed(no_lab):
+    up = subprocess.Popen([KONTUR, "lab", "up", "-i", str(SMALL_INVENTORY)], stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL)
+    try:
+        # kill kontur itself once it has started booting hosts: no rollback can run
+        for _ in range(600):
+            state = load_state()
+            if state and any(r["kind"] == "process" and r["label"].startswith("host ") for r in state.resources):
+                break
+            if up.poll() is not None:
+                break
+            time.sleep(0.05)
+    finally:
+        up.kill()
+        up.wait(10)
+    left = load_state()
+    assert left is not None and left.status == "starting"
+    cp = kontur("lab", "up", "-i", str(SMALL_INVENTORY))
+    assert cp.returncode == 2 and "half-built" in cp.stderr
+    cp = kontur("lab", "down")
+    assert cp.returncode == 0, cp.stderr
+    assert nothing_of_a_lab_exists() == []
+    ours = [line for line in subprocess.run(["ps", "-eo", "args"], check=False, capture_output=True,
+                                            text=True).stdout.splitlines() if str(lab_dir()) + "/" in line]
+    assert not ours, ours
