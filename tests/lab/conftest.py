@@ -6,7 +6,13 @@ can import them too; see its docstring.
 """
 from __future__ import annotations
 
-from kontur.lab.pytest_fixtures import example_lab, lab, lab_manager, no_lab, order_example_last  # noqa: F401
+from kontur.lab.pytest_fixtures import (  # noqa: F401
+    example_lab,
+    lab,
+    lab_manager,
+    no_lab,
+    order_example_last,
+)
 
 
 def pytest_collection_modifyitems(session, config, items):

@@ -20,7 +20,14 @@ from kontur.inventory import EXAMPLE_INVENTORY, load
 from kontur.lab import base, mis, ops, repo
 from kontur.lab.config import NETWORK
 from kontur.lab.plan import CAPACITY, make_plan
-from kontur.lab.state import LabState, lab_region, load_state, pyinfra_hosts, save_state, ssh_command
+from kontur.lab.state import (
+    LabState,
+    lab_region,
+    load_state,
+    pyinfra_hosts,
+    save_state,
+    ssh_command,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 SMALL = REPO / "tests" / "data" / "small-region.yaml"
