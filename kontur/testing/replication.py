@@ -32,7 +32,7 @@ end
 #: fast timings for tests; production keeps the plugin's defaults
 FAST = {
     "changes_poll_seconds": 1,
-    "stable_grace_seconds": 1,
+    "stable_grace_seconds": 2,
     "retry_base_seconds": 0.5,
     "retry_factor": 2,
     "retry_max_seconds": 2,

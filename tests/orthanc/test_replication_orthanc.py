@@ -46,7 +46,7 @@ def test_late_instances_follow_a_delivered_study(make_node, tsami):
     lami.store(study, instances=late)
     wait_delivered(tsami, study)
     assert sorted(tsami.all_sop_uids()) == sorted(study.sop_uids)      # no duplicates
-    wait_for(lambda: lami.status()["counters"].get("deliveries_total") == 2, 30, message="second delivery")
+    wait_for(lambda: lami.status()["counters"].get("deliveries_total", 0) >= 2, 30, message="second delivery")
 
 
 def test_pathology_policy_sends_only_flagged_studies(make_node, tsami):
@@ -271,8 +271,11 @@ def test_resend_is_idempotent(make_node, tsami):
     lami.store(study)
     wait_delivered(tsami, study)
     for urgent in (False, True):
+        before = wait_for(lambda: (s := lami.status())["queue_depth"] == 0 and s["in_flight"] is None and s,
+                          30, message="an idle sender")["counters"].get("deliveries_total", 0)
         lami.replicate(study=study.orthanc_id(), urgent=urgent)
-    wait_for(lambda: lami.status()["counters"].get("deliveries_total", 0) >= 3, 30, message="re-verification")
+        wait_for(lambda: lami.status()["counters"].get("deliveries_total", 0) > before, 30,
+                 message="re-verification")
     assert sorted(tsami.all_sop_uids()) == sorted(study.sop_uids)
     # the transport's own guarantee: the TsAMI keeps the first copy
     assert tsami.upload(study.instances[0].data)["Status"] == "AlreadyStored"
