@@ -341,10 +341,10 @@ def run_deploy(inventory: str | None = None, *, lab: bool = False, limit: list[s
 def _will_change(step) -> bool:
     """In a dry run: would this step change?  A restart, reload or package
     list update waits on other steps: it happens when one of them changes."""
-    if not step.meta.will_change():
+    if not step.meta.will_change:
         return False
     if step.gates is not None:
-        return any(m.will_change() for m in step.gates)
+        return any(m.will_change for m in step.gates)
     return True
 
 

@@ -1,0 +1,331 @@
+# SPDX-License-Identifier: AGPL-3.0-or-later
+"""``kontur deploy`` end to end in the lab, on the small test region.
+
+The tests run in file order and build on each other, like an operator's day:
+
+1. the region without its type-2 hospital deploys onto clean lab hosts
+   (packages from the lab's repository only); a second deploy changes nothing;
+2. the planner adds the hospital (``kontur inventory add-hospital`` and
+   ``add-modality``); the deploy brings its gateway up and updates the TsAMI,
+   whose peers changed; no other node restarts;
+3. the deployed region is checked from outside: DICOM from inventory
+   modalities only, mutual TLS with the regional CA on every inter-site
+   endpoint, no default credentials, undeclared ports closed;
+4. one hospital's modality list changes: ``--dry-run`` shows the diff without
+   secrets and changes nothing, the deploy restarts that hospital's Orthanc only;
+5. broken hosts (a port taken, PostgreSQL down) fail the deploy naming host,
+   step and cause; a re-run after the fix succeeds.
+"""
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from kontur.inventory import load
+from kontur.lab.state import lab_region
+from kontur.pki import ensure_ca, operator_cert
+from kontur.render.orthanc import SERVICE_USER
+from kontur.secrets import SecretStore, default_dir
+
+from deploy_helpers import deploy, in_netns, kontur, on_host, unit_stamp
+
+pytestmark = pytest.mark.lab
+
+SMALL = Path(__file__).resolve().parents[1] / "data" / "small-region.yaml"
+NEW_HOSPITAL = "rural"
+NEW_NODE = "rural-gw"
+
+
+# --- inventories and the first deploy ------------------------------------------------
+
+@pytest.fixture(scope="module")
+def inventories(tmp_path_factory) -> dict[str, Path]:
+    """``before``: the small region without its type-2 hospital (the planner
+    adds it later); ``work``: the file the planner edits."""
+    d = tmp_path_factory.mktemp("inventory")
+    before = d / "before.yaml"
+    shutil.copy(SMALL, before)
+    r = kontur("inventory", "remove-hospital", NEW_HOSPITAL, "-i", str(before))
+    assert r.rc == 0, r.out
+    assert NEW_NODE not in load(before).nodes
+    work = d / "region.yaml"
+    shutil.copy(before, work)
+    return {"before": before, "work": work}
+
+
+@pytest.fixture(scope="module")
+def first_deploy(lab, inventories):
+    return deploy(inventories["work"])
+
+
+@pytest.fixture(scope="module")
+def store(lab):
+    return SecretStore(default_dir(lab.region_name, lab=True))
+
+
+@pytest.fixture(scope="module")
+def region(lab, inventories, first_deploy):
+    """The whole small region at its lab addresses (after the hospital is added)."""
+    return lab_region(load(SMALL), lab)
+
+
+def test_region_deploys_onto_clean_hosts(lab, first_deploy):
+    r = first_deploy
+    assert r.rc == 0, r.out
+    assert (r.hosts, r.failed) == (3, 0), r.out
+    assert r.changed > 0
+    for node in ("tsami", "research", "city-lami"):
+        assert any(ln.startswith(f"{node}: done") for ln in r.lines(node)), r.out
+
+
+@pytest.mark.parametrize("node", ["tsami", "research", "city-lami"])
+def test_packages_come_only_from_the_lab_repository(lab, first_deploy, node):
+    p = on_host(lab, node, "ls /etc/apt/sources.list.d; test ! -e /etc/apt/sources.list && echo no-sources-list; "
+                           "apt-cache policy orthanc | sed -n '/Version table/,$p'")
+    assert p.returncode == 0, p.stderr
+    assert "kontur-lab.list" in p.stdout and "no-sources-list" in p.stdout
+    assert p.stdout.split().count("kontur-lab.list") == 1
+    assert f"http://{lab.bridge_address}:" in p.stdout, p.stdout
+
+
+def test_second_deploy_changes_nothing(lab, inventories, first_deploy):
+    before = {n: unit_stamp(lab, n) for n in ("tsami", "research", "city-lami")}
+    r = deploy(inventories["work"])
+    assert r.rc == 0, r.out
+    assert r.changed == 0, r.out
+    assert "changed operations: 0" in r.out
+    assert {n: unit_stamp(lab, n) for n in before} == before
+
+
+def test_adding_a_hospital_updates_only_the_nodes_whose_files_changed(lab, inventories, first_deploy):
+    work = inventories["work"]
+    small = load(SMALL)
+    h = small.hospitals[NEW_HOSPITAL]
+    node = small.nodes[NEW_NODE]
+    staff = h.staff[0]
+    r = kontur("inventory", "add-hospital", NEW_HOSPITAL, "-i", str(work), "--type", "2", "--title", h.title,
+               "--address", node.address, "--aet", node.aet, "--network", h.network,
+               "--staff-name", staff.name, "--staff-position", staff.position,
+               "--work-phone", staff.work_phone, "--mobile-phone", staff.mobile_phone)
+    assert r.rc == 0, r.out
+    for m in h.modalities:
+        r = kontur("inventory", "add-modality", NEW_HOSPITAL, "-i", str(work), "--aet", m.aet, "--host", m.host,
+                   "--modality", m.modality)
+        assert r.rc == 0, r.out
+    assert NEW_NODE in load(work).nodes
+
+    untouched = ("research", "city-lami")
+    before = {n: unit_stamp(lab, n, ("orthanc.service", "nginx.service", "postgresql@15-main.service"))
+              for n in untouched}
+    tsami_before = unit_stamp(lab, "tsami")
+    r = deploy(work)
+    assert r.rc == 0, r.out
+    assert (r.hosts, r.failed) == (4, 0), r.out
+    # the new node is up, the TsAMI (its peers changed) restarted, nobody else touched
+    assert on_host(lab, NEW_NODE, "systemctl is-active orthanc nginx nftables").returncode == 0
+    assert unit_stamp(lab, "tsami")["orthanc.service"] != tsami_before["orthanc.service"]
+    for n in untouched:
+        assert r.lines(n) == [f"{n}: done, 0 changed"] or \
+            [ln for ln in r.lines(n) if not ln.startswith(f"{n}: done")] == [], r.out
+        assert unit_stamp(lab, n, ("orthanc.service", "nginx.service", "postgresql@15-main.service")) == before[n]
+    assert deploy(work).changed == 0
+
+
+# --- the deployed region, checked from outside ----------------------------------------
+
+def _modalities(region):
+    return [(h.node, m.aet) for h in region.hospitals.values() if h.node for m in h.modalities]
+
+
+def _echo(netns, calling, called, address, port):
+    return in_netns(netns, ["timeout", "20", "echoscu", "-to", "3", "-aet", calling, "-aec", called,
+                            address, str(port)])
+
+
+def _store_scu(netns, calling, called, address, port, path):
+    return in_netns(netns, ["timeout", "20", "storescu", "-to", "3", "-aet", calling, "-aec", called,
+                            address, str(port), str(path)])
+
+
+def test_inventory_modalities_echo_and_store(lab, region, dicom_file):
+    for node, aet in _modalities(region):
+        spec = region.nodes[node]
+        netns = lab.modalities[aet].netns
+        port = region.ports(node).dicom
+        p = _echo(netns, aet, spec.aet, spec.address, port)
+        assert p.returncode == 0, f"C-ECHO {aet} -> {spec.aet}: {p.stdout}"
+    node, aet = _modalities(region)[0]
+    spec = region.nodes[node]
+    p = _store_scu(lab.modalities[aet].netns, aet, spec.aet, spec.address, region.ports(node).dicom, dicom_file)
+    assert p.returncode == 0, f"C-STORE {aet} -> {spec.aet}: {p.stdout}"
+
+
+def test_unknown_ae_title_is_refused(lab, region, dicom_file):
+    for node, aet in _modalities(region):
+        spec = region.nodes[node]
+        netns = lab.modalities[aet].netns
+        port = region.ports(node).dicom
+        assert _echo(netns, "INTRUDER", spec.aet, spec.address, port).returncode != 0, f"{node}: C-ECHO"
+        assert _store_scu(netns, "INTRUDER", spec.aet, spec.address, port, dicom_file).returncode != 0, \
+            f"{node}: C-STORE"
+        # the right modality calling the wrong AE title is refused too
+        assert _echo(netns, aet, "NOT_" + spec.aet[:12], spec.address, port).returncode != 0
+
+
+def test_address_not_in_the_inventory_is_refused(lab, region, dicom_file):
+    """The MIS's address is in the inventory, but not as a modality: DICOM
+    from it is refused even with a modality's AE title."""
+    hk, mis = next(iter(lab.mis.items()))
+    node = region.hospitals[hk].node
+    spec = region.nodes[node]
+    aet = region.hospitals[hk].modalities[0].aet
+    port = region.ports(node).dicom
+    assert _echo(mis.netns, aet, spec.aet, spec.address, port).returncode != 0
+    assert _store_scu(mis.netns, aet, spec.aet, spec.address, port, dicom_file).returncode != 0
+
+
+def _curl(*args: str) -> tuple[str, str]:
+    p = subprocess.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "5", *args],
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=30)
+    return p.stdout.strip(), p.stderr
+
+
+@pytest.fixture(scope="module")
+def foreign_cert(tmp_path_factory):
+    """A client certificate from another CA: must be refused like none."""
+    other = SecretStore(tmp_path_factory.mktemp("other") / "secrets")
+    ensure_ca(other, "not the region")
+    return operator_cert(other, "not the region")
+
+
+def test_inter_site_endpoints_require_a_regional_client_certificate(lab, region, store, foreign_cert):
+    ca, crt, key = operator_cert(store, region.region.title)
+    _fca, fcrt, fkey = foreign_cert
+    for node, spec in region.nodes.items():
+        base = f"https://{spec.address}:{region.ports(node).https}"
+        plain, _ = _curl(f"http://{spec.address}:{region.ports(node).https}/system")
+        assert plain == "400", f"{node}: plain HTTP on the TLS port answered {plain}"
+        none, _ = _curl("--cacert", str(ca), f"{base}/system")
+        assert none == "400", f"{node}: TLS without a client certificate answered {none}"
+        foreign, _ = _curl("--cacert", str(ca), "--cert", str(fcrt), "--key", str(fkey), f"{base}/system")
+        assert foreign in ("400", "000"), f"{node}: a foreign client certificate answered {foreign}"
+        mtls = ("--cacert", str(ca), "--cert", str(crt), "--key", str(key))
+        if spec.role.value == "reference":
+            continue
+        assert _curl(*mtls, f"{base}/system")[0] == "401", f"{node}: REST without credentials"
+        assert _curl(*mtls, "-u", "orthanc:orthanc", f"{base}/system")[0] == "401", f"{node}: orthanc:orthanc"
+        good = store.password(f"nodes/{node}/{SERVICE_USER}")
+        code, err = _curl(*mtls, "-u", f"{SERVICE_USER}:{good}", f"{base}/system")
+        assert code == "200", f"{node}: with the regional certificate and credentials: {code} {err}"
+
+
+def test_undeclared_ports_are_closed_from_another_host(lab, region):
+    target = region.nodes["city-lami"]
+    ports = region.ports("city-lami")
+    probe = "timeout 3 bash -c '</dev/tcp/{}/{}' && echo open || echo closed"
+    # a declared port, from a declared peer: open (the probe works)
+    p = on_host(lab, "tsami", probe.format(target.address, ports.https))
+    assert p.stdout.strip() == "open", p.stdout + p.stderr
+    # Orthanc's HTTP port (loopback behind nginx), PostgreSQL, DICOM (modalities only), port 80
+    for port in (ports.http, ports.postgresql, ports.dicom, 80):
+        p = on_host(lab, "tsami", probe.format(target.address, port))
+        assert p.stdout.strip() == "closed", f"city-lami:{port} is reachable from tsami"
+
+
+# --- a change to one hospital ---------------------------------------------------------
+
+def test_modality_change_restarts_only_that_hospital(lab, inventories, region, store, tmp_path):
+    work = inventories["work"]
+    changed = tmp_path / "region.yaml"
+    shutil.copy(work, changed)
+    removed = region.hospitals["city"].modalities[-1].aet
+    r = kontur("inventory", "remove-modality", removed, "-i", str(changed))
+    assert r.rc == 0, r.out
+    nodes = list(load(changed).nodes)
+    before = {n: unit_stamp(lab, n) for n in nodes}
+
+    dry = deploy(changed, "--dry-run")
+    assert dry.rc == 0, dry.out
+    assert "operations to change" in dry.out
+    assert any("would change: Orthanc: /etc/orthanc/dicom.json" in ln for ln in dry.lines("city-lami")), dry.out
+    assert any(ln.startswith("city-lami:   -") and removed in ln for ln in dry.lines("city-lami")), dry.out
+    for n in nodes:
+        if n != "city-lami":
+            assert not any(": would change:" in ln for ln in dry.lines(n)), dry.out
+    for key in store.keys():
+        assert store.get(key) not in dry.out, f"the dry run printed the secret {key}"
+    assert {n: unit_stamp(lab, n) for n in nodes} == before, "the dry run changed something"
+
+    r = deploy(changed)
+    assert r.rc == 0, r.out
+    after = {n: unit_stamp(lab, n) for n in nodes}
+    assert after["city-lami"]["orthanc.service"] != before["city-lami"]["orthanc.service"]
+    for n in nodes:
+        if n != "city-lami":
+            assert after[n] == before[n], f"{n} restarted"
+            assert [ln for ln in r.lines(n) if not ln.startswith(f"{n}: done")] == [], r.out
+    # the removed modality is refused now; put it back
+    spec = region.nodes["city-lami"]
+    assert _echo(lab.modalities[removed].netns, removed, spec.aet, spec.address,
+                 region.ports("city-lami").dicom).returncode != 0
+    r = deploy(work)
+    assert r.rc == 0 and r.changed > 0, r.out
+    assert _echo(lab.modalities[removed].netns, removed, spec.aet, spec.address,
+                 region.ports("city-lami").dicom).returncode == 0
+
+
+# --- broken hosts ------------------------------------------------------------------------
+
+BLOCKER = "kontur-test-blocker"
+
+
+def _block(lab, node: str, units_to_stop: str, bind: str, port: int) -> None:
+    """Stop ``units_to_stop`` and take ``port`` with another process."""
+    p = on_host(lab, node, f"systemctl stop {units_to_stop}; systemctl reset-failed {BLOCKER} 2>/dev/null; "
+                           f"systemd-run -q --unit {BLOCKER} -p Restart=on-failure -p RestartSec=0.2 "
+                           f"python3 -m http.server --bind {bind} {port}; "
+                           f"for i in $(seq 40); do ss -Hltnp 'sport = :{port}' | grep -q python3 && exit 0; "
+                           "sleep 0.25; done; exit 1")
+    assert p.returncode == 0, f"could not take port {port} on {node}: {p.stdout}{p.stderr}"
+
+
+def _unblock(lab, node: str) -> None:
+    on_host(lab, node, f"systemctl stop {BLOCKER}; systemctl reset-failed {BLOCKER} 2>/dev/null; true")
+
+
+def test_port_taken_fails_naming_host_step_and_cause(lab, inventories, region):
+    port = region.ports("city-lami").dicom
+    try:
+        _block(lab, "city-lami", "orthanc.service", "0.0.0.0", port)
+        r = deploy(inventories["work"])
+        assert r.rc == 1, r.out
+        assert r.failed == 1, r.out
+        assert "city-lami: FAILED at Orthanc: orthanc.service enabled and running" in r.out, r.out
+        assert "already in use" in r.out and f"port = {port}" in r.out, r.out
+        assert "deploy failed on 1 host(s): city-lami" in r.out
+    finally:
+        _unblock(lab, "city-lami")
+    r = deploy(inventories["work"])
+    assert r.rc == 0 and r.failed == 0, r.out
+    assert on_host(lab, "city-lami", "systemctl is-active orthanc").returncode == 0
+
+
+def test_postgresql_down_fails_naming_host_step_and_cause(lab, inventories, region):
+    port = region.ports("tsami").postgresql
+    try:
+        _block(lab, "tsami", "postgresql.service postgresql@15-main.service", "127.0.0.1", port)
+        r = deploy(inventories["work"])
+        assert r.rc == 1, r.out
+        assert "tsami: FAILED at PostgreSQL: postgresql@15-main.service running" in r.out, r.out
+        assert "could not" in r.out and "TCP/IP" in r.out, r.out
+        assert "deploy failed on 1 host(s): tsami" in r.out
+    finally:
+        _unblock(lab, "tsami")
+    r = deploy(inventories["work"])
+    assert r.rc == 0 and r.failed == 0, r.out
+    p = on_host(lab, "tsami", f"runuser -u postgres -- pg_isready -q -h 127.0.0.1 -p {port} && "
+                              "systemctl is-active orthanc")
+    assert p.returncode == 0, p.stdout + p.stderr
