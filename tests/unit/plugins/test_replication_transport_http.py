@@ -62,9 +62,21 @@ def server():
     srv.server_close()
 
 
+OPEN: list[UpstreamClient] = []
+
+
+@pytest.fixture(autouse=True)
+def close_clients():
+    yield
+    while OPEN:
+        OPEN.pop().close()
+
+
 def client(server, pacer=None):
     up = Upstream("tsami", f"http://127.0.0.1:{server.server_address[1]}/", "peer", "pw")
-    return UpstreamClient(up, timeout=5, chunk_bytes=16384, pacer=pacer)
+    c = UpstreamClient(up, timeout=5, chunk_bytes=16384, pacer=pacer)
+    OPEN.append(c)
+    return c
 
 
 def test_post_instance_paced_and_answers(server):
