@@ -110,18 +110,33 @@ class NodeClient:
 
 def client_for(region: Region, node: str, *, lab: bool = False) -> NodeClient:
     """The client of ``node`` for the control machine (service account
-    ``kontur``, mutual TLS with the operator certificate)."""
+    ``kontur``, mutual TLS with the operator certificate).
+
+    With ``lab`` the node is reached at its address in the running region lab
+    (``kontur lab up``), with the lab's secrets store (the one ``kontur deploy
+    --lab`` rendered from)."""
     from .pki import operator_cert
     from .secrets import SecretStore, default_dir
 
     if node not in region.nodes:
         raise InvalidInput(f"node {node!r} is not in the inventory")
+    if lab:
+        from .lab.state import lab_region, require_state
+        state = require_state()
+        if state.region_name != region.region.name:
+            raise InvalidInput(f"the running lab is of region {state.region_name!r}, the inventory is of region "
+                               f"{region.region.name!r}; pass the lab's inventory: -i {state.inventory}")
+        region = lab_region(region, state)
     spec = region.nodes[node]
-    store = SecretStore(default_dir(region.region.name, lab=lab), create=False)
+    how = "`kontur deploy --lab`" if lab else "`kontur render` (or deploy)"
+    directory = default_dir(region.region.name, lab=lab)
+    if lab and not directory.is_dir():
+        raise InvalidInput(f"the lab's secrets store {directory} does not exist; run {how} first")
+    store = SecretStore(directory, create=False)
     password = store.get(f"nodes/{node}/{SERVICE_USER}")
     if password is None:
-        raise InvalidInput(f"the secrets store has no password for nodes/{node}/{SERVICE_USER}; "
-                           "run `kontur render` (or deploy) first")
+        raise InvalidInput(f"the secrets store {store.dir} has no password for nodes/{node}/{SERVICE_USER}; "
+                           f"run {how} first")
     ca, cert, key = operator_cert(store, region.region.title)
     url = f"https://{spec.address}:{region.ports(node).https}/"
     return NodeClient(url, SERVICE_USER, password, str(ca), str(cert), str(key), name=node)

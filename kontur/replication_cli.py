@@ -50,7 +50,8 @@ def _age(seconds) -> str:
 @click.option("--patient", metavar="ID", help="PatientID: push all of this patient's studies.")
 @click.option("--urgent", is_flag=True, help="Send at once, ahead of the queue, whatever the transfer window.")
 @click.option("--node", metavar="NODE", help="The LAMI or gateway holding the study (default: ask every one).")
-@click.option("--lab", is_flag=True, hidden=True, help="Talk to the region lab's nodes.")
+@click.option("--lab", is_flag=True,
+              help="Talk to the nodes of the running region lab (kontur lab up, kontur deploy --lab).")
 @inventory_option
 def replicate_command(study, patient, urgent, node, lab, inventory):
     """Push one study, or all studies of one patient, to the TsAMI now.
@@ -141,7 +142,8 @@ def replication_group():
 
 @replication_group.command("status")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (one object per node) instead of a table.")
-@click.option("--lab", is_flag=True, hidden=True, help="Talk to the region lab's nodes.")
+@click.option("--lab", is_flag=True,
+              help="Ask the nodes of the running region lab (kontur lab up, kontur deploy --lab).")
 @inventory_option
 def status_command(as_json, lab, inventory):
     """One table for the whole region: policy, queue, oldest pending, in flight,
