@@ -283,7 +283,8 @@ def run_deploy(inventory: str | None = None, *, lab: bool = False, limit: list[s
             if h not in state.active_hosts:
                 continue
             ctx = contexts[h.name]
-            changing = [s for s in ctx.steps if _will_change(s)]
+            by_meta = {id(s.meta): s for s in ctx.steps}
+            changing = [s for s in ctx.steps if _will_change(s, by_meta)]
             results[h.name].ops = len(ctx.steps)
             results[h.name].changed = len(changing)
             results[h.name].changes = [s.name for s in changing]
@@ -338,14 +339,24 @@ def run_deploy(inventory: str | None = None, *, lab: bool = False, limit: list[s
     return DeployResult(results, seconds=time.monotonic() - started)
 
 
-def _will_change(step) -> bool:
+def _will_change(step, steps: dict) -> bool:
     """In a dry run: would this step change?  A restart, reload or package
-    list update waits on other steps: it happens when one of them changes."""
-    if not step.meta.will_change:
-        return False
-    if step.gates is not None:
-        return any(m.will_change for m in step.gates)
-    return True
+    list update waits on other steps (which may wait on others): it happens
+    when one of them changes."""
+    seen: set[int] = set()
+
+    def changes(meta) -> bool:
+        if id(meta) in seen:
+            return False
+        seen.add(id(meta))
+        if not meta.will_change:
+            return False
+        s = steps.get(id(meta))
+        if s is not None and s.gates is not None:
+            return any(changes(g) for g in s.gates)
+        return True
+
+    return changes(step.meta)
 
 
 def _file_diff(state, host, f) -> list[str]:

@@ -208,20 +208,22 @@ def cleanup_owned(ctx: NodeContext, component: str, owned: dict[str, str], names
 
 def activate_unit(ctx: NodeContext, component: str, unit: str, *, check: str | None = None,
                   ready: str | None = None, log: str | None = None, restart_unit: str | None = None,
-                  enable: bool = True) -> None:
+                  enable: bool = True) -> list:
     """Restart or reload ``unit`` only if a file naming it changed (and it was
     already running: a stopped unit simply starts with the new files), then
-    make sure it is enabled and running."""
+    make sure it is enabled and running.  Returns the operations that restart
+    or start it (a dependent unit restarts when one of them changed)."""
     timeout = int(host.data.get("base_ready_timeout", DEFAULTS["base_ready_timeout"]))
     target = restart_unit or unit
     current = unit_states(ctx, target)
     running = current.get("active", False)
     restart_ops = ctx.restarts.get(unit, [])
     reload_ops = ctx.reloads.get(unit, [])
+    started = []
     if running and restart_ops:
         name = f"{component}: check the configuration and restart {target}"
-        ctx.record(name, unit_restart(name=name, unit=target, check=check, ready=ready, log=log,
-                                      timeout=timeout, _if=any_changed(*restart_ops)), gates=restart_ops)
+        started.append(ctx.record(name, unit_restart(name=name, unit=target, check=check, ready=ready, log=log,
+                                      timeout=timeout, _if=any_changed(*restart_ops)), gates=restart_ops))
     if running and reload_ops:
         changed_reload = any_changed(*reload_ops)
         changed_restart = any_changed(*restart_ops) if restart_ops else (lambda: False)
@@ -230,8 +232,9 @@ def activate_unit(ctx: NodeContext, component: str, unit: str, *, check: str | N
                                       timeout=timeout, _if=lambda: changed_reload() and not changed_restart()),
                    gates=reload_ops)
     name = f"{component}: {target} {'enabled and ' if enable else ''}running"
-    ctx.record(name, unit_running(name=name, unit=target, check=check, ready=ready, log=log, timeout=timeout,
-                                  enable=enable, current=current))
+    started.append(ctx.record(name, unit_running(name=name, unit=target, check=check, ready=ready, log=log,
+                                                 timeout=timeout, enable=enable, current=current)))
+    return started
 
 
 def unit_states(ctx: NodeContext, unit: str) -> dict:

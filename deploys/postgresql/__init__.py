@@ -91,8 +91,11 @@ def activate() -> None:
     # when a cluster fails): restart and watch the cluster's own unit
     name = f"PostgreSQL: {UNIT} enabled and running"
     ctx.record(name, unit_running(name=name, unit=UNIT, current=unit_states(ctx, UNIT)))
-    activate_unit(ctx, "PostgreSQL", UNIT, ready=ready, log=LOG, restart_unit=POSTGRESQL_CLUSTER_UNIT,
-                  enable=False)
+    started = activate_unit(ctx, "PostgreSQL", UNIT, ready=ready, log=LOG, restart_unit=POSTGRESQL_CLUSTER_UNIT,
+                            enable=False)
+    # Orthanc's index connection does not survive a restart of the server
+    # under it: a running Orthanc restarts when the cluster (re)started
+    ctx.restarts.setdefault("orthanc.service", []).extend(started)
     password = ctx.store.password(facts["password_key"])
     verifier = scram_verifier(password, facts["user"], int(host.data.get("postgresql_scram_iterations", 4096)))
     name = f"PostgreSQL: role {facts['user']} and database {facts['database']}"

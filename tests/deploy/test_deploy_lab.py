@@ -313,7 +313,7 @@ def test_port_taken_fails_naming_host_step_and_cause(lab, inventories, region):
     assert on_host(lab, "city-lami", "systemctl is-active orthanc").returncode == 0
 
 
-def test_postgresql_down_fails_naming_host_step_and_cause(lab, inventories, region):
+def test_postgresql_down_fails_naming_host_step_and_cause(lab, inventories, region, store):
     port = region.ports("tsami").postgresql
     try:
         _block(lab, "tsami", "postgresql.service postgresql@15-main.service", "127.0.0.1", port)
@@ -326,6 +326,14 @@ def test_postgresql_down_fails_naming_host_step_and_cause(lab, inventories, regi
         _unblock(lab, "tsami")
     r = deploy(inventories["work"])
     assert r.rc == 0 and r.failed == 0, r.out
+    # the index server came back under a running Orthanc: Orthanc restarted with it
+    assert "tsami: Orthanc: check the configuration and restart orthanc.service" in r.out, r.out
     p = on_host(lab, "tsami", f"runuser -u postgres -- pg_isready -q -h 127.0.0.1 -p {port} && "
                               "systemctl is-active orthanc")
     assert p.returncode == 0, p.stdout + p.stderr
+    ca, crt, key = operator_cert(store, region.region.title)
+    spec = region.nodes["tsami"]
+    code, err = _curl("--cacert", str(ca), "--cert", str(crt), "--key", str(key),
+                      "-u", f"{SERVICE_USER}:{store.password('nodes/tsami/' + SERVICE_USER)}",
+                      f"https://{spec.address}:{region.ports('tsami').https}/statistics")
+    assert code == "200", f"Orthanc's index does not answer after the fix: {code} {err}"
