@@ -35,6 +35,8 @@ DEFAULTS = {
     "base_no_recommends": True,
     # seconds a service gets to answer after a (re)start
     "base_ready_timeout": 90,
+    # dpkg without fsync: only for hosts that are thrown away (the lab sets it)
+    "base_dpkg_unsafe_io": False,
 }
 
 POLICY_RC_D = "/usr/sbin/policy-rc.d"
@@ -274,8 +276,10 @@ def install() -> None:
         ctx.record(name, files.put(name=name, src=io.BytesIO(b"#!/bin/sh\nexit 101\n"),
                                    dest=POLICY_RC_D, mode="0755"))
         name = "Base: install packages"
+        unsafe = bool(host.data.get("base_dpkg_unsafe_io", False))
         ctx.record(name, apt.packages(name=name, packages=ctx.installing,
-                                      no_recommends=bool(host.data.get("base_no_recommends", True))))
+                                      no_recommends=bool(host.data.get("base_no_recommends", True)),
+                                      extra_install_args="-o Dpkg::Options::=--force-unsafe-io" if unsafe else None))
     name = "Base: allow service starts again"
     ctx.record(name, files.file(name=name, path=POLICY_RC_D, present=False))
 

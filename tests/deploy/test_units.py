@@ -49,3 +49,20 @@ def test_path_states_parse():
                                                 "group": "orthanc", "sha1": "a" * 40}
     assert got["/etc/orthanc"]["type"] == "dir" and got["/etc/orthanc"]["sha1"] is None
     assert got["/etc/nginx/sites-enabled/kontur.conf"]["type"] == "link"
+
+
+def test_deploy_refuses_an_unknown_node_in_limit(tmp_path, monkeypatch):
+    """Refused before any host is contacted (exit 2)."""
+    from deploy_helpers import kontur
+    monkeypatch.setenv("KONTUR_SECRETS", str(tmp_path / "secrets"))
+    r = kontur("deploy", "--limit", "no-such-node", "--dry-run")
+    assert r.rc == 2, r.out
+    assert "unknown node 'no-such-node'" in r.out and "Traceback" not in r.out
+
+
+def test_deploy_lab_without_a_lab_says_so(tmp_path, monkeypatch):
+    from deploy_helpers import kontur
+    monkeypatch.setenv("KONTUR_LAB_DIR", str(tmp_path / "no-lab"))
+    r = kontur("deploy", "--lab", "--dry-run")
+    assert r.rc == 1, r.out
+    assert "no lab is running" in r.out and "Traceback" not in r.out
