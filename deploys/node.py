@@ -114,18 +114,18 @@ def lab_state():
 
 
 def deploy_region(inventory: str, lab: bool):
-    """The region as the deploy sees it: the inventory, at lab addresses in the lab.
-
-    In the lab the control machine reaches hosts from the lab bridge, which is
-    not in the inventory's admin networks: the bridge is added to them (else
-    the firewall a deploy loads would lock the deploy out of its own hosts).
-    """
+    """The region as the deploy sees it: the inventory, or in the lab the same
+    region at its lab addresses (:func:`kontur.lab.state.lab_region`: the lab
+    network as the hospitals' networks, the lab bridge as the admin network)
+    -- exactly what ``kontur render --lab`` writes."""
     region = load(inventory)
     state = None
     if lab:
         from kontur.lab.state import lab_region
         state = lab_state()
         region = lab_region(region, state)
+        # the control machine connects from the lab bridge: without it among
+        # the admin networks the firewall would lock the deploy out
         bridge = f"{state.bridge_address or '198.18.0.1'}/32"
         if bridge not in region.region.admin_networks:
             data = region.model_dump(mode="json")
