@@ -43,8 +43,8 @@ def kontur(*args: str, timeout: float = 3600) -> tuple[float, subprocess.Complet
     return time.monotonic() - t0, p
 
 
-def deploy(inventory: Path) -> tuple[float, int, int, int, str]:
-    seconds, p = kontur("deploy", "--lab", "-q", "-i", str(inventory))
+def deploy(inventory: Path, quiet: bool = True) -> tuple[float, int, int, int, str]:
+    seconds, p = kontur("deploy", "--lab", *(["-q"] if quiet else []), "-i", str(inventory))
     m = SUMMARY.search(p.stdout)
     if p.returncode != 0 or not m:
         raise SystemExit(f"deploy failed ({p.returncode}):\n{p.stdout[-3000:]}")
@@ -83,9 +83,10 @@ def bench(label: str, inventory: Path, repeat: int) -> dict:
         print(f"   no-change re-deploy: best {min(times):.1f} s, median {statistics.median(times):.1f} s "
               f"({repeat} runs, 0 changed operations)", flush=True)
         hospital, aet = one_hospital_change(inventory)
-        change = deploy(inventory)
+        change = deploy(inventory, quiet=False)
+        # progress lines are "node: step" for every changed operation
         changed_hosts = sorted({ln.split(":", 1)[0] for ln in change[4].splitlines()
-                                if re.match(r"^[a-z0-9-]+: (?!done)", ln)})
+                                if re.match(r"^[a-z0-9-]+: (?!done,)", ln) and not ln.startswith("hosts:")})
         print(f"   one-hospital change ({hospital}: {aet} removed): {change[0]:.1f} s, "
               f"{change[2]} changed operations", flush=True)
         return {"region": label, "hosts": cold[1], "cold": cold[0], "no_change_best": min(times),
@@ -118,7 +119,7 @@ def main() -> int:
             inv.write_text(generate_region(args.hospitals), encoding="utf-8")
             results.append(bench(f"generated region ({args.hospitals} LAMIs)", inv, args.repeat))
     print()
-    print(f"{'region':34} {'hosts':>5} {'cold s':>7} {'no-change s':>12} {'one change s':>13}  restarted")
+    print(f"{'region':34} {'hosts':>5} {'cold s':>7} {'no-change s':>12} {'one change s':>13}  changed hosts")
     for r in results:
         print(f"{r['region']:34} {r['hosts']:>5} {r['cold']:>7.1f} {r['no_change_best']:>12.1f} "
               f"{r['one_change']:>13.1f}  {', '.join(r['changed_hosts'])}")
