@@ -13,9 +13,14 @@ REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from kontur.lab.pytest_fixtures import example_lab, lab, lab_manager  # noqa: E402,F401
+from kontur.lab.pytest_fixtures import example_lab, lab, lab_manager, order_example_last  # noqa: E402,F401
 
 from deploy_helpers import write_dicom  # noqa: E402
+
+
+def pytest_collection_modifyitems(session, config, items):
+    # the small lab first, the example region's lab last: one lab swap
+    order_example_last(items)
 
 
 @pytest.fixture(scope="session")
