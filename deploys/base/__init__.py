@@ -21,7 +21,7 @@ import shlex
 
 from pyinfra import host
 from pyinfra.api import FileUploadCommand, QuoteString, StringCommand, deploy, operation
-from pyinfra.operations import apt, files, server
+from pyinfra.operations import apt, files
 from pyinfra.operations.util import any_changed
 
 from kontur.render.bundle import RenderedFile

@@ -24,7 +24,7 @@ DEFAULTS = {"nginx_check": "nginx -t -q"}
 @deploy("nginx: configure", data_defaults=DEFAULTS)
 def configure() -> None:
     ctx = context()
-    uploads = upload(ctx, "nginx", ctx.files_under("/etc/nginx/"))
+    upload(ctx, "nginx", ctx.files_under("/etc/nginx/"))
     site = ctx.bundle.facts.get("nginx_site")
     names = [f.path for f in ctx.files_under("/etc/nginx/")]
     if site:
@@ -38,7 +38,6 @@ def configure() -> None:
         names.append(link)
     owned = {d: g for d, g in ctx.bundle.owned.items() if d.startswith("/etc/nginx/")}
     cleanup_owned(ctx, "nginx", owned, names)
-    del uploads
 
 
 @deploy("nginx: activate", data_defaults=DEFAULTS)
