@@ -41,6 +41,7 @@ def lab(verbose: bool):
       kontur lab send AET PATH...    send DICOM as a modality (DCMTK storescu)
       kontur lab mis-log HOSPITAL    HL7 messages a hospital's MIS received
       kontur lab cut|heal NODE       take a node's network link down / up
+      kontur lab reboot NODE         power a host off cleanly and boot it again
       kontur lab down                stop and remove everything the lab started
 
     State for other tools (pyinfra, kontur deploy --lab): $KONTUR_LAB_DIR/state.json
@@ -153,6 +154,18 @@ def heal_cmd(node):
     """Bring NODE's network link back up."""
     h = ops.set_link(node, True)
     out.print(f"{node} ({h.address}) is back on the lab network", markup=False)
+
+
+@lab.command("reboot")
+@click.argument("node")
+def reboot_cmd(node):
+    """Reboot NODE's host: a clean power-off (its services stop in order), then boot it again.
+
+    The host keeps its disk (root filesystem), address and link state.  Waits until
+    sshd answers again.
+    """
+    h = ops.reboot(node, progress=_progress)
+    out.print(f"{node} ({h.address}) rebooted", markup=False)
 
 
 @lab.command("send")

@@ -490,6 +490,48 @@ def set_link(node: str, up: bool) -> HostInfo:
     return h
 
 
+def reboot(node: str, progress: Progress = _quiet) -> HostInfo:
+    """Reboot a node's host: a clean power-off, then a boot of the same host.
+
+    A container that reboots itself (``systemctl reboot`` inside) only stops:
+    nothing here restarts a systemd-nspawn that exits.  So the lab does it:
+    SIGTERM to the host's systemd-nspawn makes the container's systemd shut
+    every service down in order (SIGKILL after STOP_TIMEOUT: a power cut),
+    then the host boots again on the same root filesystem (its disk), in
+    the same namespace and fresh cgroups, and is ready when sshd answers.
+    """
+    check_root()
+    with lab_lock():
+        state = require_state()
+        h = state.host(node)
+        label = f"host {node}"
+        entry = next((r for r in state.resources if r["kind"] == "process" and r["label"] == label), None)
+        if entry is None:
+            raise OperationFailed(f"the lab state records no process for {label}",
+                                  hint="bring the lab down and up again")
+        progress(f"{node}: powering off")
+        left = stop([(h.pid, h.start_time, label)], STOP_TIMEOUT)
+        if left:
+            raise OperationFailed(f"{label} did not stop; it is left as it was")
+        # the old systemd's cgroups may hold its sub-groups (and controllers): start clean
+        for r in state.resources:
+            if r["kind"] == "cgroup" and Path(r["path"]).name == node:
+                try:
+                    hosts.remove_cgroup(Path(r["path"]))
+                except OSError as exc:
+                    log.warning("cannot remove cgroup %s before the reboot of %s: %s", r["path"], node, exc)
+        cgroups = hosts.make_cgroups(state.lab_id, node)
+        progress(f"{node}: booting")
+        console = Path(h.console_log)
+        started = hosts.boot(node, Path(h.rootfs), h.netns, console, cgroups, Path(entry["pidfile"]))
+        entry["pid"], entry["start_time"] = started.pid, started.start_time
+        h.pid, h.start_time = started.pid, started.start_time
+        save_state(state)
+        hosts.wait_for_sshd({node: (h.address, h.ssh_port, started, console)}, BOOT_TIMEOUT)
+        progress(f"{node}: up again")
+        return h
+
+
 # --- the outside world ----------------------------------------------------------
 
 def _state_region(state: LabState) -> Region:
