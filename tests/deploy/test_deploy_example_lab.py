@@ -64,3 +64,33 @@ def test_reference_centre_users_reach_the_tsami_through_its_nginx(example_lab, d
     assert code("-u", f"{user.login}:{store.password('users/' + user.login)}") == "200"
     assert code("-u", f"{user.login}:wrong") == "401"
     assert code("-u", "orthanc:orthanc") == "401"
+
+
+def test_compliance_checks_pass_on_the_deployed_region(example_lab, deployed, tmp_path):
+    """``kontur check --lab``: every read-only control (checks/) passes on
+    every node, and the JUnit report names each control per node."""
+    from deploy_helpers import kontur
+
+    report = tmp_path / "audit.xml"
+    r = kontur("check", "--lab", "-i", str(EXAMPLE_INVENTORY), "--report", str(report), timeout=900)
+    assert r.rc == 0, r.out
+    xml = report.read_text()
+    assert "test_credentials_file_is_0600[onco-lami]" in xml
+    assert "test_files_match_the_inventory[ref-web]" in xml
+    assert 'failures="0"' in xml and 'errors="0"' in xml
+
+
+def test_compliance_checks_find_drift(example_lab, deployed):
+    """A hand edit on a node is caught by KONTUR-CFG-01 (and undone by the next deploy)."""
+    from deploy_helpers import kontur, on_host
+
+    p = on_host(example_lab, "gkb3-lami", "chmod 0644 /etc/orthanc/dicom.json")
+    assert p.returncode == 0, p.stderr
+    try:
+        r = kontur("check", "--lab", "-i", str(EXAMPLE_INVENTORY), "--node", "gkb3-lami",
+                   "-k", "files_match", timeout=600)
+        assert r.rc == 1, r.out
+        assert "/etc/orthanc/dicom.json: mode 0644, expected 0640" in r.out
+    finally:
+        fixed = deploy(EXAMPLE_INVENTORY, "--limit", "gkb3-lami")
+        assert fixed.rc == 0 and fixed.changed >= 1, fixed.out
