@@ -29,7 +29,7 @@ def pytest_addoption(parser):
     g.addoption("--lab", action="store_true", help="check the running lab's hosts")
     g.addoption("--kontur-node", action="append", default=[], help="check only this node (repeatable)")
     g.addoption("--secrets", default=None, help="secrets store (read only)")
-    g.addoption("--ssh-config", default=None, help="ssh_config for reaching production nodes")
+    g.addoption("--kontur-ssh-config", default=None, help="ssh_config for reaching production nodes")
 
 
 def pytest_configure(config):
@@ -55,7 +55,7 @@ class Target:
         secrets = config.getoption("--secrets")
         self.store = SecretStore(Path(secrets) if secrets else default_dir(region.region.name, lab=self.lab),
                                  create=False)
-        self.ssh_config = config.getoption("--ssh-config")
+        self.ssh_config = config.getoption("--kontur-ssh-config")
         self._hosts = {}
         self._bundles = {}
 
@@ -66,7 +66,8 @@ class Target:
                 cfg = tempfile.NamedTemporaryFile("w", prefix="kontur-ssh-", suffix=".conf", delete=False)
                 cfg.write(f"Host *\n  User {self.state.ssh_user}\n  IdentityFile {self.state.ssh_key}\n"
                           f"  IdentitiesOnly yes\n  UserKnownHostsFile {self.state.known_hosts}\n"
-                          "  StrictHostKeyChecking yes\n  BatchMode yes\n  ConnectTimeout 5\n")
+                          "  StrictHostKeyChecking yes\n  BatchMode yes\n  ConnectTimeout 5\n"
+                          "  ControlMaster auto\n  ControlPath /tmp/kontur-check-%C\n  ControlPersist 60\n")
                 cfg.close()
                 self._hosts[node] = testinfra.get_host(f"ssh://{addr}", ssh_config=cfg.name)
             else:

@@ -24,18 +24,28 @@ def test_services_are_enabled_and_running(host, bundle):
 
 @control("KONTUR-CFG-01", ref="kontur: the host carries exactly what the inventory renders", impact=0.7)
 def test_files_match_the_inventory(host, bundle):
+    """One round trip for every file: its mode, owner and SHA-256 against the rendered bundle."""
+    paths = " ".join(f"'{f.path}'" for f in bundle.files)
+    out = host.run(f"for p in {paths}; do if [ -e \"$p\" ]; then "
+                   f"printf '%s|%s|' \"$p\" \"$(stat -c '%a|%U|%G' \"$p\")\"; sha256sum < \"$p\" | cut -d' ' -f1; "
+                   "else echo \"$p|missing\"; fi; done").stdout
+    seen = {}
+    for line in out.splitlines():
+        parts = line.split("|")
+        seen[parts[0]] = parts[1:]
     drift = []
     for f in bundle.files:
-        remote = host.file(f.path)
-        if not remote.exists:
+        got = seen.get(f.path)
+        if not got or got == ["missing"]:
             drift.append(f"{f.path}: missing")
             continue
-        if remote.sha256sum != hashlib.sha256(f.content).hexdigest():
+        mode, user, group, digest = got
+        if digest != hashlib.sha256(f.content).hexdigest():
             drift.append(f"{f.path}: content differs from the rendered file")
-        if f"{remote.mode:04o}" != f.mode:
-            drift.append(f"{f.path}: mode {remote.mode:04o}, expected {f.mode}")
-        if remote.user != f.owner or remote.group != f.group:
-            drift.append(f"{f.path}: owner {remote.user}:{remote.group}, expected {f.owner}:{f.group}")
+        if f"{int(mode, 8):04o}" != f.mode:
+            drift.append(f"{f.path}: mode {int(mode, 8):04o}, expected {f.mode}")
+        if (user, group) != (f.owner, f.group):
+            drift.append(f"{f.path}: owner {user}:{group}, expected {f.owner}:{f.group}")
     assert not drift, "configuration drift:\n" + "\n".join(drift)
 
 
