@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 import sys
 import time
 import warnings
@@ -34,6 +35,7 @@ import click
 from .errors import InvalidInput, OperationFailed
 from .inventory import REPO_ROOT, load
 from .model import Region, Role
+from .packages import NODE_PACKAGES
 from .secrets import default_dir
 
 ROLES = tuple(r.value for r in Role)
@@ -152,6 +154,21 @@ _NOISE = ("debconf: delaying package configuration", "WARNING: apt does not have
 def _cause(lines: list[str], limit: int = 10) -> str:
     useful = [ln.rstrip() for ln in lines if ln.strip() and not ln.strip().startswith(_NOISE)]
     return "\n".join(useful[-limit:]) if useful else "no output"
+
+
+_MISSING_PACKAGE = re.compile(r"Unable to locate package (\S+)|Package '?([^' ]+)'? has no installation candidate")
+
+
+def _explain(cause: str, lab: bool) -> str:
+    """The cause, with what to do when it is a known one."""
+    missing = sorted({a or b for a, b in _MISSING_PACKAGE.findall(cause)})
+    if missing:
+        where = ("the lab repository (kontur lab mirror shows what it withholds; --full restores it)" if lab
+                 else "the region's package mirror (region.package_mirror in the inventory)")
+        cause += (f"\nhint: {where} does not offer {', '.join(missing)}; "
+                  f"it must carry every package kontur installs ({', '.join(NODE_PACKAGES)}) "
+                  "and their dependencies; re-run the deploy once it does")
+    return cause
 
 
 def _error_text(exc: BaseException) -> str:
@@ -324,7 +341,7 @@ def run_deploy(inventory: str | None = None, *, lab: bool = False, limit: list[s
                     out = meta._combined_output
                     lines = [ln.line for ln in out] if out is not None else []
                     err = [ln.line for ln in out if ln.buffer_name == "stderr"] if out is not None else []
-                    fail(h.name, name, _cause(err or lines))
+                    fail(h.name, name, _explain(_cause(err or lines), lab))
                     break
                 if meta.did_change():
                     r.changed += 1

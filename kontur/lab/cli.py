@@ -12,7 +12,7 @@ import click
 from rich.table import Table
 
 from ..cli import err, inventory_option, inventory_path, load_region, out
-from ..errors import EXIT_FAILED, EXIT_OK, KonturError
+from ..errors import EXIT_FAILED, EXIT_OK, InvalidInput, KonturError
 from . import ops
 from .config import state_file
 from .state import require_state, ssh_command
@@ -42,6 +42,8 @@ def lab(verbose: bool):
       kontur lab mis-log HOSPITAL    HL7 messages a hospital's MIS received
       kontur lab cut|heal NODE       take a node's network link down / up
       kontur lab reboot NODE         power a host off cleanly and boot it again
+      kontur lab mirror [--withhold PKG | --full]
+                                     rehearse a region mirror that lacks packages
       kontur lab down                stop and remove everything the lab started
 
     State for other tools (pyinfra, kontur deploy --lab): $KONTUR_LAB_DIR/state.json
@@ -96,7 +98,7 @@ def status_cmd(as_json: bool):
     if as_json:
         out.print_json(json.dumps({"region": st.region, "status": st.status, "healthy": st.healthy,
                                    "hosts": [asdict(h) for h in st.hosts],
-                                   "modalities": st.modalities, "mis": st.mis}))
+                                   "modalities": st.modalities, "mis": st.mis, "withheld": st.withheld}))
         return EXIT_OK if st.healthy else EXIT_FAILED
     t = Table(title=f"lab of region {st.region} ({st.status})", title_justify="left")
     for col in ("node", "role", "lab address", "inventory address", "host", "link", "systemd"):
@@ -122,6 +124,9 @@ def status_cmd(as_json: bool):
             t.add_row(m["hospital"], f"{m['address']}:{m['port']}", m["inventory_address"],
                       "[green]up[/green]" if m["running"] else "[red]down[/red]", str(m["messages"]))
         out.print(t)
+    if st.withheld:
+        out.print(f"the lab repository withholds: {', '.join(st.withheld)} (kontur lab mirror --full restores it)",
+                  markup=False)
     return EXIT_OK if st.healthy else EXIT_FAILED
 
 
@@ -166,6 +171,35 @@ def reboot_cmd(node):
     """
     h = ops.reboot(node, progress=_progress)
     out.print(f"{node} ({h.address}) rebooted", markup=False)
+
+
+@lab.command("mirror")
+@click.option("--withhold", "withhold", multiple=True, metavar="PKG",
+              help="Stop offering PKG (repeatable); replaces what was withheld before.")
+@click.option("--full", is_flag=True, help="Offer every package again.")
+def mirror_cmd(withhold, full):
+    """Rehearse a regional mirror that lacks packages: the repository the lab's hosts
+    install from stops offering PKG (its index re-signed with the lab's key) until
+    `--full`.  Hosts see the change at their next `apt-get update`, which `kontur
+    deploy` runs whenever it installs something.  Without options: what is withheld.
+
+    \b
+      kontur lab mirror --withhold dcmtk   the mirror lacks dcmtk
+      kontur lab mirror --full             the whole repository again
+    """
+    if withhold and full:
+        raise InvalidInput("--withhold and --full exclude each other; give one of them")
+    if withhold or full:
+        now = ops.set_mirror(list(withhold))
+    else:
+        st = require_state()
+        now = st.apt.withheld if st.apt else []
+    if now:
+        out.print(f"the lab repository withholds: {', '.join(now)}; `kontur lab mirror --full` restores it",
+                  markup=False)
+    else:
+        out.print("the lab repository offers every package", markup=False)
+    return EXIT_OK
 
 
 @lab.command("send")

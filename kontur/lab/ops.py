@@ -43,7 +43,7 @@ from .config import (
 from .mis import read_log
 from .plan import Plan, make_plan
 from .proc import Started, alive, read_pidfile, run, spawn, stop
-from .repo import ensure_repo, serve
+from .repo import Repo, build_variant, ensure_repo, serve, set_served
 from .state import (
     AptInfo,
     HostInfo,
@@ -260,7 +260,7 @@ def _python_env() -> dict[str, str]:
 
 def _build(state: LabState, ledger: Ledger, region: Region, plan: Plan, base: Path, repo, progress) -> None:
     d = Path(state.lab_dir)
-    dirs = {name: d / name for name in ("ssh", "logs", "mis", "hosts", "run")}
+    dirs = {name: d / name for name in ("ssh", "logs", "mis", "hosts", "run", "mirror")}
     ledger.add(*({"kind": "dir", "path": str(p)} for p in dirs.values()))
     for p in dirs.values():
         fs.remove_tree(p)
@@ -289,9 +289,12 @@ def _build(state: LabState, ledger: Ledger, region: Region, plan: Plan, base: Pa
     state.ssh_key, state.ssh_user = str(key), "root"
     state.known_hosts = str(dirs["ssh"] / "known_hosts")
 
-    ledger.spawn("repository HTTP server", lambda pidfile: serve(repo, REPO_PORT, logs / "repo-http.log", pidfile))
+    served = dirs["mirror"] / "served"
+    ledger.spawn("repository HTTP server",
+                 lambda pidfile: serve(repo, REPO_PORT, logs / "repo-http.log", pidfile, served=served))
     state.apt = AptInfo(url=repo.url(REPO_PORT), keyring=str(repo.keyring),
-                        source_line=repo.source_line(REPO_PORT))
+                        source_line=repo.source_line(REPO_PORT), repo=str(repo.path),
+                        fingerprint=repo.fingerprint, served=str(served))
 
     # host root filesystems, in parallel (ssh-keygen -A takes a moment each)
     node_addresses = {n: ep.address for n, ep in plan.nodes.items()}
@@ -442,6 +445,8 @@ class Status:
     hosts: list[HostStatus] = field(default_factory=list)
     modalities: list[dict[str, Any]] = field(default_factory=list)
     mis: list[dict[str, Any]] = field(default_factory=list)
+    #: packages the lab repository withholds (``kontur lab mirror``)
+    withheld: list[str] = field(default_factory=list)
 
     @property
     def healthy(self) -> bool:
@@ -469,7 +474,7 @@ def status() -> Status:
 
     with ThreadPoolExecutor(max_workers=8) as pool:
         host_rows = list(pool.map(one, state.hosts))
-    st = Status(state.region_name, state.status, host_rows)
+    st = Status(state.region_name, state.status, host_rows, withheld=list(state.apt.withheld) if state.apt else [])
     for aet, m in state.modalities.items():
         st.modalities.append({"aet": aet, "hospital": m.hospital, "modality": m.modality, "address": m.address,
                               "inventory_address": m.inventory_address, "netns": m.netns,
@@ -488,6 +493,41 @@ def set_link(node: str, up: bool) -> HostInfo:
     h = state.host(node)
     net.set_link(h.veth, up)
     return h
+
+
+def set_mirror(withheld: list[str]) -> list[str]:
+    """Serve the lab repository without the ``withheld`` packages (a regional
+    mirror that lacks them), or whole again with an empty list.  Hosts see
+    the change at their next ``apt-get update``.  Returns what is withheld now."""
+    check_root()
+    with lab_lock():
+        state = require_state()
+        apt = state.apt
+        if apt is None or not apt.served or not apt.repo:
+            raise OperationFailed("this lab serves its repository without a variant link "
+                                  "(it was brought up by an older kontur)",
+                                  hint="kontur lab down && kontur lab up")
+        served = Path(apt.served)
+        wanted = sorted(set(withheld))
+        # always a freshly signed index, also to restore the whole repository: a host
+        # that fetched the variant must see a newer index (If-Modified-Since), as it
+        # would when a real mirror is updated
+        repo = Repo(Path(apt.repo), Path(apt.keyring), apt.fingerprint)
+        try:
+            before = int((served / "InRelease").stat().st_mtime)
+        except OSError:
+            before = 0
+        target = build_variant(repo, wanted, served.parent / f"variant-{time.time_ns()}")
+        if int((target / "InRelease").stat().st_mtime) <= before:   # HTTP dates have whole seconds
+            for name in ("InRelease", "Release", "Release.gpg", "Packages"):
+                os.utime(target / name, (before + 1, before + 1))
+        set_served(served, target)
+        for old in served.parent.glob("variant-*"):
+            if old != target:
+                fs.remove_tree(old)
+        apt.withheld = wanted
+        save_state(state)
+        return wanted
 
 
 def reboot(node: str, progress: Progress = _quiet) -> HostInfo:

@@ -226,11 +226,20 @@ def _release_text(directory: Path, files: list[str]) -> str:
 _DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
-def serve(repo: Repo, port: int, logfile: Path, pidfile: Path | None = None) -> Started:
+def serve(repo: Repo, port: int, logfile: Path, pidfile: Path | None = None,
+          served: Path | None = None) -> Started:
     """Start the HTTP server for the repository on the bridge address (detached),
-    and wait until *it* serves the signed index."""
+    and wait until *it* serves the signed index.
+
+    + served: a symbolic link to the repository that the server serves instead
+      (:func:`set_served` re-points it, e.g. to a variant with packages withheld)
+    """
+    root = repo.path
+    if served is not None:
+        _point(served, repo.path)
+        root = served
     started = spawn([sys.executable, "-m", "http.server", str(port), "--bind", BRIDGE_ADDRESS,
-                     "--directory", str(repo.path)], logfile, what="the lab repository's HTTP server",
+                     "--directory", str(root)], logfile, what="the lab repository's HTTP server",
                     pidfile=pidfile)
     url = f"{repo.url(port)}InRelease"
     deadline = time.monotonic() + 15
@@ -247,3 +256,77 @@ def serve(repo: Repo, port: int, logfile: Path, pidfile: Path | None = None) -> 
             pass
         time.sleep(0.1)
     raise OperationFailed(f"the lab repository's HTTP server does not serve {url}:\n{tail(logfile)}")
+
+
+# --- a mirror that lacks packages -------------------------------------------------
+
+def _point(link: Path, target: Path) -> None:
+    """Make ``link`` a symbolic link to ``target``, atomically (the server never
+    sees a missing root)."""
+    tmp = link.with_name(link.name + ".new")
+    tmp.unlink(missing_ok=True)
+    tmp.symlink_to(target)
+    os.replace(tmp, link)
+
+
+def _stanzas(packages_text: str) -> list[dict[str, str]]:
+    """The ``Packages`` index as a list of {field: value} (first line of each field)
+    plus the stanza's text under ``""``."""
+    out = []
+    for block in packages_text.strip("\n").split("\n\n"):
+        fields = {"": block}
+        for line in block.splitlines():
+            if line and not line[0].isspace() and ":" in line:
+                k, _, v = line.partition(":")
+                fields[k] = v.strip()
+        out.append(fields)
+    return out
+
+
+def repo_package_names(repo_dir: Path) -> set[str]:
+    return {st.get("Package", "") for st in _stanzas((repo_dir / "Packages").read_text())} - {""}
+
+
+def build_variant(repo: Repo, withheld: list[str], dest: Path) -> Path:
+    """A copy of ``repo`` (symbolic links to its .deb files) that lacks the
+    ``withheld`` packages, with its own index signed by the lab's key: what a
+    regional mirror that does not carry them looks like to a host."""
+    names = repo_package_names(repo.path)
+    unknown = sorted(set(withheld) - names)
+    if unknown:
+        from ..errors import InvalidInput
+        raise InvalidInput(f"the lab repository carries no package named {', '.join(unknown)}",
+                           hint="name a package it carries, e.g. " + ", ".join(sorted(NODE_PACKAGES)[:4]))
+    tmp = dest.with_name(dest.name + ".building")
+    remove_tree(tmp)
+    tmp.mkdir(parents=True)
+    kept = []
+    for st in _stanzas((repo.path / "Packages").read_text()):
+        if st.get("Package") in withheld:
+            continue
+        filename = st.get("Filename", "")
+        deb = (repo.path / filename).resolve()
+        if not filename or repo.path.resolve() not in deb.parents:
+            raise OperationFailed(f"the lab repository's index names a file outside it: {filename!r}")
+        (tmp / deb.name).symlink_to(deb)
+        kept.append(st[""])
+    (tmp / "Packages").write_text("\n\n".join(kept) + "\n")
+    (tmp / "Release").write_text(_release_text(tmp, ["Packages"]))
+    with cache_lock():
+        try:
+            env = dict(os.environ, GNUPGHOME=str(_gnupg_home()))
+            for args in (["--clearsign", "-o", str(tmp / "InRelease")],
+                         ["--detach-sign", "--armor", "-o", str(tmp / "Release.gpg")]):
+                run(["gpg", "--batch", "--no-tty", "--yes", "--pinentry-mode", "loopback", "--passphrase", "",
+                     "--local-user", repo.fingerprint, *args, str(tmp / "Release")], env=env,
+                    what="signing the lab repository variant")
+        finally:
+            _stop_gpg_agent()
+    remove_tree(dest)
+    os.replace(tmp, dest)
+    return dest
+
+
+def set_served(served: Path, target: Path) -> None:
+    """Serve ``target`` (the full repository or a variant) from now on."""
+    _point(served, target)

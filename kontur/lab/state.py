@@ -69,6 +69,10 @@ class AptInfo:
     url: str
     keyring: str            # public key on this machine; install on hosts as config.HOST_KEYRING
     source_line: str        # the full ``deb [signed-by=...] URL ./`` line for a host
+    repo: str = ""          # the full repository (in the cache)
+    fingerprint: str = ""   # of the lab's signing key
+    served: str = ""        # symbolic link the HTTP server serves: the repository or a variant
+    withheld: list[str] = field(default_factory=list)   # packages the served variant lacks
 
 
 @dataclass

@@ -13,8 +13,9 @@ The tests run in file order and build on each other, like an operator's day:
    endpoint, no default credentials, undeclared ports closed;
 4. one hospital's modality list changes: ``--dry-run`` shows the diff without
    secrets and changes nothing, the deploy restarts that hospital's Orthanc only;
-5. broken hosts (a port taken, PostgreSQL down) fail the deploy naming host,
-   step and cause; a re-run after the fix succeeds.
+5. broken hosts (a port taken, PostgreSQL down, a package missing from the
+   mirror) fail the deploy naming host, step and cause; a re-run after the
+   fix succeeds.
 """
 from __future__ import annotations
 
@@ -337,3 +338,34 @@ def test_postgresql_down_fails_naming_host_step_and_cause(lab, inventories, regi
                       "-u", f"{SERVICE_USER}:{store.password('nodes/tsami/' + SERVICE_USER)}",
                       f"https://{spec.address}:{region.ports('tsami').https}/statistics")
     assert code == "200", f"Orthanc's index does not answer after the fix: {code} {err}"
+
+
+def test_package_missing_from_the_mirror_fails_naming_host_step_and_cause(lab, inventories):
+    """The research node lost dcmtk and the mirror no longer carries it: the
+    deploy fails there, naming the package; the others deploy; once the mirror
+    offers it again, a re-run installs it."""
+    node = "research"
+    try:
+        r = kontur("lab", "mirror", "--withhold", "dcmtk")
+        assert r.rc == 0 and "withholds: dcmtk" in r.out, r.out
+        p = on_host(lab, node, "DEBIAN_FRONTEND=noninteractive apt-get purge -y -q dcmtk >/dev/null && "
+                               "! dpkg-query -W -f='${Status}' dcmtk 2>/dev/null | grep -q 'ok installed'")
+        assert p.returncode == 0, p.stdout + p.stderr
+        r = deploy(inventories["work"])
+        assert r.rc == 1, r.out
+        assert (r.failed, r.hosts) == (1, 4), r.out
+        assert f"{node}: FAILED at Base: install packages" in r.out, r.out
+        cause = "\n".join(r.lines(node))
+        assert "Unable to locate package dcmtk" in cause or "'dcmtk' has no installation candidate" in cause, cause
+        assert "does not offer dcmtk" in cause, cause
+        assert f"deploy failed on 1 host(s): {node}" in r.out
+        for other in ("tsami", "city-lami", NEW_NODE):
+            assert any(ln.startswith(f"{other}: done") for ln in r.lines(other)), r.out
+    finally:
+        r = kontur("lab", "mirror", "--full")
+        assert r.rc == 0 and "offers every package" in r.out, r.out
+    r = deploy(inventories["work"])
+    assert r.rc == 0 and r.failed == 0, r.out
+    assert f"{node}: Base: install packages" in r.out, r.out
+    p = on_host(lab, node, "dpkg-query -W -f='${Status}' dcmtk && command -v storescu")
+    assert p.returncode == 0 and "ok installed" in p.stdout, p.stdout + p.stderr

@@ -144,6 +144,69 @@ def test_release_file_carries_the_hashes_apt_checks(tmp_path, monkeypatch):
     assert "Architectures: amd64 all" in text and text.startswith("Origin: kontur lab\n")
 
 
+def _tiny_repo(d: Path, monkeypatch) -> "repo.Repo":
+    """A two-package repository signed with a throw-away lab key (real gpg)."""
+    monkeypatch.setenv("KONTUR_LAB_CACHE", str(d / "cache"))
+    monkeypatch.setattr(repo, "arch", lambda: "amd64")
+    full = d / "repo"
+    full.mkdir()
+    stanzas = []
+    for name in ("dcmtk", "orthanc"):
+        deb = full / f"{name}_1.0_amd64.deb"
+        deb.write_bytes(name.encode() * 100)
+        stanzas.append(f"Package: {name}\nVersion: 1.0\nArchitecture: amd64\n"
+                       f"Description: {name}\n more text\nFilename: ./{deb.name}\nSize: {deb.stat().st_size}")
+    (full / "Packages").write_text("\n\n".join(stanzas) + "\n")
+    try:
+        fpr, keyring = repo._signing_key()
+    finally:
+        repo._stop_gpg_agent()
+    return repo.Repo(full, keyring, fpr)
+
+
+def test_mirror_variant_lacks_the_withheld_package_and_is_signed(tmp_path, monkeypatch):
+    full = _tiny_repo(tmp_path, monkeypatch)
+    variant = repo.build_variant(full, ["dcmtk"], tmp_path / "variant")
+    assert repo.repo_package_names(variant) == {"orthanc"}
+    assert sorted(p.name for p in variant.glob("*.deb")) == ["orthanc_1.0_amd64.deb"]
+    assert (variant / "orthanc_1.0_amd64.deb").read_bytes() == b"orthanc" * 100
+    packages = (variant / "Packages").read_bytes()
+    assert " more text\n" in packages.decode()     # continuation lines kept
+    assert f" {hashlib.sha256(packages).hexdigest()} {len(packages)} Packages" in (variant / "Release").read_text()
+    # the index verifies against the lab's public key alone, as a host's signed-by= does
+    v = subprocess.run(["gpgv", "--keyring", str(full.keyring), str(variant / "InRelease")],
+                       capture_output=True, text=True)
+    assert v.returncode == 0, v.stderr
+    # the full repository is untouched
+    assert repo.repo_package_names(full.path) == {"dcmtk", "orthanc"}
+
+
+def test_mirror_variant_refuses_a_package_the_repository_does_not_carry(tmp_path, monkeypatch):
+    full = _tiny_repo(tmp_path, monkeypatch)
+    with pytest.raises(InvalidInput, match="carries no package named nosuch"):
+        repo.build_variant(full, ["nosuch"], tmp_path / "variant")
+    assert not (tmp_path / "variant").exists()
+
+
+def test_served_link_switches_atomically(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir(), b.mkdir()
+    link = tmp_path / "served"
+    repo.set_served(link, a)
+    assert link.resolve() == a.resolve()
+    repo.set_served(link, b)
+    assert link.resolve() == b.resolve() and not (tmp_path / "served.new").exists()
+
+
+def test_deploy_explains_a_package_the_mirror_lacks():
+    from kontur.deploy import _explain
+    lab = _explain("E: Unable to locate package dcmtk", lab=True)
+    assert "hint: the lab repository" in lab and "does not offer dcmtk" in lab and "kontur lab mirror" in lab
+    real = _explain("E: Package 'orthanc' has no installation candidate", lab=False)
+    assert "region.package_mirror" in real and "does not offer orthanc" in real
+    assert _explain("E: something else", lab=False) == "E: something else"
+
+
 def test_repository_carries_every_node_package():
     from kontur.packages import NODE_PACKAGES
     assert set(NODE_PACKAGES) <= set(repo.repo_packages())
