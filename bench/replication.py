@@ -30,7 +30,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from _figures import print_table, rate  # noqa: E402
 from kontur.testing.dicom import make_study, storescu  # noqa: E402
 from kontur.testing.orthanc import DICOMWEB_PLUGIN, OrthancProcess, wait_for  # noqa: E402
 from kontur.testing.replication import (  # noqa: E402
@@ -53,11 +55,6 @@ def count(o: OrthancProcess) -> int:
 
 def wait_count(o: OrthancProcess, n: int, timeout: float = 1800) -> None:
     wait_for(lambda: count(o) >= n, timeout, interval=0.02, message=f"{n} instances at {o.name}")
-
-
-def rate(label: str, n: int, nbytes: int, seconds: float) -> dict:
-    return {"path": label, "instances": n, "MB": nbytes / 1e6, "seconds": seconds,
-            "inst_per_s": n / seconds, "MB_per_s": nbytes / 1e6 / seconds}
 
 
 def main() -> int:
@@ -165,17 +162,7 @@ def main() -> int:
             p.stop()
         shutil.rmtree(work, ignore_errors=True)
 
-    print(f"{'path':42} {'inst':>6} {'MB':>8} {'s':>7} {'inst/s':>8} {'MB/s':>8} {'ratio':>6}")
-    for r in results:
-        if "inst_per_s" in r:
-            ratio = r.get("ratio_to_storescu", r.get("ratio_to_single"))
-            print(f"{r['path']:42} {r['instances']:6d} {r['MB']:8.1f} {r['seconds']:7.2f} {r['inst_per_s']:8.1f} "
-                  f"{r['MB_per_s']:8.1f} {'' if ratio is None else f'{ratio:6.2f}'}")
-        else:
-            print(f"{r['path']:42} with plugin {r['with_plugin']:.2f} ms, without {r['without_plugin']:.2f} ms, "
-                  f"added {r['added_ms']:+.2f} ms")
-    if args.json:
-        print(json.dumps(results, indent=2))
+    print_table(results, args.json, width=42)
     return 0
 
 

@@ -22,7 +22,6 @@ Prints the medians: instances/s, MB/s and the ratio kontur / storescu.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import statistics
@@ -34,8 +33,10 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("KONTUR_LAB_DIR", "/var/lib/kontur/lab-bench")
 
+from _figures import print_table, rate  # noqa: E402
 from kontur import nodeapi  # noqa: E402
 from kontur.inventory import load  # noqa: E402
 from kontur.lab import ops  # noqa: E402
@@ -68,11 +69,6 @@ def kontur(*args: str) -> None:
 
 def count(tsami: nodeapi.NodeClient) -> int:
     return int(tsami.get("statistics")["CountInstances"])
-
-
-def rate(label: str, n: int, nbytes: int, seconds: float) -> dict:
-    return {"path": label, "instances": n, "MB": nbytes / 1e6, "seconds": seconds,
-            "inst_per_s": n / seconds, "MB_per_s": nbytes / 1e6 / seconds}
 
 
 class DicomOpening:
@@ -190,12 +186,7 @@ def main() -> int:
             ops.down(progress=lambda m: print(f"· {m}", file=sys.stderr))
 
     print(f"medians of {max(1, args.repeat)} run(s) per path")
-    print(f"{'path':44} {'inst':>6} {'MB':>8} {'s':>7} {'inst/s':>8} {'MB/s':>8} {'ratio':>6}")
-    for r in results:
-        print(f"{r['path']:44} {r['instances']:6d} {r['MB']:8.1f} {r['seconds']:7.2f} {r['inst_per_s']:8.1f} "
-              f"{r['MB_per_s']:8.1f} {r['ratio_to_storescu']:6.2f}")
-    if args.json:
-        print(json.dumps(results, indent=2))
+    print_table(results, args.json, width=44)
     return 0
 
 

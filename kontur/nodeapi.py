@@ -23,6 +23,16 @@ from .model import Region
 SERVICE_USER = "kontur"
 
 
+def decode_body(payload: bytes) -> Any:
+    """An Orthanc answer: JSON when it is JSON, else text; None when empty."""
+    if not payload:
+        return None
+    try:
+        return json.loads(payload)
+    except ValueError:
+        return payload.decode("utf-8", errors="replace")
+
+
 class NodeError(Exception):
     """A node did not answer, or answered with an error."""
 
@@ -78,12 +88,7 @@ class NodeClient:
         except (urllib.error.URLError, OSError, ssl.SSLError) as exc:
             reason = getattr(exc, "reason", exc)
             raise NodeError(f"{self.name}: unreachable at {self.base_url}: {reason}") from None
-        if not payload:
-            return None
-        try:
-            return json.loads(payload)
-        except ValueError:
-            return payload.decode("utf-8", errors="replace")
+        return decode_body(payload)
 
     def get(self, path: str) -> Any:
         return self.request("GET", path)

@@ -32,6 +32,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from ..nodeapi import decode_body
+
 ORTHANC_BIN = "/usr/sbin/Orthanc"
 PLUGIN_DIR = "/usr/share/orthanc/plugins"
 PYTHON_PLUGIN = f"{PLUGIN_DIR}/libOrthancPython.so"
@@ -302,14 +304,7 @@ class OrthancProcess:
                 payload = resp.read()
         except urllib.error.HTTPError as exc:
             raise HttpError(method, url, exc.code, exc.read()) from None
-        if raw:
-            return payload
-        if not payload:
-            return None
-        try:
-            return json.loads(payload)
-        except ValueError:
-            return payload.decode("utf-8", errors="replace")
+        return payload if raw else decode_body(payload)
 
     def get(self, path: str, **kw) -> Any:
         return self.request("GET", path, **kw)

@@ -89,10 +89,14 @@ def test_unknown_references(example_text):
     assert "users[0].role: unknown role 'surgeon'" in joined
 
 
-def test_type1_hospital_without_lami(example_text):
+@pytest.mark.parametrize("hospital, fragment", [
+    ("onco", "needs its own LAMI"),         # type 1: a LAMI of its own
+    ("crb", "no route to the TsAMI"),       # type 2: a gateway route to the TsAMI
+])
+def test_hospital_without_a_node(example_text, hospital, fragment):
     def edit(d):
-        del d["hospitals"]["onco"]["node"]
-    one_problem(edited(example_text, edit), "hospitals.onco.node", "needs its own LAMI")
+        del d["hospitals"][hospital]["node"]
+    one_problem(edited(example_text, edit), f"hospitals.{hospital}.node", fragment)
 
 
 def test_type1_hospital_pointing_at_a_gateway(example_text):
@@ -101,12 +105,6 @@ def test_type1_hospital_pointing_at_a_gateway(example_text):
         d["hospitals"]["crb"]["node"] = "onco-lami"
     found = "\n".join(problems_of(edited(example_text, edit)))
     assert "hospitals.onco.node: a type-1 hospital needs a LAMI, but 'crb-gw' is a gateway" in found
-
-
-def test_type2_hospital_without_route_to_tsami(example_text):
-    def edit(d):
-        del d["hospitals"]["crb"]["node"]
-    one_problem(edited(example_text, edit), "hospitals.crb.node", "no route to the TsAMI")
 
 
 def test_upstream_loop_never_reaches_tsami(example_text):
