@@ -25,6 +25,8 @@ PLUGINS_SRC = Path(__file__).resolve().parent.parent / "plugins"
 
 #: knobs the control side sets (the rest keep the plugin's defaults)
 INTERMITTENT_RETRY_MAX_SECONDS = 60
+#: ... and probes every this many seconds while backed off (the link may be up briefly)
+INTERMITTENT_PROBE_SECONDS = 10
 
 UPSTREAM_KEYS = ("name", "aet", "url", "username", "password", "ca_file", "cert_file", "key_file")
 
@@ -73,6 +75,7 @@ def build_policy(region: Region, node: str, upstream: dict | None, *,
     if hospital and region.hospitals[hospital].intermittent_link:
         # a mobile unit reaches the checkpoint for a while: try often
         knobs["retry_max_seconds"] = INTERMITTENT_RETRY_MAX_SECONDS
+        knobs["link_probe_seconds"] = INTERMITTENT_PROBE_SECONDS
     knobs.update(tuning or {})
     doc["replication"] = {
         "enabled": True,

@@ -20,12 +20,19 @@ def delay(attempts: int, base: float, factor: float, cap: float) -> float:
 class LinkBackoff:
     """Backoff of the link as a whole: transport failures (connection refused,
     timeouts, 5xx) are the link's, not one study's, so the sender stops trying
-    every queued study in turn and waits."""
+    every queued study in turn and waits.
 
-    def __init__(self, base: float, factor: float, cap: float):
+    Waiting out a long backoff after the link came back would leave studies
+    queued for up to ``cap`` seconds: while backed off, a cheap probe is due
+    every ``probe`` seconds (:meth:`probe_due`); when it answers, the caller
+    ends the backoff (:meth:`succeeded`)."""
+
+    def __init__(self, base: float, factor: float, cap: float, probe: float | None = None):
         self.base, self.factor, self.cap = base, factor, cap
+        self.probe = probe
         self.failures = 0
         self.next_try = 0.0
+        self.next_probe = 0.0
         self.last_error: str | None = None
 
     def failed(self, now: float, error: str) -> float:
@@ -33,14 +40,30 @@ class LinkBackoff:
         self.last_error = error
         wait = delay(self.failures, self.base, self.factor, self.cap)
         self.next_try = now + wait
+        if self.probe is not None:
+            self.next_probe = now + min(self.probe, wait)
         return wait
 
     def succeeded(self) -> None:
         self.failures = 0
         self.next_try = 0.0
+        self.next_probe = 0.0
 
     def ready(self, now: float) -> bool:
         return now >= self.next_try
+
+    def probe_due(self, now: float) -> bool:
+        """Backed off, and a probe may run now (the next one is then scheduled)."""
+        if self.probe is None or self.ready(now) or now < self.next_probe:
+            return False
+        self.next_probe = now + self.probe
+        return True
+
+    def next_wake(self, now: float) -> float:
+        """When the sender should look again: the end of the backoff or the next probe."""
+        if self.probe is None:
+            return self.next_try
+        return min(self.next_try, max(now, self.next_probe))
 
     @property
     def up(self) -> bool:

@@ -44,6 +44,9 @@ TUNING_DEFAULTS: dict[str, float | int] = {
     "retry_base_seconds": 30.0,
     "retry_factor": 2.0,
     "retry_max_seconds": 600.0,
+    # while the link is backed off, one cheap GET /system this often: when it
+    # answers, sending resumes at once instead of waiting out the backoff
+    "link_probe_seconds": 30.0,
     # incremental reconciliation from Orthanc's /changes
     "changes_poll_seconds": 5.0,
     "changes_batch": 500,
@@ -240,6 +243,8 @@ def parse_policy(data: Any) -> ReplicationConfig:
             tuning[key] = value
     if not 0 < tuning["pacing_fraction"] <= 1:
         problems.append("replication.tuning.pacing_fraction: expected a number in (0, 1]")
+    if tuning["link_probe_seconds"] <= 0:
+        problems.append("replication.tuning.link_probe_seconds: expected a number of seconds > 0")
     if tuning["retry_factor"] < 1:
         problems.append("replication.tuning.retry_factor: expected >= 1")
     if tuning["chunk_bytes"] < 1024:

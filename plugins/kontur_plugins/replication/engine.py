@@ -69,7 +69,8 @@ class Replicator:
         self.wake_sender = threading.Event()
         self.preempt = threading.Event()
         t = cfg.tuning
-        self.link = backoff.LinkBackoff(t["retry_base_seconds"], t["retry_factor"], t["retry_max_seconds"])
+        self.link = backoff.LinkBackoff(t["retry_base_seconds"], t["retry_factor"], t["retry_max_seconds"],
+                                        t["link_probe_seconds"])
         cap = cfg.cap_bytes_per_second
         self.pacer = Pacer(cap * t["pacing_fraction"] if cap else None, burst_bytes=int(t["chunk_bytes"]),
                            sleep=self._sleep)
@@ -191,7 +192,7 @@ class Replicator:
         if nxt is not None and nxt > now:
             waits.append(nxt - now)
         if not self.link.ready(now):
-            waits.append(self.link.next_try - now)
+            waits.append(self.link.next_wake(now) - now)
         return max(0.05, min(waits))
 
     def _full_pass_loop(self) -> None:
@@ -380,13 +381,30 @@ class Replicator:
     def send_next(self) -> bool:
         """Send and verify the next due study; False if there was nothing to do."""
         now = self.clock()
-        if not self.link.ready(now):
+        if not self.link.ready(now) and not self.probe_link(now):
             return False
         self.preempt.clear()
         row = self.outbox.next_due(now, self.window_open(now))
         if row is None:
             return False
         self.send_study(row)
+        return True
+
+    def probe_link(self, now: float) -> bool:
+        """While backed off: is the upstream answering again (one GET /system,
+        at most every ``link_probe_seconds``)?  If so the backoff ends, and the
+        studies it held are due at once."""
+        if not self.link.probe_due(now):
+            return False
+        held_until = self.link.next_try
+        try:
+            self.upstream.ping()
+        except Exception:  # noqa: BLE001 - still down; the backoff stands
+            return False
+        self.link.succeeded()
+        released = self.outbox.release_held(now, held_until)
+        self.log.info(f"kontur replication: {self.cfg.upstream.name} answers again; "
+                      f"backoff ended, {released} held stud{'y' if released == 1 else 'ies'} due now")
         return True
 
     def _should_pause(self, urgent: bool) -> str | None:

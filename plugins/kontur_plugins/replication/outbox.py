@@ -244,6 +244,14 @@ class Outbox:
                       "ON CONFLICT(name) DO UPDATE SET value=value+1")
             self._set_last_error(c, now, study_id, error)
 
+    def release_held(self, now: float, held_until: float) -> int:
+        """Studies waiting no longer than ``held_until`` (the link's backoff, which
+        held them) are due ``now``; those waiting longer wait for reasons of their own."""
+        with self._tx() as c:
+            cur = c.execute("UPDATE studies SET next_attempt_at=? WHERE state='pending' "
+                            "AND next_attempt_at>? AND next_attempt_at<=?", (now, now, held_until))
+            return cur.rowcount
+
     def _set_last_error(self, c, now: float, study_id: str | None, error: str) -> None:
         import json
         c.execute("INSERT INTO meta(key, value) VALUES('last_error', ?) "

@@ -48,12 +48,12 @@ def test_every_problem_is_reported_at_once():
     r["windows"] = ["25:00-07:00", "8-9"]
     r["bandwidth_mbit"] = -1
     r["upstream"]["url"] = "ftp://x"
-    r["tuning"] = {"bogus": 1, "retry_factor": 0.5}
+    r["tuning"] = {"bogus": 1, "retry_factor": 0.5, "link_probe_seconds": 0}
     with pytest.raises(PolicyError) as exc:
         parse_policy(bad)
     text = "\n".join(exc.value.problems)
     for needle in ("Mars/Olympus", "sometimes", "25:00-07:00", "'8-9'", "bandwidth_mbit", "ftp://x",
-                   "bogus", "retry_factor"):
+                   "bogus", "retry_factor", "link_probe_seconds"):
         assert needle in text, needle
 
 

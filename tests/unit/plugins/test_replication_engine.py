@@ -97,6 +97,7 @@ class FakeUpstream:
         self.refuse: set[str] = set()
         self.posts: list[str] = []
         self.pacer = None
+        self.pings = 0
 
     def post_instance(self, data, should_abort=None):
         if self.down:
@@ -112,6 +113,12 @@ class FakeUpstream:
         if self.down:
             raise TransientError("cannot reach tsami")
         return set(self.held.get(sid, set()))
+
+    def ping(self):
+        self.pings += 1
+        if self.down:
+            raise TransientError("cannot reach tsami")
+        return {"Name": "tsami"}
 
     def study_counts(self, studies):
         if self.down:
@@ -268,6 +275,42 @@ def test_link_down_backs_off_and_keeps_the_study(tmp_path):
     up.down = False
     assert eng.send_next()
     assert eng.status()["delivered"] == 1 and eng.status()["link"]["up"]
+
+
+def test_link_probe_ends_a_long_backoff_soon_after_the_link_returns(tmp_path):
+    eng, local, up, clock, logs = make(tmp_path, mode="on-demand")
+    probe = eng.cfg.t("link_probe_seconds")
+    local.add("s", 2)
+    local.add("t", 1)
+    eng.request(study="s")
+    up.down = True
+    for _ in range(6):                          # a long outage: the backoff grows to its cap (100 s)
+        clock.t = max(clock.t, eng.link.next_try)
+        assert eng.send_next()
+    assert eng.link.next_try - clock.t == 100 and eng.link.failures == 6
+    eng.request(study="t")                      # queued during the outage: held by the link
+    clock.t += probe
+    assert not eng.send_next() and up.pings == 1           # probed once: still down
+    assert not eng.send_next() and up.pings == 1           # not again before the next probe is due
+    assert 0 < eng._idle_wait(999) <= probe                 # the sender wakes for the probe, not the backoff
+    up.down = False
+    clock.t += probe                            # the link came back; the backoff has 40 s to run
+    assert not eng.link.ready(clock.t)
+    assert eng.send_next() and up.pings == 2    # the probe answered: sending resumes now
+    assert eng.link.up and any("answers again" in ln for ln in logs)
+    assert eng.send_next()
+    assert eng.status()["delivered"] == 2 and set(up.held) == {"s", "t"}
+
+
+def test_link_probe_leaves_a_study_waiting_for_its_own_reasons(tmp_path):
+    eng, local, up, clock, _ = make(tmp_path, mode="on-demand")
+    local.add("s", 1)
+    eng.request(study="s")
+    row = eng.outbox.next_due(clock(), True)
+    eng._study_failed(row, "not verified")      # its own backoff: 10 s
+    eng.outbox.failed("s", clock(), "not verified", clock.t + 500)   # say, much longer
+    assert eng.outbox.release_held(clock.t, clock.t + 100) == 0
+    assert eng.outbox.next_attempt_time() == clock.t + 500
 
 
 def test_refused_instance_parks_the_study(tmp_path):

@@ -46,6 +46,7 @@ def test_each_hospital_policy(region):
     assert crb["gateway"] and crb["mode"] == "all" and crb["retention_days"] == 7 and crb["bandwidth_mbit"] == 10
     van = build_policy(region, "mammo-gw", upstream("mammo-gw"))["replication"]
     assert van["retention_days"] == 14 and van["tuning"]["retry_max_seconds"] == 60   # intermittent link
+    assert van["tuning"]["link_probe_seconds"] == 10
 
 
 @pytest.mark.parametrize("node", ["tsami", "research", "ref-web"])
