@@ -133,3 +133,16 @@ def test_sheet_names_both_sides():
     assert r.returncode == 0
     for word in ("ONCO_CT1", "10.42.1.21", "ONCO_LAMI", "10.42.1.10", "4242", "Петров"):
         assert word in r.stdout
+
+
+def test_lab_mirror_options_that_exclude_each_other_are_refused(tmp_path):
+    r = kontur("lab", "mirror", "--withhold", "dcmtk", "--full",
+               env_extra={"KONTUR_LAB_DIR": str(tmp_path / "no-lab")})
+    assert r.returncode == 2
+    assert "--withhold and --full exclude each other" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_lab_mirror_without_a_lab_says_how_to_start_one(tmp_path):
+    r = kontur("lab", "mirror", env_extra={"KONTUR_LAB_DIR": str(tmp_path / "no-lab")})
+    assert r.returncode != 0 and "Traceback" not in r.stderr
+    assert "kontur lab up" in r.stderr, r.stderr
