@@ -39,6 +39,12 @@ def lab_dir() -> Path:
     return Path(os.environ.get("KONTUR_LAB_DIR") or "/var/lib/kontur/lab")
 
 
+#: which lab directory holds the lab that owns this machine's lab network (one at a
+#: time: the bridge, 198.18.0.0/24 and the kl-* names are machine-wide); in /run, so
+#: it goes with a reboot, like the network it speaks for
+OWNER_FILE = Path("/run/kontur-lab.owner")
+
+
 def cache_dir() -> Path:
     """Cached between labs and runs: the base root filesystem and the apt repository."""
     return Path(os.environ.get("KONTUR_LAB_CACHE") or "/var/cache/kontur/lab")

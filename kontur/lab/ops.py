@@ -10,6 +10,7 @@ is ever removed; a resource that already existed is refused up front.
 from __future__ import annotations
 
 import fcntl
+import json
 import logging
 import os
 import shutil
@@ -35,6 +36,7 @@ from .config import (
     BRIDGE_ADDRESS,
     NETWORK,
     NFT_TABLE,
+    OWNER_FILE,
     REPO_PORT,
     STOP_TIMEOUT,
     lab_dir,
@@ -50,7 +52,9 @@ from .state import (
     LabState,
     MisInfo,
     ModalityInfo,
+    elsewhere_hint,
     load_state,
+    owner,
     require_state,
     save_state,
     ssh_options,
@@ -215,6 +219,9 @@ def up(region: Region, inventory: Path, progress: Progress = _quiet) -> LabState
                 f"failed or was interrupted (status {existing.status})",
                 hint="run `kontur lab down` first to clean it up")
         problems = net.conflicts(plan)
+        if problems and elsewhere_hint():
+            raise LabRefused(f"the lab network {NETWORK} is in use by another lab; nothing was changed",
+                             hint=elsewhere_hint() + " (e.g. down to bring it down)")
         if problems:
             raise LabRefused(
                 f"the lab network {NETWORK} is in use on this machine, and no lab state "
@@ -231,6 +238,7 @@ def up(region: Region, inventory: Path, progress: Progress = _quiet) -> LabState
                          lab_id=uuid.uuid4().hex[:8])
         ledger = Ledger(state)
         save_state(state)
+        _write_owner(state)
         try:
             _build(state, ledger, region, plan, base, repo, progress)
         except BaseException as exc:
@@ -244,11 +252,24 @@ def up(region: Region, inventory: Path, progress: Progress = _quiet) -> LabState
                     f"{msg}\nand the rollback left: " + "; ".join(left),
                     hint="run `kontur lab down` to retry the clean-up") from None
             state_file().unlink(missing_ok=True)
+            _clear_owner(state)
             if isinstance(exc, (KonturError, KeyboardInterrupt)):
                 raise
             raise OperationFailed(f"lab up failed and was rolled back: {type(exc).__name__}: {exc}") from exc
         progress(f"lab up: {len(state.hosts)} hosts in {time.monotonic() - t0:.1f} s")
         return state
+
+
+def _write_owner(state: LabState) -> None:
+    OWNER_FILE.write_text(json.dumps({"lab_dir": state.lab_dir, "region": state.region_name,
+                                      "created": state.created}) + "\n")
+
+
+def _clear_owner(state: LabState) -> None:
+    """Forget the record if it is this lab's (never another's)."""
+    o = owner()
+    if o is not None and o["lab_dir"] == state.lab_dir:
+        OWNER_FILE.unlink(missing_ok=True)
 
 
 def _python_env() -> dict[str, str]:
@@ -407,6 +428,8 @@ def down(progress: Progress = _quiet) -> bool:
             if net.link_exists(BRIDGE):
                 leftovers.append(f"interface {BRIDGE}")
             leftovers += [f"namespace {n}" for n in net.list_netns() if n.startswith("kl-")]
+            if leftovers and elsewhere_hint():
+                raise OperationFailed(f"no lab is running from {lab_dir()}", hint=elsewhere_hint())
             if leftovers:
                 raise OperationFailed(
                     f"no lab state ({state_file()}), but these look like a lab's: {', '.join(leftovers)}; "
@@ -421,6 +444,7 @@ def down(progress: Progress = _quiet) -> bool:
             raise OperationFailed("the lab is only partly down: " + "; ".join(problems),
                                   hint="fix the cause and run `kontur lab down` again")
         state_file().unlink(missing_ok=True)
+        _clear_owner(state)
         progress(f"lab down: region {state.region_name} removed in {time.monotonic() - t0:.1f} s")
         return True
 
@@ -464,7 +488,8 @@ def status() -> Status:
     check_root()
     state = load_state()
     if state is None:
-        raise KonturError("no lab is running", hint="start one with: kontur lab up [-i FILE]")
+        raise KonturError(f"no lab is running from {lab_dir()}",
+                          hint=elsewhere_hint() or "start one with: kontur lab up [-i FILE]")
 
     def one(node: str) -> HostStatus:
         h = state.hosts[node]

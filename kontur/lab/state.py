@@ -161,11 +161,34 @@ def save_state(state: LabState, path: Path | None = None) -> None:
         raise
 
 
+def owner() -> dict[str, Any] | None:
+    """The lab that owns this machine's lab network, as recorded by its ``up``
+    ({"lab_dir", "region", "created"}), whatever KONTUR_LAB_DIR says; None when none."""
+    from .config import OWNER_FILE
+    try:
+        data = json.loads(OWNER_FILE.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) and data.get("lab_dir") else None
+
+
+def elsewhere_hint() -> str | None:
+    """When the lab running on this machine lives in another lab directory: how to reach it."""
+    from .config import lab_dir
+    o = owner()
+    if o is None or Path(o["lab_dir"]) == lab_dir() or not (Path(o["lab_dir"]) / "state.json").exists():
+        return None     # none, ours, or a stale record of a lab that is gone
+    return (f"a lab of region {o.get('region')} is up from another lab directory: "
+            f"use KONTUR_LAB_DIR={o['lab_dir']} kontur lab ...")
+
+
 def require_state() -> LabState:
     """The running lab; a clear error when there is none or it is not fully up."""
     state = load_state()
     if state is None:
-        raise KonturError("no lab is running", hint="start one with: kontur lab up [-i FILE]")
+        from .config import lab_dir
+        raise KonturError(f"no lab is running from {lab_dir()}",
+                          hint=elsewhere_hint() or "start one with: kontur lab up [-i FILE]")
     if state.status != "up":
         raise KonturError(
             f"the lab of region {state.region_name} is not up (status: {state.status}); "

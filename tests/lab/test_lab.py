@@ -254,6 +254,22 @@ def test_second_up_while_a_lab_runs_exits_2_and_changes_nothing(lab):
     assert all(alive(h.pid, h.start_time) for h in after.hosts.values())
 
 
+def test_a_lab_from_another_lab_directory_is_named_not_touched(lab, tmp_path):
+    """Lab names are machine-wide: commands run with another KONTUR_LAB_DIR say
+    where the running lab lives, and neither bring it down nor build a second one."""
+    before = load_state()
+    other = dict(os.environ, KONTUR_LAB_DIR=str(tmp_path / "other-lab"))
+    hint = f"KONTUR_LAB_DIR={lab_dir()}"
+    for args, code in ((("lab", "status"), 1), (("lab", "down"), 1), (("lab", "up", "-i", str(SMALL_INVENTORY)), 2)):
+        cp = subprocess.run([KONTUR, *args], check=False, capture_output=True, text=True, timeout=120, env=other)
+        assert cp.returncode == code, (args, cp.returncode, cp.stderr)
+        assert hint in cp.stderr and "Traceback" not in cp.stderr, (args, cp.stderr)
+        assert "ip link del" not in cp.stderr            # never the advice to remove another lab by hand
+    after = load_state()
+    assert after is not None and after.to_dict() == before.to_dict()
+    assert all(alive(h.pid, h.start_time) for h in after.hosts.values())
+
+
 # --- the example region (run last: see conftest) ------------------------------------
 
 def test_every_example_node_answers_over_ssh_at_its_own_address(example_lab):
