@@ -85,7 +85,8 @@ def _register() -> None:
                           ("kontur.deploy", "deploy_command"),
                           ("kontur.check", "check_command"),
                           ("kontur.replication_cli", "replicate_command"),
-                          ("kontur.replication_cli", "replication_group")):
+                          ("kontur.replication_cli", "replication_group"),
+                          ("kontur.users_cli", "users_group")):
         try:
             mod = __import__(modname, fromlist=[attr])
         except ModuleNotFoundError as exc:

@@ -82,13 +82,15 @@ def _sans(cert: x509.Certificate) -> set[str]:
 
 
 def node_cert(store: SecretStore, region_title: str, name: str, addresses: list[str],
-              *, client_only: bool = False) -> KeyPair:
-    """The certificate of ``name`` (a node or an operator), made once.
+              *, client_only: bool = False, directory: Path | None = None) -> KeyPair:
+    """The certificate of ``name`` (a node, the operator or a user), made once.
 
     It is made again only if the addresses it must cover have changed (a node
     moved): the old one would fail verification anyway.
+
+    + directory: where its files go (default: the store's pki folder)
     """
-    d = store.pki_dir
+    d = directory or store.pki_dir
     crt, key = d / f"{name}.crt", d / f"{name}.key"
     wanted = {name} | set(addresses)
     if crt.exists() and key.exists():
@@ -130,3 +132,37 @@ def operator_cert(store: SecretStore, region_title: str) -> tuple[Path, Path, Pa
     node_cert(store, region_title, "kontur-operator", [], client_only=True)
     d = store.pki_dir
     return d / "ca.crt", d / "kontur-operator.crt", d / "kontur-operator.key"
+
+
+def user_cert(store: SecretStore, region_title: str, login: str) -> KeyPair:
+    """A person's client certificate (common name = the login), for a browser:
+    with it nginx lets the browser through to the archive's own password login."""
+    d = store.pki_dir / "users"
+    d.mkdir(mode=0o700, exist_ok=True)
+    return node_cert(store, region_title, login, [], client_only=True, directory=d)
+
+
+def user_p12(store: SecretStore, region_title: str, login: str, *, legacy: bool = False) -> tuple[bytes, str]:
+    """``login``'s certificate, key and the regional CA as PKCS#12 for a browser,
+    and its passphrase (made once, kept in the store as ``user-p12/<login>``).
+
+    + legacy: 3DES and SHA-1 instead of AES-256 (older Windows and macOS
+      keychains refuse the modern encryption)
+    """
+    from cryptography.hazmat.primitives.serialization import pkcs12
+
+    pair = user_cert(store, region_title, login)
+    ca = ensure_ca(store, region_title)
+    passphrase = store.password(f"user-p12/{login}", 18)
+    if legacy:
+        enc = (serialization.PrivateFormat.PKCS12.encryption_builder()
+               .kdf_rounds(50000)
+               .key_cert_algorithm(pkcs12.PBES.PBESv1SHA1And3KeyTripleDESCBC)
+               .hmac_hash(hashes.SHA1())
+               .build(passphrase.encode()))
+    else:
+        enc = serialization.BestAvailableEncryption(passphrase.encode())
+    data = pkcs12.serialize_key_and_certificates(
+        login.encode(), serialization.load_pem_private_key(pair.key_pem, None),
+        x509.load_pem_x509_certificate(pair.cert_pem), [x509.load_pem_x509_certificate(ca.cert_pem)], enc)
+    return data, passphrase

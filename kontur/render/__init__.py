@@ -78,6 +78,13 @@ def firewall_rules(region: Region, node: str) -> list[dict]:
         hk = region.hospital_of(node)
         if hk and region.hospitals[hk].network:
             https_from.add(region.hospitals[hk].network)
+    # every user with an account here reads from their hospital's network (R6):
+    # nginx still asks for a regional certificate, Orthanc for the password
+    users_nets = {region.hospitals[u.hospital].network for u in region.users_of(node)
+                  if u.hospital in region.hospitals and region.hospitals[u.hospital].network}
+    if users_nets - https_from:
+        https_from |= users_nets
+        why += "; the hospitals of users with an account here"
     if https_from:
         rules.append({"port": ports.https, "sources": _sorted_sources(https_from), "why": why})
     if is_archive(spec.role):

@@ -236,6 +236,34 @@ def test_undeclared_ports_are_closed_from_another_host(lab, region):
         assert p.stdout.strip() == "closed", f"city-lami:{port} is reachable from tsami"
 
 
+def test_a_doctor_reads_in_a_browser_with_the_issued_certificate_and_password(lab, inventories, region, store,
+                                                                             tmp_path):
+    """R6: ops issue ivanova's credentials; from a workstation in her hospital's
+    network (a namespace of the city hospital) her browser's certificate and
+    password open her LAMI and the TsAMI with her role's rights, and nothing less does."""
+    r = kontur("users", "issue", "ivanova", "--lab", "-i", str(inventories["work"]), "--out", str(tmp_path))
+    assert r.rc == 0, r.out
+    sheet = {k: v.strip() for k, _, v in (ln.partition(":") for ln in (tmp_path / "ivanova.txt").read_text()
+                                          .splitlines()) if k in ("password", "certificate")}
+    password, passphrase = sheet["password"], sheet["certificate"].split("passphrase: ")[1].rstrip(")")
+    workstation = next(m.netns for m in lab.modalities.values() if m.hospital == "city")
+    ca = store.pki_dir / "ca.crt"
+    cert = ("--cacert", str(ca), "--cert-type", "P12", "--cert", f"{tmp_path / 'ivanova.p12'}:{passphrase}")
+
+    def browser(*args: str) -> str:
+        p = in_netns(workstation, ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "15", *args])
+        return p.stdout.strip()
+
+    for node in ("city-lami", "tsami"):
+        base = f"https://{region.nodes[node].address}:{region.ports(node).https}"
+        assert browser(*cert, "-u", f"ivanova:{password}", f"{base}/app/explorer.html") == "200", node
+        assert browser(*cert, "-u", f"ivanova:{password}", f"{base}/patients") == "200", node
+        # a radiologist views and downloads; deleting is not among her rights
+        assert browser(*cert, "-u", f"ivanova:{password}", "-X", "DELETE", f"{base}/patients/x") == "403", node
+        assert browser(*cert, "-u", "ivanova:wrong", f"{base}/patients") == "401", node
+        assert browser("--cacert", str(ca), "-u", f"ivanova:{password}", f"{base}/patients") == "400", node
+
+
 # --- a change to one hospital ---------------------------------------------------------
 
 def test_modality_change_restarts_only_that_hospital(lab, inventories, region, store, tmp_path):

@@ -146,3 +146,66 @@ def test_lab_mirror_without_a_lab_says_how_to_start_one(tmp_path):
     r = kontur("lab", "mirror", env_extra={"KONTUR_LAB_DIR": str(tmp_path / "no-lab")})
     assert r.returncode != 0 and "Traceback" not in r.stderr
     assert "kontur lab up" in r.stderr, r.stderr
+
+
+# --- kontur users ------------------------------------------------------------------
+
+def _sheet(path: Path) -> dict[str, str]:
+    fields = {}
+    for line in path.read_text().splitlines():
+        key, sep, value = line.partition(":")
+        if sep and key in ("login", "password", "certificate"):
+            fields[key] = value.strip()
+    fields["passphrase"] = fields["certificate"].split("passphrase: ")[1].rstrip(")")
+    return fields
+
+
+@pytest.mark.parametrize("legacy", [False, True])
+def test_users_issue_writes_a_browser_certificate_and_a_sheet(tmp_path, legacy):
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import pkcs12
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    env = {"KONTUR_SECRETS": str(tmp_path / "secrets")}
+    out_dir = tmp_path / "hand-over"
+    r = kontur("users", "issue", "ivanova", "--out", str(out_dir), *(["--legacy-p12"] if legacy else []),
+               env_extra=env)
+    assert r.returncode == 0, r.stderr
+    p12, txt = out_dir / "ivanova.p12", out_dir / "ivanova.txt"
+    assert p12.stat().st_mode & 0o777 == 0o600 and txt.stat().st_mode & 0o777 == 0o600
+    assert out_dir.stat().st_mode & 0o077 == 0
+    sheet = _sheet(txt)
+    assert sheet["login"] == "ivanova" and len(sheet["password"]) >= 24
+    assert "https://10.42.1.10:443/app/explorer.html" in txt.read_text()      # onco-lami, her hospital's node
+    key, cert, cas = pkcs12.load_key_and_certificates(p12.read_bytes(), sheet["passphrase"].encode())
+    assert key is not None
+    assert cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == "ivanova"
+    eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    assert list(eku) == [ExtendedKeyUsageOID.CLIENT_AUTH]
+    ca = x509.load_pem_x509_certificate((tmp_path / "secrets" / "pki" / "ca.crt").read_bytes())
+    assert [c.subject for c in cas] == [ca.subject] and cert.issuer == ca.subject
+    cert.verify_directly_issued_by(ca)
+    with pytest.raises(ValueError):
+        pkcs12.load_key_and_certificates(p12.read_bytes(), b"wrong")
+    # the password is the one the deploy renders into the nodes, and stays the same
+    again = kontur("users", "issue", "ivanova", "--out", str(tmp_path / "again"), env_extra=env)
+    assert again.returncode == 0
+    assert _sheet(tmp_path / "again" / "ivanova.txt")["password"] == sheet["password"]
+    rendered = kontur("render", "--node", "onco-lami", "--out", str(tmp_path / "out"), env_extra=env)
+    assert rendered.returncode == 0, rendered.stderr
+    creds = (tmp_path / "out" / "onco-lami" / "etc" / "orthanc" / "credentials.json").read_text()
+    assert f'"ivanova": "{sheet["password"]}"' in creds
+
+
+def test_users_issue_refuses_an_unknown_login(tmp_path):
+    r = kontur("users", "issue", "nobody", "--out", str(tmp_path / "o"),
+               env_extra={"KONTUR_SECRETS": str(tmp_path / "secrets")})
+    assert r.returncode == 2 and "no user 'nobody'" in r.stderr and "ivanova" in r.stderr
+    assert not (tmp_path / "o").exists()
+
+
+def test_users_list_shows_where_each_user_has_an_account():
+    r = kontur("users", "list", env_extra={"COLUMNS": "250"})
+    assert r.returncode == 0, r.stderr
+    row = next(line for line in r.stdout.splitlines() if "ivanova" in line)
+    assert "radiologist" in row and "view, download" in row and "onco-lami" in row and "tsami" in row
