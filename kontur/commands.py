@@ -36,6 +36,18 @@ def validate(inventory, quiet):
         n_mod = sum(len(h.modalities) for h in region.hospitals.values())
         out.print(f"{inventory_path(inventory)}: the region is sound "
                   f"({len(region.nodes)} nodes, {len(region.hospitals)} hospitals, {n_mod} modalities)")
+        for note in legacy_notes(region):
+            err.print(f"note: {note}", markup=False)
+
+
+#: what kontur does not (yet) do for a legacy device, said wherever one shows up
+LEGACY_NOTE = ("a legacy device (legacy_folder: true) cannot send over DICOM, and kontur does not deploy an "
+               "incoming folder for it yet: it is left out of its node's DICOM peers and firewall, and its "
+               "studies must be imported by hand (e.g. storescu from a workstation)")
+
+
+def legacy_notes(region: Region) -> list[str]:
+    return [f"modality {m.aet} of hospital {hk}: {LEGACY_NOTE}" for hk, m in region.legacy_devices()]
 
 
 def summary_tables(region: Region) -> list[Table]:
@@ -70,6 +82,8 @@ def summary_tables(region: Region) -> list[Table]:
         for m in h.modalities:
             target = region.nodes[h.node] if h.node else None
             dest = f"{target.aet}@{target.address}:{region.ports(h.node).dicom}" if target else "—"
+            if m.legacy_folder:
+                dest = "files by hand (legacy device)"
             mods.add_row(m.aet, m.modality, key, f"{m.host}:{m.port}", dest,
                          " ".join(x for x in (m.vendor, m.model) if x) or "—", str(m.studies_per_day))
     return [nodes, hosp, mods]

@@ -254,6 +254,9 @@ def sheet(inventory, modality):
     hk, _i, m = found
     h = region.hospitals[hk]
     node = h.node
+    if m.legacy_folder:
+        from .commands import LEGACY_NOTE
+        raise InvalidInput(f"modality {m.aet} has no DICOM connection sheet: it is {LEGACY_NOTE}")
     spec = region.nodes[node]
     ports = region.ports(node)
     t = Table(title=f"Connection sheet — {m.aet} ({m.modality}) at {h.title}", title_justify="left", show_header=False)

@@ -346,6 +346,15 @@ class Region(Strict):
         """(hospital, modality) pairs that send to ``node``."""
         return [(hk, m) for hk, h in self.hospitals.items() if h.node == node for m in h.modalities]
 
+    def dicom_senders(self, node: str) -> list[tuple[str, Modality]]:
+        """The modalities that send to ``node`` over the DICOM network: every one
+        but legacy devices (``legacy_folder``), which cannot."""
+        return [(hk, m) for hk, m in self.modalities_of(node) if not m.legacy_folder]
+
+    def legacy_devices(self) -> list[tuple[str, Modality]]:
+        """(hospital, modality) of every legacy device (R8)."""
+        return [(hk, m) for hk, h in self.hospitals.items() for m in h.modalities if m.legacy_folder]
+
     def downstream_of(self, node: str) -> list[str]:
         """Nodes whose upstream is ``node`` (the TsAMI's LAMIs and gateways)."""
         return [n for n, spec in self.nodes.items() if spec.upstream == node]

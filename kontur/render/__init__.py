@@ -88,7 +88,7 @@ def firewall_rules(region: Region, node: str) -> list[dict]:
     if https_from:
         rules.append({"port": ports.https, "sources": _sorted_sources(https_from), "why": why})
     if is_archive(spec.role):
-        mods = sorted({m.host for _h, m in region.modalities_of(node)}, key=ipaddress.IPv4Address)
+        mods = sorted({m.host for _h, m in region.dicom_senders(node)}, key=ipaddress.IPv4Address)
         if mods:
             rules.append({"port": ports.dicom, "sources": mods, "why": "DICOM from the hospital's modalities"})
     return rules

@@ -111,7 +111,7 @@ def dicom_config(region: Region, node: str) -> dict[str, Any]:
     spec = region.nodes[node]
     ports = region.ports(node)
     modalities: dict[str, Any] = {}
-    for _hospital, m in region.modalities_of(node):
+    for _hospital, m in region.dicom_senders(node):
         modalities[m.key] = {
             "AET": m.aet,
             "Host": m.host,

@@ -211,3 +211,36 @@ def test_users_list_shows_where_each_user_has_an_account():
     assert r.returncode == 0, r.stderr
     row = next(line for line in r.stdout.splitlines() if "ivanova" in line)
     assert "radiologist" in row and "view, download" in row and "onco-lami" in row and "tsami" in row
+
+
+def test_a_legacy_device_is_named_as_such_everywhere_it_shows_up(tmp_path):
+    """legacy_folder is documented, not silently ignored: validate notes it, show
+    says how its studies come in, the sheet refuses, and the renderer leaves it
+    out of the node's DICOM peers and firewall."""
+    from kontur.inventory import parse_yaml
+    text = EXAMPLE.read_text()
+    doc = parse_yaml(text, str(EXAMPLE))
+    onco = doc["hospitals"]["onco"]
+    legacy = onco["modalities"][0]
+    legacy["legacy_folder"] = True
+    from kontur.inventory import dump_rt
+    path = tmp_path / "region.yaml"
+    path.write_text(dump_rt(doc))
+    aet, host = legacy["aet"], legacy["host"]
+
+    r = kontur("validate", "-i", str(path))
+    assert r.returncode == 0, r.stderr
+    assert f"note: modality {aet} of hospital onco: a legacy device" in r.stderr
+    r = kontur("show", "-i", str(path), env_extra={"COLUMNS": "250"})
+    assert any(aet in ln and "files by hand" in ln for ln in r.stdout.splitlines()), r.stdout
+    r = kontur("inventory", "sheet", aet, "-i", str(path))
+    assert r.returncode == 2 and "no DICOM connection sheet" in r.stderr
+
+    env = {"KONTUR_SECRETS": str(tmp_path / "secrets")}
+    r = kontur("render", "-i", str(path), "--node", "onco-lami", "--out", str(tmp_path / "out"), env_extra=env)
+    assert r.returncode == 0, r.stderr
+    node_dir = tmp_path / "out" / "onco-lami"
+    assert aet not in (node_dir / "etc" / "orthanc" / "dicom.json").read_text()
+    assert host not in (node_dir / "etc" / "nftables.conf").read_text()
+    others = [m["aet"] for m in onco["modalities"][1:]]
+    assert others and all(a in (node_dir / "etc" / "orthanc" / "dicom.json").read_text() for a in others)
