@@ -72,6 +72,8 @@ def cli():
       kontur render -i region.yaml --out out/
       kontur lab up && kontur deploy --lab  rehearse on this machine
       kontur deploy -i region.yaml          roll out to the hospitals
+      kontur check -i region.yaml           is every node as the inventory says?
+      kontur users issue LOGIN --out DIR    a doctor's browser certificate and password
 
     Exit codes: 0 success, 1 problems found or an operation failed,
     2 invalid input or usage.
