@@ -29,9 +29,10 @@ function IncomingHttpRequestFilter(method, uri, ip, username, httpHeaders)
   if r["admin"] then
     return true
   end
-  if starts(uri, "/kontur/") then
-    -- replication controls: admins only; reading the status is a view
-    return method == "GET" and r["view"] == true
+  if starts(uri, "/kontur/") or uri == "/kontur" then
+    -- kontur's replication status, parked list and controls: operators' business
+    -- (admins, above); doctors and peers have no use for them
+    return false
   end
   if method == "GET" then
     if is_download(uri) then
