@@ -7,7 +7,7 @@ import click
 from rich.table import Table
 
 from .cli import cli, err, inventory_option, inventory_path, load_region, out
-from .model import Region, Role
+from .model import LEGACY_NOTE, Region, Role
 from .secrets import SecretStore, default_dir
 
 
@@ -38,12 +38,6 @@ def validate(inventory, quiet):
                   f"({len(region.nodes)} nodes, {len(region.hospitals)} hospitals, {n_mod} modalities)")
         for note in legacy_notes(region):
             err.print(f"note: {note}", markup=False)
-
-
-#: what kontur does not (yet) do for a legacy device, said wherever one shows up
-LEGACY_NOTE = ("a legacy device (legacy_folder: true) cannot send over DICOM, and kontur does not deploy an "
-               "incoming folder for it yet: it is left out of its node's DICOM peers and firewall, and its "
-               "studies must be imported by hand (e.g. storescu from a workstation)")
 
 
 def legacy_notes(region: Region) -> list[str]:

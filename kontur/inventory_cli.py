@@ -17,7 +17,7 @@ from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from .cli import inventory_option, inventory_path, out
 from .errors import InvalidInput
 from .inventory import InventoryError, dump_rt, parse_yaml, read_text, validate_data
-from .model import Role
+from .model import LEGACY_NOTE, Role
 from .secrets import atomic_write
 
 
@@ -255,7 +255,6 @@ def sheet(inventory, modality):
     h = region.hospitals[hk]
     node = h.node
     if m.legacy_folder:
-        from .commands import LEGACY_NOTE
         raise InvalidInput(f"modality {m.aet} has no DICOM connection sheet: it is {LEGACY_NOTE}")
     spec = region.nodes[node]
     ports = region.ports(node)

@@ -176,6 +176,12 @@ class Replication(Strict):
     retention_days: int = Field(7, ge=0, le=3650)
 
 
+#: what kontur does (and does not yet do) for a legacy device, said wherever one shows up
+LEGACY_NOTE = ("a legacy device (legacy_folder: true) cannot send over DICOM, and kontur does not deploy an "
+               "incoming folder for it yet: it is left out of its node's DICOM peers and firewall, and its "
+               "studies must be imported by hand (e.g. storescu from a workstation)")
+
+
 class Modality(Strict):
     aet: AET
     host: IPv4

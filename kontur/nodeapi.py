@@ -126,12 +126,8 @@ def client_for(region: Region, node: str, *, lab: bool = False) -> NodeClient:
     if node not in region.nodes:
         raise InvalidInput(f"node {node!r} is not in the inventory")
     if lab:
-        from .lab.state import lab_region, require_state
-        state = require_state()
-        if state.region_name != region.region.name:
-            raise InvalidInput(f"the running lab is of region {state.region_name!r}, the inventory is of region "
-                               f"{region.region.name!r}; pass the lab's inventory: -i {state.inventory}")
-        region = lab_region(region, state)
+        from .lab.state import running_lab_region
+        region = running_lab_region(region)
     spec = region.nodes[node]
     how = "`kontur deploy --lab`" if lab else "`kontur render` (or deploy)"
     directory = default_dir(region.region.name, lab=lab)

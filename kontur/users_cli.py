@@ -27,8 +27,8 @@ RIGHTS = ("view", "download", "upload", "delete", "admin")
 def _region(inventory: str | None, lab: bool) -> Region:
     region = load_region(inventory)
     if lab:
-        from .lab.state import lab_region, require_state
-        region = lab_region(region, require_state())
+        from .lab.state import running_lab_region
+        region = running_lab_region(region)
     return region
 
 

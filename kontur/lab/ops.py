@@ -27,7 +27,7 @@ from typing import Any
 
 from ..errors import InvalidInput, KonturError, OperationFailed
 from ..inventory import InventoryError, load
-from ..model import Region
+from ..model import LEGACY_NOTE, Region
 from . import fs, hosts, net
 from .base import ensure_base
 from .config import (
@@ -219,9 +219,10 @@ def up(region: Region, inventory: Path, progress: Progress = _quiet) -> LabState
                 f"failed or was interrupted (status {existing.status})",
                 hint="run `kontur lab down` first to clean it up")
         problems = net.conflicts(plan)
-        if problems and elsewhere_hint():
+        elsewhere = elsewhere_hint() if problems else None
+        if elsewhere:
             raise LabRefused(f"the lab network {NETWORK} is in use by another lab; nothing was changed",
-                             hint=elsewhere_hint() + " (e.g. down to bring it down)")
+                             hint=elsewhere + " (e.g. down to bring it down)")
         if problems:
             raise LabRefused(
                 f"the lab network {NETWORK} is in use on this machine, and no lab state "
@@ -428,8 +429,9 @@ def down(progress: Progress = _quiet) -> bool:
             if net.link_exists(BRIDGE):
                 leftovers.append(f"interface {BRIDGE}")
             leftovers += [f"namespace {n}" for n in net.list_netns() if n.startswith("kl-")]
-            if leftovers and elsewhere_hint():
-                raise OperationFailed(f"no lab is running from {lab_dir()}", hint=elsewhere_hint())
+            elsewhere = elsewhere_hint() if leftovers else None
+            if elsewhere:
+                raise OperationFailed(f"no lab is running from {lab_dir()}", hint=elsewhere)
             if leftovers:
                 raise OperationFailed(
                     f"no lab state ({state_file()}), but these look like a lab's: {', '.join(leftovers)}; "
@@ -538,14 +540,7 @@ def set_mirror(withheld: list[str]) -> list[str]:
         # that fetched the variant must see a newer index (If-Modified-Since), as it
         # would when a real mirror is updated
         repo = Repo(Path(apt.repo), Path(apt.keyring), apt.fingerprint)
-        try:
-            before = int((served / "InRelease").stat().st_mtime)
-        except OSError:
-            before = 0
         target = build_variant(repo, wanted, served.parent / f"variant-{time.time_ns()}")
-        if int((target / "InRelease").stat().st_mtime) <= before:   # HTTP dates have whole seconds
-            for name in ("InRelease", "Release", "Release.gpg", "Packages"):
-                os.utime(target / name, (before + 1, before + 1))
         set_served(served, target)
         for old in served.parent.glob("variant-*"):
             if old != target:
@@ -634,8 +629,7 @@ def send(ident: str, paths: list[Path]) -> SendResult:
         raise InvalidInput(f"modality {m.aet} is not in the running lab; the inventory changed after "
                            "`kontur lab up`", hint="bring the lab down and up again")
     if m.legacy_folder:
-        raise InvalidInput(f"modality {m.aet} is a legacy device (legacy_folder: true): it drops files into "
-                           "a folder instead of sending over DICOM")
+        raise InvalidInput(f"modality {m.aet} cannot be sent from: it is {LEGACY_NOTE}")
     if not hospital.node or hospital.node not in state.hosts:
         raise InvalidInput(f"hospital {hk} of modality {m.aet} has no node to send to")
     node = hospital.node

@@ -328,5 +328,14 @@ def build_variant(repo: Repo, withheld: list[str], dest: Path) -> Path:
 
 
 def set_served(served: Path, target: Path) -> None:
-    """Serve ``target`` (the full repository or a variant) from now on."""
+    """Serve ``target`` (the full repository or a variant) from now on.  Its index
+    is made newer than the one served so far: apt asks with If-Modified-Since (whole
+    seconds), and an index that looks older would never be fetched."""
+    try:
+        before = int((served / "InRelease").stat().st_mtime)
+    except OSError:
+        before = 0
+    if int((target / "InRelease").stat().st_mtime) <= before:
+        for name in ("InRelease", "Release", "Release.gpg", "Packages"):
+            os.utime(target / name, (before + 1, before + 1))
     _point(served, target)

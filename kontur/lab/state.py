@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import KonturError, OperationFailed
+from ..errors import InvalidInput, KonturError, OperationFailed
 from ..model import Region
 from .config import BRIDGE_ADDRESS, NETWORK, state_file
 
@@ -204,6 +204,16 @@ def lab_region(region: Region, state: LabState) -> Region:
     admin network."""
     return region.with_addresses(state.address_map, network=str(NETWORK),
                                  admin_networks=[f"{state.bridge_address or BRIDGE_ADDRESS}/32"])
+
+
+def running_lab_region(region: Region) -> Region:
+    """``region`` as the running lab has it (:func:`lab_region`); refused when
+    the lab is of another region."""
+    state = require_state()
+    if state.region_name != region.region.name:
+        raise InvalidInput(f"the running lab is of region {state.region_name!r}, the inventory is of region "
+                           f"{region.region.name!r}; pass the lab's inventory: -i {state.inventory}")
+    return lab_region(region, state)
 
 
 def ssh_options(state: LabState, port: int = 22) -> list[str]:

@@ -190,12 +190,18 @@ def test_mirror_variant_refuses_a_package_the_repository_does_not_carry(tmp_path
 
 def test_served_link_switches_atomically(tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"
-    a.mkdir(), b.mkdir()
+    for d in (a, b):
+        d.mkdir()
+        for name in ("InRelease", "Release", "Release.gpg", "Packages"):
+            (d / name).write_text(name)
+    os.utime(a / "InRelease", (2_000_000_000, 2_000_000_000))     # served first, and "newer"
     link = tmp_path / "served"
     repo.set_served(link, a)
     assert link.resolve() == a.resolve()
     repo.set_served(link, b)
     assert link.resolve() == b.resolve() and not (tmp_path / "served.new").exists()
+    # apt asks with If-Modified-Since: what is served now must look newer, in whole seconds
+    assert int((b / "InRelease").stat().st_mtime) > 2_000_000_000
 
 
 def test_deploy_explains_a_package_the_mirror_lacks():
