@@ -112,6 +112,32 @@ class NodeClient:
     def parked(self) -> list[dict]:
         return self.get("kontur/replication/parked").get("parked", [])
 
+    def release_parked(self, reason: str) -> list[dict]:
+        return self.post("kontur/replicate", {"release_parked": True, "reason": reason}).get("released", [])
+
+    def problems(self) -> dict:
+        return self.get("kontur/replication/problems")
+
+    def correct(self, body: dict) -> dict:
+        return self.post("kontur/correct", body)
+
+    def lookup(self, value: str) -> list[dict]:
+        """Orthanc's /tools/lookup: the resources a DICOM UID or PatientID names here."""
+        return self.request_raw_post("tools/lookup", value.encode("utf-8"))
+
+    def request_raw_post(self, path: str, data: bytes) -> Any:
+        url = self.base_url + path.lstrip("/")
+        req = urllib.request.Request(url, data=data, method="POST",
+                                     headers={**self._headers, "Content-Type": "text/plain"})
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout, context=self._context) as resp:
+                return decode_body(resp.read())
+        except urllib.error.HTTPError as exc:
+            raise NodeError(f"{self.name}: POST /{path}: HTTP {exc.code}", exc.code, None) from None
+        except (urllib.error.URLError, OSError, ssl.SSLError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise NodeError(f"{self.name}: unreachable at {self.base_url}: {reason}") from None
+
 
 def client_for(region: Region, node: str, *, lab: bool = False) -> NodeClient:
     """The client of ``node`` for the control machine (service account

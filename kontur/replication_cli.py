@@ -45,16 +45,36 @@ def _age(seconds) -> str:
     return f"{s // 86400} d"
 
 
+def _targets(region: Region, node: str | None, hospital: str | None) -> list[str]:
+    if node:
+        _check_node(region, node)
+        return [node]
+    if hospital:
+        if hospital not in region.hospitals:
+            raise InvalidInput(f"--hospital {hospital!r} is not in the inventory; known: "
+                               f"{', '.join(sorted(region.hospitals))}")
+        nodes = [n for n in replicating_nodes(region) if region.hospital_of(n) == hospital]
+        if not nodes:
+            raise InvalidInput(f"hospital {hospital!r} has no LAMI or gateway of its own")
+        return nodes
+    return replicating_nodes(region)
+
+
 @click.command("replicate", context_settings=CONTEXT)
 @click.option("--study", metavar="UID", help="StudyInstanceUID (or Orthanc study ID) to push to the TsAMI.")
 @click.option("--patient", metavar="ID", help="PatientID: push all of this patient's studies.")
+@click.option("--release-parked", is_flag=True,
+              help="Give every study the TsAMI refused (parked) another try, after the cause was fixed.")
+@click.option("--reason", metavar="TEXT", help="With --release-parked: why (kept in the node's audit trail).")
 @click.option("--urgent", is_flag=True, help="Send at once, ahead of the queue, whatever the transfer window.")
 @click.option("--node", metavar="NODE", help="The LAMI or gateway holding the study (default: ask every one).")
+@click.option("--hospital", metavar="H", help="Only the LAMI or gateway of this hospital.")
 @click.option("--lab", is_flag=True,
               help="Talk to the nodes of the running region lab (kontur lab up, kontur deploy --lab).")
 @inventory_option
-def replicate_command(study, patient, urgent, node, lab, inventory):
-    """Push one study, or all studies of one patient, to the TsAMI now.
+def replicate_command(study, patient, release_parked, reason, urgent, node, hospital, lab, inventory):
+    """Push one study, or all studies of one patient, to the TsAMI now; or
+    release the parked studies of a node, a hospital or the region.
 
     Works under every policy (all, pathology, on-demand); a study the TsAMI
     refused before (parked) gets another try.  Without --node every LAMI and
@@ -62,14 +82,14 @@ def replicate_command(study, patient, urgent, node, lab, inventory):
 
     Exit codes: 0 queued, 1 not found on any node or a node failed, 2 invalid input.
     """
-    if (study is None) == (patient is None):
-        raise InvalidInput("give exactly one of --study UID or --patient ID")
     region = load_region(inventory)
-    if node:
-        _check_node(region, node)
-        targets = [node]
-    else:
-        targets = replicating_nodes(region)
+    if release_parked:
+        if study or patient or urgent:
+            raise InvalidInput("--release-parked takes no --study, --patient or --urgent")
+        return _release_parked(region, _targets(region, node, hospital), reason, lab)
+    if (study is None) == (patient is None):
+        raise InvalidInput("give exactly one of --study UID or --patient ID (or --release-parked)")
+    targets = _targets(region, node, hospital)
     what = f"study {study}" if study else f"patient {patient}"
     queued: list[tuple[str, dict]] = []
     problems: list[str] = []
@@ -104,6 +124,29 @@ def replicate_command(study, patient, urgent, node, lab, inventory):
                               f"but {len(problems)} node(s) could not be asked")
 
 
+def _release_parked(region: Region, targets: list[str], reason: str | None, lab: bool) -> None:
+    why = reason or "released by an operator with kontur replicate --release-parked"
+    table = Table(title="parked studies released", title_justify="left")
+    for col in ("node", "study", "StudyInstanceUID", "state", "was parked for"):
+        table.add_column(col)
+    problems, total = [], 0
+    for n in targets:
+        try:
+            released = nodeapi.client_for(region, n, lab=lab).release_parked(why)
+        except nodeapi.NodeError as exc:
+            problems.append(str(exc))
+            continue
+        for r in released:
+            total += 1
+            table.add_row(n, r.get("study", "?"), r.get("study_uid") or "—", r.get("state", "?"),
+                          (r.get("was") or "—")[:80])
+    out.print(table if total else f"no parked studies on {', '.join(targets)}")
+    for p in problems:
+        err.print(f"kontur: {p}", markup=False)
+    if problems:
+        raise OperationFailed(f"{len(problems)} node(s) could not be asked")
+
+
 def collect_status(region: Region, lab: bool = False) -> list[dict]:
     rows = []
     for n in replicating_nodes(region):
@@ -125,14 +168,31 @@ def problems_of(row: dict) -> list[str]:
     st = row["status"] or {}
     if not st.get("enabled"):
         return [f"replication disabled: {st.get('reason')}"]
-    out_ = []
+    out_ = list(st.get("alarms") or [])
     if st.get("parked"):
         out_.append(f"{st['parked']} parked")
     if st.get("failed"):
         out_.append(f"{st['failed']} failing")
     if st.get("overdue"):
         out_.append(f"{st['overdue']} overdue")
+    if st.get("divergent"):
+        out_.append(f"{st['divergent']} divergent (the TsAMI holds instances deleted here; "
+                    "kontur replication problems)")
+    fp = st.get("full_pass") or {}
+    if fp.get("state") == "running" and fp.get("last_error"):
+        out_.append(f"full pass stopped at {fp.get('done')}/{fp.get('total')}: {fp['last_error'].get('message')}")
     return out_
+
+
+def _full_pass_cell(st: dict) -> str:
+    fp = st.get("full_pass") or {}
+    if fp.get("state") == "running":
+        return f"{fp.get('done', 0)}/{fp.get('total', '?')}" + (" [red]stopped[/red]" if fp.get("last_error") else "")
+    done = fp.get("last_completed") or {}
+    if done.get("finished_at"):
+        import time as _t
+        return f"{_age(_t.time() - done['finished_at'])} ago"
+    return "not yet"
 
 
 @click.group("replication", context_settings=CONTEXT)
@@ -160,15 +220,15 @@ def status_command(as_json, lab, inventory):
     else:
         table = Table(title=f"{region.region.title} — replication to the TsAMI", title_justify="left")
         for col in ("node", "policy", "queue", "oldest pending", "in flight", "delivered", "failed", "parked",
-                    "window", "last error"):
+                    "window", "full pass", "last error"):
             table.add_column(col)
         for r in rows:
             st = r["status"]
             if not r["reachable"]:
-                table.add_row(r["node"], "?", "?", "?", "?", "?", "?", "?", "?", f"[red]{r['error']}[/red]")
+                table.add_row(r["node"], "?", "?", "?", "?", "?", "?", "?", "?", "?", f"[red]{r['error']}[/red]")
                 continue
             if not st.get("enabled"):
-                table.add_row(r["node"], "disabled", "—", "—", "—", "—", "—", "—", "—",
+                table.add_row(r["node"], "disabled", "—", "—", "—", "—", "—", "—", "—", "—",
                               f"[red]{st.get('reason')}[/red]")
                 continue
             flight = st.get("in_flight")
@@ -179,13 +239,117 @@ def status_command(as_json, lab, inventory):
                     " urgent" if flight.get("urgent") else "")
             last = st.get("last_error") or {}
             window = "open" if st.get("window_open") else f"in {_age(st.get('seconds_until_window'))}"
+            alarm = "; ".join(st.get("alarms") or [])
             table.add_row(r["node"], st.get("policy", "?"), str(st.get("queue_depth", 0)),
                           _age(st.get("oldest_pending_age_seconds")), flight_s, str(st.get("delivered", 0)),
-                          str(st.get("failed", 0)), str(st.get("parked", 0)), window,
-                          (last.get("message") or "—")[:80])
+                          str(st.get("failed", 0)), str(st.get("parked", 0)), window, _full_pass_cell(st),
+                          f"[red]{alarm[:80]}[/red]" if alarm else (last.get("message") or "—")[:80])
         out.print(table)
     if bad:
         if not as_json:
             for node, probs in bad.items():
                 err.print(f"kontur: {node}: {'; '.join(probs)}", markup=False)
         raise OperationFailed(f"{len(bad)} of {len(rows)} replicating node(s) need attention")
+
+
+@replication_group.command("problems")
+@click.option("--node", metavar="NODE", help="One LAMI or gateway (default: every one).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (one object per node).")
+@click.option("--lab", is_flag=True, help="Ask the nodes of the running region lab.")
+@inventory_option
+def problems_command(node, as_json, lab, inventory):
+    """What needs a person: parked studies with their reasons, studies whose
+    files are lost from storage, divergent studies (the TsAMI holds instances
+    deleted here), corrections not yet applied or refused, and the recent
+    audit trail of corrections and releases.
+
+    Exit codes: 0 nothing to look at; 1 something is listed or a node could
+    not be asked; 2 invalid input.
+    """
+    region = load_region(inventory)
+    targets = _targets(region, node, None)
+    rows, bad = [], 0
+    for n in targets:
+        try:
+            p = nodeapi.client_for(region, n, lab=lab).problems()
+            rows.append({"node": n, **p})
+        except nodeapi.NodeError as exc:
+            rows.append({"node": n, "error": str(exc)})
+            bad += 1
+    open_corr = lambda p: [c for c in p.get("corrections", []) if c.get("state") != "done"]  # noqa: E731
+    for r in rows:
+        if "error" not in r and (r["parked"] or r["storage_errors"] or r["divergent"] or open_corr(r)):
+            bad += 1
+    if as_json:
+        out.print_json(json.dumps(rows, ensure_ascii=False))
+    else:
+        for r in rows:
+            if "error" in r:
+                err.print(f"kontur: {r['error']}", markup=False)
+                continue
+            lines = []
+            lines += [f"  parked      {p['study_id']}  {p.get('reason') or ''}" for p in r["parked"]]
+            lines += [f"  STORAGE     {s['study_id']}  {s.get('storage_error') or ''}" for s in r["storage_errors"]]
+            lines += [f"  divergent   {d['study_id']}  the TsAMI holds {d['divergent']} instance(s) deleted here"
+                      for d in r["divergent"]]
+            lines += [f"  correction  #{c['id']} {c['kind']} {c['state']}: {c['reason']}"
+                      + (f" -- {c['last_error']}" if c.get("last_error") else "") for c in open_corr(r)]
+            out.print(f"{r['node']}: " + ("nothing to look at" if not lines else f"{len(lines)} item(s)"),
+                      markup=False)
+            for ln in lines:
+                out.print(ln, markup=False)
+    if bad:
+        raise OperationFailed(f"{bad} of {len(rows)} node(s) need attention")
+
+
+def _resolve(client, ident: str, level: str) -> str:
+    """An Orthanc ID as it is, or the Orthanc ID of a Study/Series Instance UID on that node."""
+    import re
+    if re.fullmatch(r"[0-9a-f]{8}(-[0-9a-f]{8}){4}", ident):
+        return ident
+    want = "Study" if level == "study" else "Series"
+    hits = [h["ID"] for h in client.lookup(ident) if h.get("Type") == want]
+    if not hits:
+        raise OperationFailed(f"{client.name} holds no {level} {ident}")
+    if len(hits) > 1:
+        raise OperationFailed(f"{client.name}: {ident} names {len(hits)} {level} resources (one per patient); "
+                              f"give the Orthanc ID: {', '.join(hits)}")
+    return hits[0]
+
+
+@replication_group.command("correct")
+@click.argument("action", type=click.Choice(["reject", "sync"]))
+@click.option("--node", metavar="NODE", required=True, help="The LAMI or gateway where the correction is made.")
+@click.option("--study", metavar="UID", help="StudyInstanceUID or Orthanc ID.")
+@click.option("--series", metavar="UID", help="SeriesInstanceUID or Orthanc ID (reject only).")
+@click.option("--reason", metavar="TEXT", required=True, help="Why; kept in the audit trail here and at the TsAMI.")
+@click.option("--lab", is_flag=True, help="The node of the running region lab.")
+@inventory_option
+def correct_command(action, node, study, series, reason, lab, inventory):
+    """Correct what the TsAMI holds of a node's studies, audited on both sides.
+
+    \b
+    reject  --study S | --series S   delete a wrong study or series here and at the TsAMI
+    sync    --study S                retire at the TsAMI the instances of a divergent study
+                                     that were deleted here (kontur replication problems)
+
+    Orthanc's own modify (a PatientID or name fixed) needs no command: the
+    corrected study replaces the TsAMI's copy by itself.  A plain deletion in
+    Orthanc is never propagated.
+
+    Exit codes: 0 queued, 1 the node refused or could not be asked, 2 invalid input.
+    """
+    region = load_region(inventory)
+    _check_node(region, node)
+    if action == "sync" and (series or not study):
+        raise InvalidInput("sync takes --study only")
+    if action == "reject" and (study is None) == (series is None):
+        raise InvalidInput("reject takes exactly one of --study or --series")
+    client = nodeapi.client_for(region, node, lab=lab)
+    level = "study" if study else "series"
+    try:
+        rid = _resolve(client, study or series, level)
+        answer = client.correct({"action": action, level: rid, "reason": reason})
+    except nodeapi.NodeError as exc:
+        raise OperationFailed(str(exc)) from None
+    out.print_json(json.dumps(answer, ensure_ascii=False))

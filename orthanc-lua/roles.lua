@@ -21,6 +21,23 @@ local function is_query(uri)
   return uri == "/tools/find" or uri == "/tools/lookup"
 end
 
+-- a node replicating to this one ("peer"): upload, list the instances of a study to
+-- verify it, probe the link, and kontur's receiver routes (digests, MD5s, corrections
+-- of what it sent itself); nothing else -- no downloads, no searches, no other
+-- hospital's studies
+local PEER_POST = {["/instances"] = true, ["/kontur/digests"] = true, ["/kontur/md5"] = true,
+                   ["/kontur/retire"] = true, ["/kontur/replace"] = true}
+
+local function peer_allowed(method, uri)
+  if method == "POST" then
+    return PEER_POST[uri] == true
+  end
+  if method == "GET" then
+    return uri == "/system" or string.match(uri, "^/studies/[0-9a-f%-]+/series$") ~= nil
+  end
+  return false
+end
+
 function IncomingHttpRequestFilter(method, uri, ip, username, httpHeaders)
   local r = roles[username]
   if r == nil then
@@ -28,6 +45,9 @@ function IncomingHttpRequestFilter(method, uri, ip, username, httpHeaders)
   end
   if r["admin"] then
     return true
+  end
+  if r["peer"] then
+    return peer_allowed(method, uri)
   end
   if starts(uri, "/kontur/") or uri == "/kontur" then
     -- kontur's replication status, parked list and controls: operators' business

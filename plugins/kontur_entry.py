@@ -8,12 +8,19 @@ if the check passed; otherwise it logs "disabled" with the reason and serves
 only a status route that says so.
 
 Callbacks never raise and never block: the OnChange callback only starts and
-stops the worker threads (on ORTHANC_STARTED / ORTHANC_STOPPED) and wakes them
-on NewInstance / StableStudy; REST callbacks answer from the outbox.
+stops the worker threads (on ORTHANC_STARTED / ORTHANC_STOPPED), wakes them
+on NewInstance / StableStudy and hands them DELETED events (which /changes
+never shows); REST callbacks answer from the outbox.
+
+Every node serves the receiver routes (``/kontur/digests`` & co.) for the
+nodes that replicate to it -- the TsAMI, whose own replication is disabled,
+included.
 """
+import base64
 import json
 import os
 import sys
+import time
 import traceback
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
@@ -25,12 +32,16 @@ import orthanc  # noqa: E402
 from kontur_plugins.replication import api  # noqa: E402
 from kontur_plugins.replication.config import PolicyError, load_policy, policy_path_from_orthanc  # noqa: E402
 from kontur_plugins.replication.engine import Log, Replicator  # noqa: E402
-from kontur_plugins.replication.local import LocalArchive, NotFound  # noqa: E402
+from kontur_plugins.replication.local import LocalArchive, NotFound, StorageLost  # noqa: E402
 from kontur_plugins.replication.outbox import Outbox  # noqa: E402
+from kontur_plugins.replication.receiver import Receiver  # noqa: E402
 
 PREFIX = "kontur"
-# Orthanc error codes meaning "no such resource"
-_NOT_FOUND = {13, 17}
+# Orthanc error codes: 17 UnknownResource is "no such resource"; 13 InexistentFile and
+# 2006 RegularFileExpected mean the index lists a file the storage does not have
+_NOT_FOUND = {17}
+_STORAGE_LOST = {13, 2006}
+_LEVELS = {0: "patients", 1: "studies", 2: "series", 3: "instances"}
 
 
 class OrthancRest:
@@ -41,8 +52,12 @@ class OrthancRest:
         try:
             return fn(*args)
         except orthanc.OrthancException as exc:
-            if exc.args and exc.args[0] in _NOT_FOUND:
+            code = exc.args[0] if exc.args else None
+            code = getattr(code, "value", code)
+            if code in _NOT_FOUND:
                 raise NotFound(args[0]) from None
+            if code in _STORAGE_LOST:
+                raise StorageLost(f"{args[0]}: Orthanc error {code} ({exc.args[1] if len(exc.args) > 1 else exc})") from None
             raise
 
     def get(self, uri):
@@ -62,9 +77,32 @@ def _orthanc_config():
         return {}
 
 
+def _caller(headers):
+    """The login of the request (Orthanc checked its password before calling us)."""
+    auth = (headers or {}).get("authorization") or ""
+    if not auth.lower().startswith("basic "):
+        return None
+    try:
+        return base64.b64decode(auth[6:].strip()).decode("utf-8").split(":", 1)[0] or None
+    except Exception:  # noqa: BLE001
+        return None
+
+
+def _receiver_args(request):
+    """Arguments of a receiver call: Orthanc passes a POST callback no query
+    string, so they come as X-Kontur-* headers (percent-encoded)."""
+    from urllib.parse import unquote
+    args = dict(request.get("get") or {})
+    for key, value in (request.get("headers") or {}).items():
+        if key.startswith("x-kontur-"):
+            args[key[len("x-kontur-"):]] = unquote(value)
+    return args
+
+
 class Plugin:
     def __init__(self):
         self.engine = None
+        self.receiver = None
         self.disabled_reason = None
         self.node = None
 
@@ -78,35 +116,41 @@ class Plugin:
             orthanc.LogError(f"{PREFIX}: replication disabled: {self.disabled_reason}")
             return
         self.node = cfg.node
-        if not cfg.enabled:
-            self.disabled_reason = cfg.reason
-            orthanc.LogWarning(f"{PREFIX}: replication disabled on {cfg.node}: {cfg.reason}")
-            return
         try:
             outbox = Outbox(cfg.state_db)
         except Exception as exc:  # noqa: BLE001
             self.disabled_reason = f"cannot open the outbox {cfg.state_db}: {exc}"
             orthanc.LogError(f"{PREFIX}: replication disabled: {self.disabled_reason}")
             return
+        local = LocalArchive(OrthancRest())
+        self.receiver = Receiver(local, outbox, time.time, log_warning=orthanc.LogWarning)
+        if not cfg.enabled:
+            self.disabled_reason = cfg.reason
+            orthanc.LogWarning(f"{PREFIX}: replication disabled on {cfg.node}: {cfg.reason}")
+            return
         try:
             stable_age = float(config.get("StableAge", 60))
+            deidentify = bool(config.get("DeidentifyLogs", True))
             self.engine = Replicator(
-                cfg, LocalArchive(OrthancRest()), outbox, stable_age=stable_age,
-                log=Log(orthanc.LogInfo, orthanc.LogWarning, orthanc.LogError))
+                cfg, local, outbox, stable_age=stable_age,
+                log=Log(orthanc.LogInfo, orthanc.LogWarning, orthanc.LogError, deidentify=deidentify))
         except Exception as exc:  # noqa: BLE001 - e.g. unreadable client certificate
             self.disabled_reason = f"cannot start: {exc}"
             orthanc.LogError(f"{PREFIX}: replication disabled: {self.disabled_reason}\n{traceback.format_exc()}")
             self.engine = None
             return
-        orthanc.RegisterOnChangeCallback(self.on_change)
         orthanc.LogWarning(f"{PREFIX}: replication enabled on {cfg.node}: {self.engine.describe()}")
 
     # --- callbacks (never raise, never block) --------------------------------
 
     def on_change(self, change_type, level, resource_id):
         try:
+            if self.engine is None:
+                return
             if change_type in (orthanc.ChangeType.NEW_INSTANCE, orthanc.ChangeType.STABLE_STUDY):
                 self.engine.notify()
+            elif change_type == orthanc.ChangeType.DELETED:
+                self.engine.notify_deleted(_LEVELS.get(int(level), str(level)), resource_id)
             elif change_type == orthanc.ChangeType.ORTHANC_STARTED:
                 self.engine.start()
             elif change_type == orthanc.ChangeType.ORTHANC_STOPPED:
@@ -117,7 +161,12 @@ class Plugin:
     def on_rest(self, output, uri, **request):
         try:
             method = request.get("method", "GET")
-            if self.engine is None:
+            caller = _caller(request.get("headers"))
+            path = uri.rstrip("/")
+            if path in api.RECEIVER_ROUTES:
+                status, ctype, body = api.handle_receiver(self.receiver, method, path, request.get("body"),
+                                                          _receiver_args(request), caller, log_error=orthanc.LogError)
+            elif self.engine is None:
                 if uri.rstrip("/") == "/kontur/replication" and method == "GET":
                     status, ctype, body = 200, api.JSON, json.dumps(
                         api.disabled_status(self.node, self.disabled_reason or "not configured"),
@@ -127,7 +176,7 @@ class Plugin:
                                                          f"{self.disabled_reason}")
             else:
                 status, ctype, body = api.handle(self.engine, method, uri, request.get("body"),
-                                                 log_error=orthanc.LogError)
+                                                 log_error=orthanc.LogError, caller=caller)
             if status == 200:
                 output.AnswerBuffer(body, ctype)
             elif status == 405:
@@ -151,5 +200,5 @@ except Exception as _exc:  # noqa: BLE001 - never take Orthanc down with us
     orthanc.LogError(f"{PREFIX}: replication disabled: setup failed: {_exc!r}\n{traceback.format_exc()}")
     PLUGIN.engine = None
     PLUGIN.disabled_reason = f"setup failed: {_exc!r}"
-orthanc.RegisterRestCallback("/kontur/(replication|replication/metrics|replication/parked|replicate|flag)",
-                             PLUGIN.on_rest)
+orthanc.RegisterOnChangeCallback(PLUGIN.on_change)
+orthanc.RegisterRestCallback(api.ROUTE_PATTERN, PLUGIN.on_rest)

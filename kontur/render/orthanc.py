@@ -91,10 +91,21 @@ def roles_table(region: Region, node: str) -> dict[str, dict[str, bool]]:
     table = {u.login: region.roles[u.role].model_dump() for u in region.users_of(node)}
     full = {"view": True, "download": True, "upload": True, "delete": True, "admin": True}
     table[SERVICE_USER] = dict(full)
+    senders = set(region.downstream_of(node))
     for peer in peers_allowed_in(region, node):
-        # a peer pushes studies and reads what it needs to verify them
-        table[peer_login(peer)] = {"view": True, "download": True, "upload": True, "delete": False, "admin": False}
+        if peer in senders:
+            # a node replicating here: it uploads, lists what it verifies and asks kontur's
+            # receiver routes; it may not read other hospitals' studies (roles.lua, "peer")
+            table[peer_login(peer)] = dict(PEER_SENDER)
+        else:
+            # the upstream (on-demand import, tele-audit) and a reference centre's front read here
+            table[peer_login(peer)] = {"view": True, "download": True, "upload": True, "delete": False,
+                                       "admin": False}
     return dict(sorted(table.items()))
+
+
+#: the rights of a downstream node's account: only the routes replication needs
+PEER_SENDER = {"view": False, "download": False, "upload": False, "delete": False, "admin": False, "peer": True}
 
 
 def peers_allowed_in(region: Region, node: str) -> list[str]:

@@ -143,8 +143,3 @@ def http_status(fn, *args, **kw) -> tuple[int, object]:
         except ValueError:
             body = exc.body
         return exc.status, body
-
-
-def settle(seconds: float) -> None:
-    """Give the plugin time to do something it must not do (negative checks)."""
-    time.sleep(seconds)

@@ -15,7 +15,7 @@ import pytest
 from kontur.testing.dicom import add_series, make_study
 from kontur.testing.orthanc import wait_for
 
-from kontur.testing.replication import TZ, delivered, http_status, settle, wait_delivered
+from kontur.testing.replication import TZ, delivered, http_status, wait_delivered
 
 pytestmark = pytest.mark.orthanc
 
@@ -177,8 +177,8 @@ def test_outbox_survives_link_outage_and_kill9(make_node, tsami):
     assert st["queue_depth"] == 1
     assert "cannot reach tsami" in st["last_error"]["message"]
     assert st["link"]["up"] is False
-    time.sleep(1.1)
-    assert lami.status()["oldest_pending_age_seconds"] >= 1
+    # the age of the oldest pending study grows while it waits (what on-call watches)
+    wait_for(lambda: lami.status()["oldest_pending_age_seconds"] >= 1, 30, message="the pending age to grow")
     lami.orthanc.kill9()
     lami.orthanc.start()
     st = lami.status()
@@ -216,7 +216,11 @@ def test_refused_study_is_parked_with_its_reason_not_retried_not_lost(make_node,
     assert [p["study_id"] for p in parked] == [refused.orthanc_id()]
     assert "refused" in parked[0]["reason"] and "FilteredOut" in parked[0]["reason"]
     assert st["queue_depth"] == 0
-    settle(3)                                      # several retry periods (0.5 s base)
+    # the sender goes on with later work (at least StableAge = 2 s: four retry periods of
+    # 0.5 s) and never comes back to the parked study by itself
+    later = make_study(1)
+    lami.store(later)
+    wait_delivered(tsami, later)
     again = lami.get("/kontur/replication/parked")["parked"]
     assert again[0]["attempts"] == parked[0]["attempts"] == 1
     # still held locally, and an operator may try again
@@ -256,7 +260,8 @@ def test_full_pass_finds_what_events_never_announced(make_node, tsami):
     lami.orthanc.start()                           # now with the plugin
     wait_delivered(tsami, old)
     st = lami.status()
-    assert st["full_pass"] and st["full_pass"]["requeued"] >= 1
+    assert st["full_pass"] and st["full_pass"]["stats"]["requeued"] >= 1
+    assert st["full_pass"]["trigger"] == "schedule"
     # the TsAMI loses one instance: the next full pass notices the count and re-sends it
     victim = tsami.get(f"/studies/{old.orthanc_id()}/instances")[0]["ID"]
     tsami.delete(f"/instances/{victim}")

@@ -1,15 +1,27 @@
 # SPDX-License-Identifier: AGPL-3.0-or-later
 """The node's replication REST API (served by the plugin under /kontur/).
 
-    GET  /kontur/replication            status (JSON)
-    GET  /kontur/replication/metrics    the same, Prometheus text format
-    GET  /kontur/replication/parked     parked studies with their reasons
-    POST /kontur/replicate              {"study": ID or UID} | {"patient": PatientID}, "urgent": bool
-    POST /kontur/flag                   {"study": ID or UID, "pathology": bool}
+Sending side (LAMIs and gateways; operators, admins only through the roles filter):
 
-Pure: ``handle()`` takes the method, path and body and returns
-(status, content type, body bytes); the glue writes them to Orthanc's output.
-A bad body gets 400 with a JSON error, never an exception.
+    GET  /kontur/replication              status (JSON)
+    GET  /kontur/replication/metrics      the same, Prometheus text format
+    GET  /kontur/replication/parked       parked studies with their reasons
+    GET  /kontur/replication/problems     parked, storage errors, divergent studies, corrections, audit
+    POST /kontur/replicate                {"study": ID or UID} | {"patient": PatientID}, "urgent": bool
+                                          | {"release_parked": true, "reason": "..."}
+    POST /kontur/flag                     {"study": ID or UID, "pathology": bool}
+    POST /kontur/correct                  {"action": "reject", "study"|"series": ID, "reason": "..."}
+                                          | {"action": "sync", "study": ID, "reason": "..."}
+    POST /kontur/full-pass                {} : run a full pass now
+
+Receiving side (every node; peers of downstream nodes): see ``receiver.py``
+
+    POST /kontur/digests, /kontur/md5, /kontur/retire, /kontur/replace
+
+Pure: ``handle()`` takes the method, path, body, query arguments and the
+caller's login and returns (status, content type, body bytes); the glue writes
+them to Orthanc's output.  A bad body gets 400 with a JSON error, never an
+exception.
 """
 from __future__ import annotations
 
@@ -19,17 +31,30 @@ from typing import Any, Callable
 
 from . import metrics
 from .engine import BadRequest, UnknownStudy
+from .receiver import Receiver, ReceiverError
 
 JSON = "application/json"
 PROM = "text/plain; version=0.0.4; charset=utf-8"
 
-ROUTES = {
+SENDER_ROUTES = {
     "/kontur/replication": "GET",
     "/kontur/replication/metrics": "GET",
     "/kontur/replication/parked": "GET",
+    "/kontur/replication/problems": "GET",
     "/kontur/replicate": "POST",
     "/kontur/flag": "POST",
+    "/kontur/correct": "POST",
+    "/kontur/full-pass": "POST",
 }
+RECEIVER_ROUTES = {
+    "/kontur/digests": "POST",
+    "/kontur/md5": "POST",
+    "/kontur/retire": "POST",
+    "/kontur/replace": "POST",
+}
+ROUTES = {**SENDER_ROUTES, **RECEIVER_ROUTES}
+#: the regular expression the glue registers (Orthanc matches the whole URI)
+ROUTE_PATTERN = "/kontur/(" + "|".join(sorted(r[len("/kontur/"):] for r in ROUTES)) + ")"
 
 
 def _json(status: int, data: Any) -> tuple[int, str, bytes]:
@@ -37,7 +62,7 @@ def _json(status: int, data: Any) -> tuple[int, str, bytes]:
 
 
 def error(status: int, message: str, **extra: Any) -> tuple[int, str, bytes]:
-    return _json(status, {"error": message, "status": status, **extra})
+    return _json(status, {"error": message, "status": status, "kontur": "plugin", **extra})
 
 
 def _body(body: bytes | None) -> dict:
@@ -68,10 +93,41 @@ def _bool_field(data: dict, key: str, default: bool) -> bool:
     return v
 
 
-def handle(engine: Any, method: str, path: str, body: bytes | None,
-           log_error: Callable[[str], Any] = print) -> tuple[int, str, bytes]:
+def handle_receiver(receiver: Receiver | None, method: str, path: str, body: bytes | None,
+                    args: dict[str, str] | None, caller: str | None,
+                    log_error: Callable[[str], Any] = print) -> tuple[int, str, bytes]:
     path = path.rstrip("/") or path
-    allowed = ROUTES.get(path)
+    if method != "POST":
+        return error(405, f"{path} accepts POST only", allow="POST")
+    if receiver is None:
+        return error(503, "kontur's receiver is not running on this node")
+    args = args or {}
+    try:
+        if path == "/kontur/replace":
+            return _json(200, receiver.replace(args.get("instance"), args.get("reason"), body, caller,
+                                               reconstruct=args.get("reconstruct") == "1"))
+        try:
+            data = json.loads((body or b"").decode("utf-8"))
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise ReceiverError(400, f"the body is not JSON ({exc})") from None
+        if path == "/kontur/digests":
+            return _json(200, receiver.digests(data))
+        if path == "/kontur/md5":
+            return _json(200, receiver.md5(data))
+        if path == "/kontur/retire":
+            return _json(200, receiver.retire(data, caller))
+    except ReceiverError as exc:
+        return error(exc.status, str(exc))
+    except Exception as exc:  # noqa: BLE001 - never let an exception reach Orthanc
+        log_error(f"kontur receiver: {method} {path} failed: {exc!r}\n{traceback.format_exc()}")
+        return error(500, f"internal error ({type(exc).__name__}); see the Orthanc log")
+    return error(404, f"no such kontur endpoint: {path}")
+
+
+def handle(engine: Any, method: str, path: str, body: bytes | None,
+           log_error: Callable[[str], Any] = print, caller: str | None = None) -> tuple[int, str, bytes]:
+    path = path.rstrip("/") or path
+    allowed = SENDER_ROUTES.get(path)
     if allowed is None:
         return error(404, f"no such kontur endpoint: {path}")
     if method != allowed:
@@ -85,8 +141,22 @@ def handle(engine: Any, method: str, path: str, body: bytes | None,
             return 200, PROM, metrics.render(engine.status()).encode()
         if path == "/kontur/replication/parked":
             return _json(200, {"parked": engine.parked()})
+        if path == "/kontur/replication/problems":
+            return _json(200, engine.problems())
+        if path == "/kontur/full-pass":
+            return _json(202, engine.request_full_pass(f"requested by {caller or 'an operator'}"))
         data = _body(body)
         if path == "/kontur/replicate":
+            if "release_parked" in data:
+                unknown = sorted(set(data) - {"release_parked", "reason"})
+                if unknown:
+                    raise BadRequest(f"unknown field(s) {', '.join(unknown)}; release_parked takes a reason only")
+                if data["release_parked"] is not True:
+                    raise BadRequest('"release_parked" must be true')
+                reason = data.get("reason") or "operator released the parked studies"
+                if not isinstance(reason, str) or len(reason) > 500:
+                    raise BadRequest('"reason" must be text of at most 500 characters')
+                return _json(202, {"released": engine.release_parked(actor=caller, reason=reason)})
             unknown = sorted(set(data) - {"study", "patient", "urgent"})
             if unknown:
                 raise BadRequest(f"unknown field(s) {', '.join(unknown)}; expected study or patient, and urgent")
@@ -104,6 +174,11 @@ def handle(engine: Any, method: str, path: str, body: bytes | None,
             if study is None:
                 raise BadRequest('"study" is required (a StudyInstanceUID or an Orthanc study ID)')
             return _json(200, engine.flag(study, _bool_field(data, "pathology", True)))
+        if path == "/kontur/correct":
+            unknown = sorted(set(data) - {"action", "study", "series", "reason"})
+            if unknown:
+                raise BadRequest(f"unknown field(s) {', '.join(unknown)}; expected action, study or series, reason")
+            return _json(202, engine.correct(data, caller))
     except BadRequest as exc:
         return error(400, str(exc))
     except UnknownStudy as exc:

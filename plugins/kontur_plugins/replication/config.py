@@ -224,6 +224,9 @@ def parse_policy(data: Any) -> ReplicationConfig:
             problems.append("replication.upstream: cert_file and key_file go together")
         if isinstance(url, str) and url.startswith("http://") and up.get("cert_file"):
             problems.append("replication.upstream: a client certificate needs an https:// url")
+        if isinstance(url, str) and url.startswith("https://") and not up.get("ca_file"):
+            problems.append("replication.upstream.ca_file: an https:// upstream needs the regional CA's certificate; "
+                            "kontur never falls back to the system's certificate authorities")
         if not isinstance(up.get("name"), str):
             problems.append("replication.upstream.name: missing")
         upstream = Upstream(name=str(up.get("name")), url=str(url), username=up.get("username"),

@@ -1,25 +1,31 @@
 # SPDX-License-Identifier: AGPL-3.0-or-later
-"""The replicator: change processing, the send/verify loop, the full pass.
+"""The replicator: its threads, the send/verify loop, and what it shows.
 
 Three worker threads, started when Orthanc has started and joined when it
 stops (never inside an Orthanc callback):
 
-``kontur-changes``   reads /changes from the saved position (woken at once
-                     by the OnChange callback), marks touched studies, turns
-                     StableStudy (or a quiet period after a lost event) into
-                     policy decisions
-``kontur-sender``    takes the next due study (urgent first, then oldest),
-                     sends what the upstream lacks, paced to the cap,
-                     verifies, then gateway deletions when due
-``kontur-fullpass``  compares per-study instance counts with the upstream
-                     every ``full_pass_interval_seconds``
+``kontur-changes``   reads /changes from the saved position, at least once
+                     (``feed``), woken at once by the OnChange callback;
+                     marks touched studies, turns StableStudy (or a quiet
+                     period after a lost event) into policy decisions
+``kontur-sender``    takes the next due study (urgent first, then due
+                     corrections, then the oldest), sends what the upstream
+                     lacks, paced to the cap, verifies, then gateway
+                     deletions when due
+``kontur-fullpass``  compares every study's instance set with the upstream
+                     (``fullpass``), resumable, every
+                     ``full_pass_interval_seconds`` and at once after the
+                     change log restarted
 
 Every per-study step is wrapped: an exception is logged with the study ID and
 counted as a failed attempt (retried with backoff); it never reaches Orthanc.
 """
 from __future__ import annotations
 
-import json
+import collections
+import hashlib
+import hmac
+import secrets
 import threading
 import time
 import traceback
@@ -28,12 +34,14 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from ..pipeline import Gate, PassGate, StudyRef, run_gates
-from . import backoff, decisions, reconcile, windows
+from . import backoff, decisions, fullpass, reconcile, windows
 from .config import ReplicationConfig
-from .local import LocalArchive, is_orthanc_id, study_keys
+from .corrections import Corrections
+from .feed import ChangeFeed, FeedError
+from .local import LocalArchive, StorageLost, is_orthanc_id, study_keys
 from .outbox import Outbox
 from .pacing import Pacer
-from .transport import Aborted, RefusedError, TransientError, UpstreamClient
+from .transport import Aborted, NoReceiver, RefusedError, TransientError, UpstreamClient
 
 
 class BadRequest(ValueError):
@@ -45,11 +53,26 @@ class UnknownStudy(LookupError):
 
 
 class Log:
-    """Where the replicator writes; the glue maps these to orthanc.Log*."""
+    """Where the replicator writes; the glue maps these to orthanc.Log*.
+
+    With ``deidentify`` (Orthanc's ``DeidentifyLogs``, on in kontur's baseline)
+    patient IDs and DICOM UIDs never reach a log line: :meth:`ident` turns them
+    into a short HMAC under a key kept in this node's outbox, so one line can
+    still be matched to another, but a short PatientID cannot be guessed back
+    from the log alone.  (Orthanc IDs are hashes already and stay as they are.)"""
 
     def __init__(self, info: Callable[[str], Any] = print, warning: Callable[[str], Any] = print,
-                 error: Callable[[str], Any] = print):
+                 error: Callable[[str], Any] = print, *, deidentify: bool = False):
         self.info, self.warning, self.error = info, warning, error
+        self.deidentify = deidentify
+        self.key = b""
+
+    def ident(self, value: str | None) -> str:
+        if value is None:
+            return "?"
+        if not self.deidentify or is_orthanc_id(value):
+            return value
+        return "~" + hmac.new(self.key, value.encode("utf-8"), hashlib.sha256).hexdigest()[:12]
 
 
 class Replicator:
@@ -67,6 +90,7 @@ class Replicator:
         self.stop_event = threading.Event()
         self.wake_changes = threading.Event()
         self.wake_sender = threading.Event()
+        self.full_pass_wake = threading.Event()
         self.preempt = threading.Event()
         t = cfg.tuning
         self.link = backoff.LinkBackoff(t["retry_base_seconds"], t["retry_factor"], t["retry_max_seconds"],
@@ -82,8 +106,19 @@ class Replicator:
         self._in_flight: dict | None = None
         self._threads: list[threading.Thread] = []
         self._prefetch = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kontur-prefetch")
-        self._full_pass: dict[str, Any] = {}
+        self._deleted: collections.deque[tuple[str, str]] = collections.deque(maxlen=100000)
+        self.feed = ChangeFeed(local, outbox, self.handle_change, clock=clock, batch=int(t["changes_batch"]),
+                               retry=(t["changes_poll_seconds"], 2.0, t["retry_max_seconds"]),
+                               on_reset=self._feed_reset, log_info=self.log.info, log_warning=self.log.warning)
+        self.full_pass = fullpass.FullPass(self)
+        self.corrections = Corrections(self)
         self.started_at = clock()
+        if self.log.deidentify:
+            key = outbox.get_meta("log_key")
+            if key is None:
+                key = secrets.token_hex(16)
+                outbox.set_meta("log_key", key)
+            self.log.key = bytes.fromhex(key)
 
     # ------------------------------------------------------------------ life cycle
 
@@ -109,6 +144,7 @@ class Replicator:
         self.stop_event.set()
         self.wake_changes.set()
         self.wake_sender.set()
+        self.full_pass_wake.set()
         self.upstream.abort()
         self.counter.abort()
         deadline = time.monotonic() + timeout
@@ -139,6 +175,12 @@ class Replicator:
         """From Orthanc's OnChange callback: never blocks."""
         self.wake_changes.set()
 
+    def notify_deleted(self, level: str, resource_id: str) -> None:
+        """From Orthanc's OnChange callback (DELETED, which /changes never shows):
+        handled by the changes thread; never blocks."""
+        self._deleted.append((level, resource_id))
+        self.wake_changes.set()
+
     def describe(self) -> str:
         up = self.cfg.upstream
         mode = "gateway (forward everything)" if self.cfg.gateway else f"policy {self.cfg.mode}"
@@ -157,17 +199,27 @@ class Replicator:
     def _changes_loop(self) -> None:
         poll = self.cfg.t("changes_poll_seconds")
         while not self.stop_event.is_set():
-            self.wake_changes.wait(poll)
+            now = self.clock()
+            wait = poll if self.feed.ready(now) else max(0.05, min(poll, self.feed.next_try - now))
+            self.wake_changes.wait(wait)
             self.wake_changes.clear()
             if self.stop_event.is_set():
                 break
+            if not self.feed.ready(self.clock()):
+                continue
             try:
                 self.process_changes()
-                self.sweep_quiet()
+            except FeedError as exc:
+                self.log.error(f"kontur replication: {exc}")
             except Exception as exc:  # noqa: BLE001
                 self.log.error(f"kontur replication: reading /changes failed: {exc!r}\n{traceback.format_exc()}")
-                self.outbox_error(None, f"reading /changes failed: {exc!r}")
-                self.stop_event.wait(poll)
+                self.feed._failed(None, f"reading /changes failed: {exc!r}")
+            try:
+                self.process_deleted()
+                self.sweep_quiet()
+            except Exception as exc:  # noqa: BLE001
+                self.log.error(f"kontur replication: {exc!r}\n{traceback.format_exc()}")
+                self.outbox_error(None, repr(exc))
 
     def _sender_loop(self) -> None:
         idle = self.cfg.t("idle_poll_seconds")
@@ -196,60 +248,36 @@ class Replicator:
         return max(0.05, min(waits))
 
     def _full_pass_loop(self) -> None:
-        first = self.cfg.t("full_pass_first_delay_seconds")
-        interval = self.cfg.t("full_pass_interval_seconds")
-        if self.stop_event.wait(first):
-            return
-        while not self.stop_event.is_set():
-            try:
-                self.run_full_pass()
-            except TransientError as exc:
-                self.log.warning(f"kontur replication: full pass interrupted, upstream unreachable: {exc}")
-                self._full_pass["error"] = str(exc)
-            except Exception as exc:  # noqa: BLE001
-                self.log.error(f"kontur replication: full pass failed: {exc!r}\n{traceback.format_exc()}")
-                self._full_pass["error"] = repr(exc)
-            if self.stop_event.wait(interval):
-                return
+        fullpass.loop(self, self.stop_event.wait)
 
     # ------------------------------------------------------------------ changes
 
     def process_changes(self) -> int:
-        """Read /changes from the saved position; returns how many were read."""
-        seq_text = self.outbox.get_meta("changes_seq")
-        if seq_text is None:
-            # first start on this archive: its history is the full pass's job
-            last = self.local.last_change()
-            self.outbox.set_meta("changes_seq", last)
-            self.log.info(f"kontur replication: first start, following /changes from {last}; "
-                          "older studies are compared by the full pass")
-            return 0
-        seq = int(seq_text)
-        batch = int(self.cfg.t("changes_batch"))
-        total = 0
-        while not self.stop_event.is_set():
-            res = self.local.changes(seq, batch)
-            changes = res.get("Changes", [])
-            with self.outbox.transaction():
-                for kind, rid, s in reconcile.parse_change_batch(changes):
-                    try:
-                        if kind == "NewInstance":
-                            self._on_new_instance(rid)
-                        else:
-                            self._on_ready(rid, "stable")
-                    except Exception as exc:  # noqa: BLE001 - one bad change must not stop the feed
-                        self.log.error(f"kontur replication: change {s} ({kind} {rid}): {exc!r}\n"
-                                       f"{traceback.format_exc()}")
-                new_seq = max([seq] + [int(c.get("Seq", 0)) for c in changes])
-                if new_seq != seq:
-                    self.outbox.set_meta("changes_seq", new_seq)
-            # wake the sender only now: it cannot see what this transaction queued before the commit
-            self.wake_sender.set()
-            total += len(changes)
-            seq = new_seq
-            if res.get("Done", True) or not changes:
-                break
-        return total
+        """Read /changes from the saved position; returns how many were read.
+        Raises :class:`FeedError` if a change failed (the position stays before it)."""
+        n = self.feed.step()
+        # wake the sender only now: it cannot see what a transaction queued before the commit
+        self.wake_sender.set()
+        return n
+
+    def handle_change(self, kind: str, resource_id: str, seq: int) -> None:
+        """One change of the feed, inside its transaction; raises on failure."""
+        if kind == "NewInstance":
+            self._on_new_instance(resource_id)
+        else:
+            self._on_ready(resource_id, "stable")
+
+    def _feed_reset(self, reason: str) -> None:
+        self.full_pass.request(f"the change feed was reset: {reason}")
+        self.full_pass_wake.set()
+
+    def process_deleted(self) -> int:
+        n = 0
+        while self._deleted:
+            level, rid = self._deleted.popleft()
+            self.corrections.on_deleted(level, rid)
+            n += 1
+        return n
 
     def _on_new_instance(self, instance_id: str) -> None:
         study_id = self.local.parent_study(instance_id)
@@ -259,7 +287,11 @@ class Replicator:
         if row is None or row.get("study_uid") is None:
             info = self.local.study(study_id)
             uid, pid = study_keys(info) if info else (None, None)
-            self.outbox.ensure(study_id, self.clock(), uid, pid)
+            row = self.outbox.ensure(study_id, self.clock(), uid, pid)
+        if row.get("delivered_at"):
+            # the study went upstream before: if the upstream lists this instance
+            # already, its content is compared when the study goes again
+            self.outbox.add_recheck(instance_id, study_id, self.clock())
         self.outbox.touch(study_id, self.clock())
 
     def _ensure_keys(self, study_id: str) -> dict | None:
@@ -275,18 +307,21 @@ class Replicator:
     def _on_ready(self, study_id: str, source: str) -> str:
         """A study is complete (Orthanc's StableStudy or a quiet period)."""
         now = self.clock()
-        self._ensure_keys(study_id)
+        if self._ensure_keys(study_id) is None:
+            return "gone"               # deleted before it was ready
         row = self.outbox.mark_stable(study_id, now)
         if row["state"] == "parked":
             return "parked"
-        d = decisions.on_ready(self.cfg.mode, self.cfg.gateway, bool(row["selected"]),
+        inherited = self.corrections.on_ready(study_id, row)
+        d = decisions.on_ready(self.cfg.mode, self.cfg.gateway, bool(row["selected"]) or inherited,
                                self.outbox.is_flagged(row.get("study_uid")))
         if not d.send:
             return "idle"
-        why = d.reason if source == "stable" else f"{d.reason} ({source})"
-        return self._admit(row, why, urgent=False, source=source)
+        why = d.reason if not inherited or row["selected"] else "a correction of a study sent upstream"
+        why = why if source == "stable" else f"{why} ({source})"
+        return self.admit(row, why, urgent=False, source=source)
 
-    def _admit(self, row: dict, reason: str, *, urgent: bool, source: str, unpark: bool = False) -> str:
+    def admit(self, row: dict, reason: str, *, urgent: bool, source: str, unpark: bool = False) -> str:
         """Gates, then the outbox."""
         ref = StudyRef(row["study_id"], row.get("study_uid"), row.get("patient_id"), urgent, source)
         hold = run_gates(self.gates, ref)
@@ -323,23 +358,41 @@ class Replicator:
             raise BadRequest('give exactly one of "study" or "patient"')
         if study is not None:
             ids = self.local.resolve_study(study)
-            what = f"study {study}"
+            what = f"study {self.log.ident(study)}"
         else:
             ids = self.local.patient_studies(patient)
-            what = f"patient {patient}"
+            what = f"patient {self.log.ident(patient)}"
         if not ids:
-            raise UnknownStudy(f"{what} is not in this archive")
+            raise UnknownStudy(f"{'study ' + study if study is not None else 'patient ' + patient} "
+                               "is not in this archive")
         out = []
         for sid in ids:
             row = self._ensure_keys(sid) or self.outbox.ensure(sid, self.clock())
             reason = f"{source} push" + (" (urgent)" if urgent else "")
             if urgent:
                 self.link.succeeded()       # an operator says "now": do not wait out the backoff
-            state = self._admit(row, reason, urgent=urgent, source=source, unpark=True)
+            state = self.admit(row, reason, urgent=urgent, source=source, unpark=True)
             out.append({"study": sid, "study_uid": row.get("study_uid"), "patient_id": row.get("patient_id"),
                         "state": state, "urgent": urgent})
         self.log.info(f"kontur replication: {source} queued {what}: {len(out)} stud{'y' if len(out) == 1 else 'ies'}"
                       f"{' (urgent)' if urgent else ''}")
+        return out
+
+    def release_parked(self, *, actor: str | None = None, reason: str = "operator released the parked studies") -> list[dict]:
+        """Give every parked study another try (after the cause was fixed upstream)."""
+        rows = self.outbox.parked()
+        out = []
+        for r in rows:
+            row = self.outbox.get(r["study_id"])
+            if row is None:
+                continue
+            state = self.admit(row, f"released from parked: {reason}", urgent=False, source="operator", unpark=True)
+            out.append({"study": r["study_id"], "study_uid": r.get("study_uid"), "state": state,
+                        "was": r.get("reason")})
+        self.outbox.audit(self.clock(), actor, "released parked studies", None, reason,
+                          {"studies": [o["study"] for o in out]})
+        self.log.warning(f"kontur replication: {actor or 'an operator'} released {len(out)} parked stud"
+                         f"{'y' if len(out) == 1 else 'ies'}")
         return out
 
     def flag(self, study: str, pathology: bool = True, source: str = "rest") -> dict:
@@ -368,10 +421,39 @@ class Replicator:
                 continue
             ready = not row.get("awaiting_stable")
             d = decisions.on_flag(self.cfg.mode, self.cfg.gateway, ready)
-            state = self._admit(row, d.reason, urgent=False, source="flag") if d.send else row["state"]
+            state = self.admit(row, d.reason, urgent=False, source="flag") if d.send else row["state"]
             results.append({"study": sid, "state": state, "note": d.reason})
         return {"study_uid": uid, "pathology": pathology, "studies": results,
                 "note": None if ids else "flag recorded; the study is not in this archive yet"}
+
+    def correct(self, data: dict, actor: str | None) -> dict:
+        """An operator's correction: ``{"action": "reject", "study"|"series": ID, "reason"}``
+        or ``{"action": "sync", "study": ID, "reason"}``."""
+        action = data.get("action")
+        reason = data.get("reason")
+        if not isinstance(reason, str) or not reason.strip():
+            raise BadRequest('"reason" is required: say why (it is kept in the audit trail here and upstream)')
+        if action == "reject":
+            given = [k for k in ("study", "series") if data.get(k) is not None]
+            if len(given) != 1:
+                raise BadRequest('"reject" takes exactly one of "study" or "series" (an Orthanc ID)')
+            rid = data[given[0]]
+            if not _safe_id(rid):
+                raise BadRequest(f'"{given[0]}" must be an Orthanc ID')
+            try:
+                return self.corrections.reject("studies" if given[0] == "study" else "series", rid, reason.strip(),
+                                               actor)
+            except LookupError as exc:
+                raise UnknownStudy(str(exc)) from None
+        if action == "sync":
+            sid = data.get("study")
+            if not _safe_id(sid):
+                raise BadRequest('"sync" takes "study": an Orthanc study ID')
+            try:
+                return self.corrections.sync(sid, reason.strip(), actor)
+            except LookupError as exc:
+                raise UnknownStudy(str(exc)) from None
+        raise BadRequest('"action" must be "reject" or "sync"')
 
     # ------------------------------------------------------------------ sending
 
@@ -379,12 +461,18 @@ class Replicator:
         return windows.is_open(self.cfg.windows, self.cfg.timezone, self.clock() if now is None else now)
 
     def send_next(self) -> bool:
-        """Send and verify the next due study; False if there was nothing to do."""
+        """Send and verify the next due study (or apply a due correction);
+        False if there was nothing to do."""
         now = self.clock()
         if not self.link.ready(now) and not self.probe_link(now):
             return False
         self.preempt.clear()
-        row = self.outbox.next_due(now, self.window_open(now))
+        window = self.window_open(now)
+        row = self.outbox.next_due(now, window)
+        if row is None or not row["urgent"]:
+            # corrections (a study under the wrong patient upstream) go before routine studies
+            if self.corrections.apply_next(now):
+                return True
         if row is None:
             return False
         self.send_study(row)
@@ -430,12 +518,14 @@ class Replicator:
         try:
             attempted: set[str] = set()
             rounds = int(self.cfg.t("verify_rounds"))
-            for _ in range(max(1, rounds)):
+            for k_round in range(max(1, rounds)):
                 local_ids = self.local.study_instance_ids(sid)
                 if local_ids is None or not local_ids:
                     return self._study_gone(row)
                 remote_ids = self.upstream.study_instance_ids(sid)
                 self.link.succeeded()
+                if k_round == 0:
+                    self.corrections.recheck(sid, local_ids, remote_ids)
                 missing = reconcile.missing_instances(local_ids, remote_ids)
                 flight["instances_total"] = len(local_ids)
                 if not missing:
@@ -450,12 +540,12 @@ class Replicator:
                     why = self._should_pause(urgent)
                     if why:
                         raise Aborted(why)
+                    current = iid
                     data = nxt.result()
                     if k + 1 < len(missing):
                         nxt = self._prefetch.submit(self.local.instance_file, missing[k + 1])
                     if data is None:
                         continue                        # deleted here meanwhile
-                    current = iid
                     self.upstream.post_instance(data, should_abort=self.stop_event.is_set)
                     attempted.add(iid)
                     flight["instances_sent"] += 1
@@ -468,10 +558,22 @@ class Replicator:
             raise _NotVerified(f"not verified after {rounds} rounds: {self.cfg.upstream.name} holds "
                                f"{len(local_ids & remote_ids)} of {len(local_ids)} instances (still receiving?)")
         except Aborted as exc:
+            self.outbox.paused(sid, self.clock(), str(exc))
             self.log.info(f"kontur replication: study {sid} paused: {exc}")
             return "paused"
+        except StorageLost as exc:
+            now = self.clock()
+            t = self.cfg.tuning
+            wait = backoff.delay(int(row.get("attempts") or 0) + 1, t["retry_base_seconds"], t["retry_factor"],
+                                 t["retry_max_seconds"])
+            msg = (f"STORAGE LOSS on {self.cfg.node}: Orthanc's index lists instance {current} of this study but "
+                   f"its file cannot be read ({exc}); restore the file from backup or re-send it from the modality")
+            self.outbox.storage_lost(sid, now, msg, now + wait)
+            self.log.error(f"kontur replication: study {sid}: {msg}")
+            return "storage-lost"
         except RefusedError as exc:
-            reason = f"{self.cfg.upstream.name} refused instance {current}: {exc}"
+            reason = (f"{self.cfg.upstream.name} refused instance {current}: {exc}" if current
+                      else f"{self.cfg.upstream.name} refused: {exc}")
             self.outbox.park(sid, self.clock(), reason)
             self.log.warning(f"kontur replication: study {sid} parked: {reason}")
             return "parked"
@@ -515,9 +617,10 @@ class Replicator:
         delete_after = None
         if self.cfg.gateway and self.cfg.retention_days is not None:
             delete_after = now + float(self.cfg.retention_days) * 86400
-        self.outbox.delivered(sid, now, len(local_ids), last_update, delete_after)
+        self.outbox.delivered(sid, now, len(local_ids), last_update, delete_after, reconcile.set_digest(local_ids))
         self.log.info(f"kontur replication: study {sid} delivered and verified "
                       f"({len(local_ids)} instances held by {self.cfg.upstream.name})")
+        self.corrections.on_delivered(sid)
         if delete_after is not None and delete_after <= now:
             self.wake_sender.set()
         return "delivered"
@@ -527,7 +630,7 @@ class Replicator:
         if row.get("delivered_at"):
             # a gateway already deleted its verified copy; nothing left to send
             self.outbox.delivered(sid, self.clock(), int(row.get("delivered_count") or 0),
-                                  row.get("delivered_last_update"), None)
+                                  row.get("delivered_last_update"), None, row.get("delivered_digest"))
             self.outbox.mark_deleted(sid, self.clock(), 0)
             return "delivered"
         reason = "deleted from this archive before it was replicated"
@@ -539,8 +642,9 @@ class Replicator:
 
     def housekeeping(self) -> int:
         """Gateway: delete local copies whose delivery was verified and whose
-        retention has passed -- instance by instance, each one checked upstream
-        right before, so an instance that arrived since is never lost."""
+        retention has passed -- instance by instance, only those the upstream
+        lists right before; an instance it does not list (arrived since) is
+        kept, and its study queued again."""
         now = self.clock()
         if not self.link.ready(now):
             return 0
@@ -561,6 +665,10 @@ class Replicator:
                 kept = len(local_ids - remote_ids)
                 self.log.info(f"kontur replication: study {sid}: deleted {n} verified instance(s) here"
                               + (f", kept {kept} not yet delivered" if kept else ""))
+                if kept:
+                    fresh = self.outbox.get(sid) or row
+                    self.admit(fresh, f"gateway housekeeping: {kept} instance(s) here not yet at "
+                                      f"{self.cfg.upstream.name}", urgent=False, source="housekeeping")
             except TransientError as exc:
                 self.link.failed(self.clock(), str(exc))
                 break
@@ -571,77 +679,36 @@ class Replicator:
 
     # ------------------------------------------------------------------ full pass
 
-    def run_full_pass(self) -> dict:
-        """Compare per-study instance counts with the upstream; re-queue shortfalls."""
-        t0 = self.clock()
-        page_size = int(self.cfg.t("full_pass_page"))
-        pause = self.cfg.t("full_pass_pause_seconds")
-        stats = {"started_at": t0, "finished_at": None, "studies": 0, "compared": 0, "listed_locally": 0,
-                 "requeued": 0, "held_rechecked": 0, "error": None}
-        self._full_pass = stats
-        since = 0
-        while not self.stop_event.is_set():
-            page = self.local.studies_page(since, page_size)
-            if not page:
-                break
-            since += len(page)
-            stats["studies"] += len(page)
-            cands: list[tuple[str, str, str]] = []
-            local_counts: dict[str, int] = {}
-            for s in page:
-                sid = s["ID"]
-                uid, pid = study_keys(s)
-                row = self.outbox.get(sid)
-                if row and row["state"] == "held":
-                    self._admit(row, "full pass: gate re-checked", urgent=False, source="full-pass")
-                    stats["held_rechecked"] += 1
-                    continue
-                if row and (row["state"] in ("pending", "parked") or row["awaiting_stable"]):
-                    continue
-                if not decisions.in_full_pass(self.cfg.mode, self.cfg.gateway, bool(row and row["selected"]),
-                                              self.outbox.is_flagged(uid)):
-                    continue
-                if uid is None:
-                    continue
-                known = reconcile.known_local_count(row, s.get("LastUpdate"))
-                if known is None:
-                    ids = self.local.study_instance_ids(sid)
-                    stats["listed_locally"] += 1
-                    if not ids:
-                        continue
-                    known = len(ids)
-                local_counts[sid] = known
-                cands.append((sid, uid, pid or ""))
-            if cands:
-                remote = self.counter.study_counts(cands)
-                stats["compared"] += len(cands)
-                keys = {sid: (uid, pid) for sid, uid, pid in cands}
-                for short in reconcile.count_shortfalls(local_counts, remote):
-                    uid, pid = keys[short.study_id]
-                    row = self.outbox.ensure(short.study_id, self.clock(), uid, pid)
-                    state = self._admit(row, f"full pass: {self.cfg.upstream.name} holds {short.remote} of "
-                                             f"{short.local} instances", urgent=False, source="full-pass")
-                    if state == "pending":
-                        stats["requeued"] += 1
-            if pause:
-                self.stop_event.wait(pause)
-        stats["finished_at"] = self.clock()
-        self.outbox.set_meta("full_pass", json.dumps(stats, sort_keys=True))
-        if stats["requeued"]:
-            self.log.warning(f"kontur replication: full pass re-queued {stats['requeued']} stud"
-                             f"{'y' if stats['requeued'] == 1 else 'ies'} the upstream was missing instances of")
+    def run_full_pass(self, trigger: str = "operator") -> dict:
+        """Run (or resume) a full pass now, in the calling thread."""
+        stats = self.full_pass.run(trigger)
+        self.corrections.check_blocked()
         return stats
+
+    def request_full_pass(self, trigger: str) -> dict:
+        self.full_pass.request(trigger)
+        self.full_pass_wake.set()
+        return {"requested": True, "trigger": trigger}
 
     # ------------------------------------------------------------------ visibility
 
     def status(self) -> dict:
         now = self.clock()
         s = self.outbox.summary(now, self.cfg.deadline_hours * 3600)
-        last_error = self.outbox.get_meta("last_error")
-        full_pass = self.outbox.get_meta("full_pass")
+        last_error = self.outbox.get_meta_json("last_error")
         with self._lock:
             flight = dict(self._in_flight) if self._in_flight else None
         oldest = s["oldest_pending_queued_at"]
+        feed = self.feed.status(now)
+        alarms = []
+        if s["storage_errors"]:
+            alarms.append(f"storage loss: {s['storage_errors']} stud{'y' if s['storage_errors'] == 1 else 'ies'} "
+                          f"with files Orthanc's index lists but cannot read")
+        if feed["failures"]:
+            alarms.append(f"change feed stopped at {feed['position']}: {(feed['last_error'] or {}).get('message')}")
+        corrections = self.outbox.correction_counts()
+        if corrections["refused"]:
+            alarms.append(f"{corrections['refused']} correction(s) refused by {self.cfg.upstream.name}")
         return {
             "enabled": True,
             "node": self.cfg.node,
@@ -650,7 +717,7 @@ class Replicator:
             "policy": "gateway" if self.cfg.gateway else self.cfg.mode,
             "mode": self.cfg.mode,
             "gateway": self.cfg.gateway,
-            "upstream": self.cfg.upstream.public(),
+            "upstream": {**self.cfg.upstream.public(), "receiver": self.counter.receiver_available},
             "windows": list(self.cfg.windows),
             "timezone": self.cfg.timezone,
             "window_open": self.window_open(now),
@@ -670,19 +737,38 @@ class Replicator:
             "gone": s["by_state"]["gone"],
             "awaiting_stable": s["awaiting_stable"],
             "deletions_pending": s["deletions_pending"],
+            "storage_errors": s["storage_errors"],
+            "divergent": s["divergent"],
+            "corrections": corrections,
+            "alarms": alarms,
             "counters": self.outbox.counters(),
-            "last_error": json.loads(last_error) if last_error else None,
+            "last_error": last_error,
             "link": {"up": self.link.up, "failures": self.link.failures,
                      "next_try_in_seconds": round(max(0.0, self.link.next_try - now), 1),
                      "last_error": self.link.last_error},
-            "changes_seq": int(self.outbox.get_meta("changes_seq") or 0),
-            "full_pass": json.loads(full_pass) if full_pass else None,
+            "changes_seq": feed["position"],
+            "feed": feed,
+            "full_pass": self.full_pass.public(now),
             "stable_age": self.stable_age,
         }
 
     def parked(self) -> list[dict]:
         return self.outbox.parked()
 
+    def problems(self) -> dict:
+        """What an operator must look at: parked, storage errors, divergent
+        studies, open and refused corrections, the recent audit trail."""
+        return {"parked": self.outbox.parked(), "storage_errors": self.outbox.storage_errors(),
+                "divergent": self.outbox.divergent(),
+                "corrections": self.outbox.corrections(["blocked", "waiting", "pending", "refused"]),
+                "audit": self.outbox.audit_log(50)}
+
 
 class _NotVerified(Exception):
     pass
+
+
+def _safe_id(value: Any) -> bool:
+    """An Orthanc resource ID (or a test's stand-in): nothing that changes a REST path."""
+    return isinstance(value, str) and 0 < len(value) <= 64 and all(ch.isascii() and (ch.isalnum() or ch in "-.")
+                                                                   for ch in value)

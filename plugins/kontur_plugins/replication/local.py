@@ -19,6 +19,12 @@ class NotFound(Exception):
     pass
 
 
+class StorageLost(Exception):
+    """Orthanc's index knows the resource but its file cannot be read (Orthanc
+    errors 13 InexistentFile, 2006 RegularFileExpected): storage loss on this
+    node -- an alarm, never "deleted meanwhile"."""
+
+
 class Rest(Protocol):
     def get(self, uri: str) -> bytes: ...
     def post(self, uri: str, body: bytes) -> bytes: ...
@@ -58,10 +64,46 @@ class LocalArchive:
         return {i for s in series for i in s.get("Instances", [])}
 
     def instance_file(self, instance_id: str) -> bytes | None:
+        """The DICOM file; None if the instance was deleted meanwhile.  Raises
+        :class:`StorageLost` if the index has it but the storage does not."""
         try:
             return self.rest.get(f"/instances/{instance_id}/file")
         except NotFound:
             return None
+
+    def instance_md5(self, instance_id: str) -> str | None:
+        try:
+            return self.rest.get(f"/instances/{instance_id}/attachments/dicom/md5").decode().strip()
+        except NotFound:
+            return None
+
+    def metadata(self, level: str, resource_id: str, key: str) -> str | None:
+        """One metadata item of a resource (``level``: studies, series, instances); None if absent."""
+        try:
+            return self.rest.get(f"/{level}/{resource_id}/metadata/{key}").decode("utf-8")
+        except NotFound:
+            return None
+
+    def series(self, series_id: str) -> dict | None:
+        return self._get_or_none(f"/series/{series_id}")
+
+    def exists(self, level: str, resource_id: str) -> bool:
+        return self._get_or_none(f"/{level}/{resource_id}") is not None
+
+    def delete(self, level: str, resource_id: str) -> bool:
+        try:
+            self.rest.delete(f"/{level}/{resource_id}")
+            return True
+        except NotFound:
+            return False
+
+    def store(self, data: bytes) -> dict:
+        return json.loads(self.rest.post("/instances", data))
+
+    def reconstruct(self, study_id: str) -> None:
+        """Rebuild the study's (and its patient's) main DICOM tags from the files:
+        Orthanc keeps a patient's tags from its first instance otherwise."""
+        self.rest.post(f"/studies/{study_id}/reconstruct", b"{}")
 
     def delete_instance(self, instance_id: str) -> bool:
         try:
@@ -87,9 +129,10 @@ class LocalArchive:
             self._series_study.popitem(last=False)
         return study
 
-    def studies_page(self, since: int, limit: int) -> list[dict]:
-        """A page of studies with their tags and LastUpdate (for the full pass)."""
-        return self.get_json(f"/studies?expand&since={since}&limit={limit}")
+    def all_study_ids(self) -> list[str]:
+        """Every study ID held here: one query of the index, IDs only (the full
+        pass's work list; 183k studies are ~8 MB of JSON)."""
+        return self.get_json("/studies")
 
     # --- changes --------------------------------------------------------------
 

@@ -10,14 +10,17 @@ def _esc(value: str) -> str:
 def render(status: dict) -> str:
     labels = f'node="{_esc(status.get("node", ""))}",upstream="{_esc((status.get("upstream") or {}).get("name", ""))}"'
     lines: list[str] = []
+    described: set[str] = set()
 
     def metric(name: str, kind: str, help_: str, value, extra: str = "") -> None:
         if value is None:
             return
         lab = labels + ("," + extra if extra else "")
-        lines.append(f"# HELP {name} {help_}")
-        lines.append(f"# TYPE {name} {kind}")
-        lines.append(f"{name}{{{lab}}} {float(value):g}" if isinstance(value, float) else f"{name}{{{lab}}} {int(value)}")
+        if name not in described:
+            described.add(name)
+            lines.append(f"# HELP {name} {help_}")
+            lines.append(f"# TYPE {name} {kind}")
+        lines.append(f"{name}{{{lab}}} {float(value):.15g}" if isinstance(value, float) else f"{name}{{{lab}}} {int(value)}")
 
     enabled = 1 if status.get("enabled") else 0
     metric("kontur_replication_enabled", "gauge", "1 if replication runs on this node", enabled)
@@ -42,6 +45,37 @@ def render(status: dict) -> str:
     metric("kontur_replication_deleted_instances_total", "counter",
            "Instances deleted here after verified delivery (gateway)", c.get("deleted_instances_total", 0))
     metric("kontur_replication_changes_seq", "gauge", "Last Orthanc change processed", status.get("changes_seq") or 0)
+    feed = status.get("feed") or {}
+    metric("kontur_replication_feed_lag", "gauge", "Orthanc changes not yet read by the plugin", feed.get("lag"))
+    metric("kontur_replication_feed_failures", "gauge",
+           "Consecutive failed attempts of the change feed (0 when it runs)", feed.get("failures", 0))
+    metric("kontur_replication_feed_resets_total", "counter",
+           "Times Orthanc's change log restarted or was cleared under the plugin", feed.get("resets", 0))
+    metric("kontur_replication_storage_errors", "gauge",
+           "Studies whose files Orthanc's index lists but this node cannot read (storage loss)",
+           status.get("storage_errors", 0))
+    metric("kontur_replication_divergent", "gauge",
+           "Studies of which the upstream holds instances deleted here", status.get("divergent", 0))
+    corr = status.get("corrections") or {}
+    for state in ("blocked", "waiting", "pending", "refused"):
+        metric("kontur_replication_corrections", "gauge", "Corrections not yet applied upstream, by state",
+               corr.get(state, 0), f'state="{state}"')
+    fp = status.get("full_pass") or {}
+    metric("kontur_replication_full_pass_running", "gauge", "1 while a full pass runs",
+           1 if fp.get("state") == "running" else 0)
+    if fp.get("state") == "running" and fp.get("total"):
+        metric("kontur_replication_full_pass_progress_ratio", "gauge", "Share of the running full pass done",
+               float(fp.get("progress") or 0.0))
+    done = fp.get("last_completed") or {}
+    if done.get("finished_at"):
+        metric("kontur_replication_full_pass_last_completed_timestamp_seconds", "gauge",
+               "When the last full pass finished (POSIX time)", float(done["finished_at"]))
+        st = done.get("stats") or {}
+        metric("kontur_replication_full_pass_last_requeued", "gauge",
+               "Studies the last full pass queued again", st.get("requeued", 0))
+    err = fp.get("last_error") or {}
+    metric("kontur_replication_full_pass_error", "gauge", "1 if the full pass stopped on an error it will resume from",
+           1 if err and fp.get("state") == "running" else 0)
     if status.get("bandwidth_mbit"):
         metric("kontur_replication_bandwidth_cap_bits_per_second", "gauge", "Bandwidth cap",
                int(status["bandwidth_mbit"] * 1_000_000))

@@ -6,14 +6,24 @@ sender can pace every chunk to the bandwidth cap, learns per instance whether
 the upstream stored it (``Success``/``AlreadyStored``: with
 OverwriteInstances=false a re-send is a no-op) or refused it, and verifies a
 study by listing the upstream's instance IDs for it (Orthanc IDs are hashes of
-the DICOM UIDs, so the same study has the same IDs on both sides).
+the DICOM UIDs and the PatientID, so the same study has the same IDs on both
+sides).
+
+The upstream runs kontur's plugin too; its receiver routes
+(``receiver.py``) answer what Orthanc's own API cannot cheaply:
+``kontur/digests`` (instance-set digests of many studies from the index, no
+file read), ``kontur/md5`` (stored MD5s), ``kontur/retire`` and
+``kontur/replace`` (corrections, audited there).  An upstream without them
+(a plain Orthanc) is compared by listing each study.
 
 Errors are sorted for the caller:
 
-:class:`TransientError`  the link or the server (refused connection, timeout,
-                         5xx, 401/403 misconfiguration): retry later
-:class:`RefusedError`    the upstream refused *this* instance (4xx, or its
-                         filters dropped it): park the study with the reason
+:class:`TransientError`  the link, the server or the configuration (refused
+                         connection, timeout, 5xx, 401/403, a 404 from a
+                         routing mistake): retry later, the link backs off
+:class:`RefusedError`    the upstream refused *this* instance (Orthanc's own
+                         400, 413, 415, or its filters dropped it): park the
+                         study with the reason
 """
 from __future__ import annotations
 
@@ -29,9 +39,9 @@ from typing import Any
 from .config import Upstream
 from .pacing import Pacer
 
-#: at most this many characters of UIDs in one QIDO query string (nginx's default
-#: request-line buffer is 8 KiB)
-QIDO_MAX_QUERY = 3500
+#: at most this many studies in one receiver request (also below the TsAMI's
+#: LimitFindResults, so no answer the plugin relies on can be truncated)
+DIGEST_BATCH = 100
 
 
 class TransientError(Exception):
@@ -46,11 +56,15 @@ class Aborted(Exception):
     """Sending stopped on purpose (Orthanc stopping, urgent study, window closed)."""
 
 
+class NoReceiver(Exception):
+    """The upstream does not run kontur's receiver routes (an Orthanc without the plugin)."""
+
+
 def _details(body: bytes) -> str:
     try:
         data = json.loads(body)
         if isinstance(data, dict):
-            parts = [str(data.get(k)) for k in ("Message", "Details") if data.get(k)]
+            parts = [str(data.get(k)) for k in ("Message", "Details", "error") if data.get(k)]
             if parts:
                 return ": ".join(parts)
     except ValueError:
@@ -59,18 +73,46 @@ def _details(body: bytes) -> str:
     return text or "(no details)"
 
 
+def _orthanc_answer(body: bytes) -> bool:
+    """Is this an error answer written by Orthanc itself (not by nginx or a proxy)?"""
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return False
+    return isinstance(data, dict) and ("OrthancError" in data or "OrthancStatus" in data)
+
+
 def classify(status: int, body: bytes) -> Exception | None:
-    """None for success; otherwise the error to raise for this HTTP status."""
+    """None for success; otherwise the error to raise for this HTTP status
+    (for requests that name no instance: every failure is the link's)."""
     if 200 <= status < 300:
         return None
     detail = _details(body)
     if status == 401:
         return TransientError(f"HTTP 401: the upstream refused our credentials; check the peer account ({detail})")
     if status == 403:
-        return TransientError(f"HTTP 403: the upstream forbids this account to upload; check its rights ({detail})")
-    if status in (408, 429) or status >= 500:
-        return TransientError(f"HTTP {status}: {detail}")
-    return RefusedError(f"HTTP {status}: {detail}")
+        return TransientError(f"HTTP 403: the upstream forbids this account the request; check its rights ({detail})")
+    if status == 404:
+        return TransientError(f"HTTP 404: the upstream has no such route; check the upstream URL ({detail})")
+    return TransientError(f"HTTP {status}: {detail}")
+
+
+def classify_store(status: int, body: bytes) -> Exception | None:
+    """The answer to ``POST /instances``: only a refusal that names *this*
+    instance parks its study -- Orthanc itself saying it cannot take the file
+    (400 Bad file format and the like), a front refusing its size (413) or its
+    type (415).  Anything else (404 from a routing mistake, 401/403, 5xx, a
+    timeout) is the link's or the configuration's: backoff, never a park."""
+    if 200 <= status < 300:
+        return None
+    detail = _details(body)
+    if status == 400 and _orthanc_answer(body):
+        return RefusedError(f"HTTP 400: {detail}")
+    if status == 413:
+        return RefusedError(f"HTTP 413: the instance is larger than the upstream's front accepts ({detail})")
+    if status == 415:
+        return RefusedError(f"HTTP 415: the upstream does not accept this content ({detail})")
+    return classify(status, body)
 
 
 class UpstreamClient:
@@ -87,7 +129,8 @@ class UpstreamClient:
         self.base = u.path if u.path.endswith("/") else u.path + "/"
         self._conn: http.client.HTTPConnection | None = None
         self._ssl = self._context() if self.scheme == "https" else None
-        self.qido_available = True
+        #: None until the first receiver call tells
+        self.receiver_available: bool | None = None
         headers = {"User-Agent": "kontur-replication"}
         if upstream.username is not None:
             token = base64.b64encode(f"{upstream.username}:{upstream.password or ''}".encode()).decode()
@@ -95,8 +138,13 @@ class UpstreamClient:
         self.headers = headers
 
     def _context(self) -> ssl.SSLContext:
-        ctx = ssl.create_default_context(cafile=self.upstream.ca_file)
+        """Trust the regional CA and nothing else: never the system's CAs."""
+        if not self.upstream.ca_file:
+            raise ValueError(f"{self.upstream.name}: an https upstream needs ca_file (the regional CA); "
+                             "refusing to fall back to the system's certificate authorities")
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        ctx.load_verify_locations(cafile=self.upstream.ca_file)
         if self.upstream.cert_file:
             ctx.load_cert_chain(self.upstream.cert_file, self.upstream.key_file)
         return ctx
@@ -179,17 +227,19 @@ class UpstreamClient:
                 raise Aborted("stopped while sending")
             yield piece
 
+    def _send_dicom(self, path: str, data: bytes, should_abort: Callable[[], bool] | None,
+                    extra_headers: dict[str, str] | None = None) -> tuple[int, bytes]:
+        headers = {"Content-Type": "application/dicom", **(extra_headers or {})}
+        if self.pacer.capped:
+            return self.request("POST", path, self._paced_body(data, should_abort), headers, length=len(data))
+        self.pacer.bytes_total += len(data)
+        return self.request("POST", path, data, headers, length=len(data))
+
     def post_instance(self, data: bytes, should_abort: Callable[[], bool] | None = None) -> dict:
         """Store one DICOM instance upstream; returns Orthanc's answer
         (``Status`` is ``Success`` or ``AlreadyStored``)."""
-        headers = {"Content-Type": "application/dicom"}
-        if self.pacer.capped:
-            status, body = self.request("POST", "instances", self._paced_body(data, should_abort),
-                                        headers, length=len(data))
-        else:
-            self.pacer.bytes_total += len(data)
-            status, body = self.request("POST", "instances", data, headers, length=len(data))
-        err = classify(status, body)
+        status, body = self._send_dicom("instances", data, should_abort)
+        err = classify_store(status, body)
         if err is not None:
             raise err
         try:
@@ -205,93 +255,121 @@ class UpstreamClient:
             raise RefusedError("the upstream's filters refused the instance (Status FilteredOut)")
         raise TransientError(f"unexpected status from the upstream: {st!r}")
 
-    # --- verification and counts ------------------------------------------------
+    # --- verification ------------------------------------------------------------
+
+    def _get_json(self, path: str) -> Any:
+        status, body = self.request("GET", path)
+        err = classify(status, body)
+        if err is not None:
+            raise err
+        try:
+            return json.loads(body)
+        except ValueError:
+            raise TransientError(f"the upstream answered GET {path} with something else than JSON") from None
 
     def study_instance_ids(self, study_id: str) -> set[str]:
         """Orthanc IDs of the instances the upstream holds for this study (empty if none)."""
         status, body = self.request("GET", f"studies/{study_id}/series")
-        if status == 404:
-            return set()
+        if status == 404 and _orthanc_answer(body) or status == 404 and not body.strip():
+            return set()                      # Orthanc: unknown study (not a routing mistake)
         err = classify(status, body)
         if err is not None:
-            raise TransientError(str(err)) if isinstance(err, RefusedError) else err
+            raise err
         try:
             return {i for s in json.loads(body) for i in s.get("Instances", [])}
         except (ValueError, AttributeError, TypeError):
             raise TransientError("the upstream's study listing is not what Orthanc answers") from None
 
-    def study_counts(self, studies: list[tuple[str, str, str]]) -> dict[str, int]:
-        """Instance counts upstream for (study_id, StudyInstanceUID, PatientID)
-        triples: a few QIDO-RS queries (NumberOfStudyRelatedInstances) for many
-        studies; if the upstream has no DICOMweb, one listing per study."""
-        out: dict[str, int] = {sid: 0 for sid, _, _ in studies}
-        if not studies:
-            return out
-        if self.qido_available:
+    def _receiver(self, route: str, payload: dict) -> Any:
+        """POST to one of the upstream plugin's receiver routes."""
+        if self.receiver_available is False:
+            raise NoReceiver(route)
+        body = json.dumps(payload, sort_keys=True).encode()
+        status, answer = self.request("POST", f"kontur/{route}", body, {"Content-Type": "application/json"})
+        if status in (404, 405, 503) and not _kontur_answer(answer):
+            self.receiver_available = False
+            raise NoReceiver(route)
+        err = classify(status, answer)
+        if err is not None:
+            if 400 <= status < 500 and _kontur_answer(answer) and status not in (401, 403):
+                raise RefusedError(f"HTTP {status}: {_details(answer)}")
+            raise err
+        self.receiver_available = True
+        try:
+            return json.loads(answer)
+        except ValueError:
+            raise TransientError(f"the upstream's kontur/{route} answered something else than JSON") from None
+
+    def digests(self, study_ids: list[str]) -> dict[str, tuple[int, str]]:
+        """(instance count, set digest) upstream per study (0 and the empty
+        digest when it holds none), from the upstream's index: its receiver
+        route, ``DIGEST_BATCH`` studies a request; without the receiver, one
+        listing per study."""
+        from .reconcile import set_digest
+        out: dict[str, tuple[int, str]] = {}
+        todo = list(study_ids)
+        while todo:
+            batch, todo = todo[:DIGEST_BATCH], todo[DIGEST_BATCH:]
             try:
-                for batch in _batches(studies):
-                    self._qido_counts(batch, out)
-                return out
-            except _NoQido:
-                self.qido_available = False
-        for sid, _, _ in studies:
-            out[sid] = len(self.study_instance_ids(sid))
+                answer = self._receiver("digests", {"studies": batch})
+                got = answer.get("studies", {}) if isinstance(answer, dict) else {}
+                for sid in batch:
+                    d = got.get(sid) or {}
+                    out[sid] = (int(d.get("instances", 0)), str(d.get("digest") or set_digest(())))
+                continue
+            except NoReceiver:
+                pass
+            for sid in batch:
+                ids = self.study_instance_ids(sid)
+                out[sid] = (len(ids), set_digest(ids))
         return out
 
-    def _qido_counts(self, batch: list[tuple[str, str, str]], out: dict[str, int]) -> None:
-        from .reconcile import orthanc_study_id
-        uids = ",".join(sorted({uid for _, uid, _ in batch}))
-        q = urllib.parse.urlencode({"StudyInstanceUID": uids, "includefield": "NumberOfStudyRelatedInstances",
-                                    "limit": str(len(batch) * 4 + 10)}, safe=",")
-        status, body = self.request("GET", f"dicom-web/studies?{q}", headers={"Accept": "application/dicom+json"})
-        if status == 204:
-            return
-        if status in (404, 405, 501):
-            raise _NoQido()
-        err = classify(status, body)
-        if err is not None:
-            raise TransientError(str(err)) if isinstance(err, RefusedError) else err
-        try:
-            answers = json.loads(body) if body.strip() else []
-        except ValueError:
-            raise _NoQido() from None
-        wanted = {sid for sid, _, _ in batch}
-        for a in answers:
-            uid = _first(a, "0020000D")
-            pid = _first(a, "00100020") or ""
-            count = _first(a, "00201208")
-            if uid is None or count is None:
-                continue
-            sid = orthanc_study_id(pid, uid)
-            if sid in wanted:
-                out[sid] = int(count)
+    def md5s(self, instance_ids: list[str]) -> dict[str, str | None]:
+        """The MD5 the upstream stored for each instance (None: not held there)."""
+        out: dict[str, str | None] = {}
+        for k in range(0, len(instance_ids), DIGEST_BATCH):
+            batch = instance_ids[k:k + DIGEST_BATCH]
+            answer = self._receiver("md5", {"instances": batch})
+            got = answer.get("instances", {}) if isinstance(answer, dict) else {}
+            for iid in batch:
+                out[iid] = got.get(iid)
+        return out
 
-    def ping(self) -> dict:
-        status, body = self.request("GET", "system")
-        err = classify(status, body)
+    def retire(self, *, retire: list[str], requires: list[str], reason: str, correction: str,
+               requires_instances: dict[str, int] | None = None) -> dict:
+        """Ask the upstream to delete what this node sent it of ``retire``
+        (studies, series or instances), once it holds every study in
+        ``requires`` (with at least ``requires_instances`` instances)."""
+        return self._receiver("retire", {"retire": retire, "requires": requires, "reason": reason,
+                                          "correction": correction, "requires_instances": requires_instances or {}})
+
+    def replace_instance(self, data: bytes, *, instance_id: str, reason: str, reconstruct: bool = False) -> dict:
+        """Replace the upstream's copy of one instance (same UIDs, other content)."""
+        if self.receiver_available is False:
+            raise NoReceiver("replace")
+        # Orthanc gives a plugin's POST callback no query arguments: they travel as headers
+        extra = {"X-Kontur-Instance": instance_id, "X-Kontur-Reason": urllib.parse.quote(reason[:200])}
+        if reconstruct:
+            extra["X-Kontur-Reconstruct"] = "1"
+        status, body = self._send_dicom("kontur/replace", data, None, extra)
+        if status in (404, 405, 503) and not _kontur_answer(body):
+            self.receiver_available = False
+            raise NoReceiver("replace")
+        err = classify_store(status, body)
         if err is not None:
-            raise TransientError(str(err))
+            if 400 <= status < 500 and _kontur_answer(body) and status not in (401, 403):
+                raise RefusedError(f"HTTP {status}: {_details(body)}")
+            raise err
         return json.loads(body)
 
-
-class _NoQido(Exception):
-    pass
-
-
-def _first(answer: dict, tag: str) -> Any:
-    v = answer.get(tag) or {}
-    vals = v.get("Value") or []
-    return vals[0] if vals else None
+    def ping(self) -> dict:
+        return self._get_json("system")
 
 
-def _batches(studies: list[tuple[str, str, str]]) -> Iterable[list[tuple[str, str, str]]]:
-    batch: list[tuple[str, str, str]] = []
-    size = 0
-    for s in studies:
-        if batch and size + len(s[1]) + 1 > QIDO_MAX_QUERY:
-            yield batch
-            batch, size = [], 0
-        batch.append(s)
-        size += len(s[1]) + 1
-    if batch:
-        yield batch
+def _kontur_answer(body: bytes) -> bool:
+    """Is this an answer written by kontur's receiver (JSON with "error" or "studies", ...)?"""
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return False
+    return isinstance(data, dict) and "kontur" in data

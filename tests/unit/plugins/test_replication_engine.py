@@ -1,166 +1,12 @@
 """The replicator's logic with fake local and upstream archives (no Orthanc)."""
 from __future__ import annotations
 
-import copy
-
 import pytest
 
 from kontur_plugins.pipeline import StudyRef
-from kontur_plugins.replication.config import parse_policy
-from kontur_plugins.replication.engine import Log, Replicator, UnknownStudy
-from kontur_plugins.replication.outbox import Outbox
-from kontur_plugins.replication.transport import RefusedError, TransientError
+from kontur_plugins.replication.engine import UnknownStudy
 
-from test_replication_config_decisions import GOOD  # noqa: E402
-
-
-class FakeLocal:
-    """studies: {study_id: {"uid", "pid", "instances": {instance_id: bytes}, "last_update"}}"""
-
-    def __init__(self):
-        self.studies: dict[str, dict] = {}
-        self.change_log: list[dict] = []
-        self.deleted: list[str] = []
-        self.fail_listing: set[str] = set()
-
-    def add(self, sid, n, uid=None, pid="P"):
-        st = self.studies.setdefault(sid, {"uid": uid or f"1.2.{sid}", "pid": pid, "instances": {},
-                                           "last_update": "1"})
-        for k in range(n):
-            iid = f"{sid}-i{len(st['instances'])}"
-            st["instances"][iid] = iid.encode() * 10
-            self.change_log.append({"ChangeType": "NewInstance", "ID": iid, "ResourceType": "Instance",
-                                    "Seq": len(self.change_log) + 1})
-        st["last_update"] = str(int(st["last_update"]) + 1)
-        return st
-
-    def stable(self, sid):
-        self.change_log.append({"ChangeType": "StableStudy", "ID": sid, "ResourceType": "Study",
-                                "Seq": len(self.change_log) + 1})
-
-    def study(self, sid):
-        st = self.studies.get(sid)
-        if st is None:
-            return None
-        return {"ID": sid, "LastUpdate": st["last_update"], "MainDicomTags": {"StudyInstanceUID": st["uid"]},
-                "PatientMainDicomTags": {"PatientID": st["pid"]}}
-
-    def study_instance_ids(self, sid):
-        if sid in self.fail_listing:
-            raise RuntimeError("the index is on fire")
-        st = self.studies.get(sid)
-        return set(st["instances"]) if st and st["instances"] else None
-
-    def instance_file(self, iid):
-        for st in self.studies.values():
-            if iid in st["instances"]:
-                return st["instances"][iid]
-        return None
-
-    def delete_instance(self, iid):
-        for st in self.studies.values():
-            if st["instances"].pop(iid, None) is not None:
-                self.deleted.append(iid)
-                return True
-        return False
-
-    def parent_study(self, iid):
-        for sid, st in self.studies.items():
-            if iid in st["instances"]:
-                return sid
-        return None
-
-    def studies_page(self, since, limit):
-        ids = sorted(self.studies)[since:since + limit]
-        return [self.study(s) for s in ids]
-
-    def changes(self, since, limit):
-        chunk = [c for c in self.change_log if c["Seq"] > since][:limit]
-        return {"Changes": chunk, "Done": len(chunk) < limit, "Last": chunk[-1]["Seq"] if chunk else since}
-
-    def last_change(self):
-        return len(self.change_log)
-
-    def resolve_study(self, ident):
-        if ident in self.studies:
-            return [ident]
-        return [s for s, st in self.studies.items() if st["uid"] == ident]
-
-    def patient_studies(self, pid):
-        return sorted(s for s, st in self.studies.items() if st["pid"] == pid)
-
-
-class FakeUpstream:
-    def __init__(self):
-        self.held: dict[str, set[str]] = {}
-        self.down = False
-        self.refuse: set[str] = set()
-        self.posts: list[str] = []
-        self.pacer = None
-        self.pings = 0
-
-    def post_instance(self, data, should_abort=None):
-        if self.down:
-            raise TransientError("cannot reach tsami at 10.42.0.10:443: Connection refused")
-        iid = data[: len(data) // 10].decode()
-        if iid in self.refuse:
-            raise RefusedError("HTTP 400: Bad file format")
-        self.posts.append(iid)
-        self.held.setdefault(iid.split("-i")[0], set()).add(iid)
-        return {"Status": "Success"}
-
-    def study_instance_ids(self, sid):
-        if self.down:
-            raise TransientError("cannot reach tsami")
-        return set(self.held.get(sid, set()))
-
-    def ping(self):
-        self.pings += 1
-        if self.down:
-            raise TransientError("cannot reach tsami")
-        return {"Name": "tsami"}
-
-    def study_counts(self, studies):
-        if self.down:
-            raise TransientError("cannot reach tsami")
-        return {sid: len(self.held.get(sid, ())) for sid, _, _ in studies}
-
-    def abort(self):
-        pass
-
-    def close(self):
-        pass
-
-
-class Clock:
-    def __init__(self):
-        self.t = 1_700_000_000.0
-
-    def __call__(self):
-        return self.t
-
-
-def make(tmp_path, *, mode="all", gateway=False, windows=(), retention=None, gates=None):
-    doc = copy.deepcopy(GOOD)
-    r = doc["replication"]
-    r.update(mode=mode, gateway=gateway, windows=list(windows), retention_days=retention, bandwidth_mbit=None)
-    r["upstream"].update(url="http://127.0.0.1:9/", ca_file=None, cert_file=None, key_file=None)
-    r["tuning"] = {"retry_base_seconds": 10, "retry_max_seconds": 100, "stable_grace_seconds": 5}
-    doc["state_dir"] = str(tmp_path)
-    cfg = parse_policy(doc)
-    local, up, clock = FakeLocal(), FakeUpstream(), Clock()
-    logs: list[str] = []
-    eng = Replicator(cfg, local, Outbox(cfg.state_db), upstream_factory=lambda pacer: up, stable_age=10,
-                     log=Log(logs.append, logs.append, logs.append), clock=clock, gates=gates)
-    eng.process_changes()          # first start: position at the end of /changes
-    return eng, local, up, clock, logs
-
-
-def drain(eng, limit=50):
-    n = 0
-    while eng.send_next() and n < limit:
-        n += 1
-    return n
+from fakes import drain, make  # noqa: E402
 
 
 def test_stable_study_is_sent_verified_and_late_instances_follow(tmp_path):
@@ -187,9 +33,14 @@ def test_first_start_leaves_history_to_the_full_pass(tmp_path):
     assert eng.outbox.get_meta("changes_seq") == "0"
     local.add("old", 2)
     local.stable("old")
-    # a second replicator on a fresh state dir would start after these
-    eng2, *_ = make(tmp_path / "other")
-    assert eng2.outbox.get("old") is None
+    # the plugin deployed onto this archive now: its first start follows /changes from the end
+    eng2, *_ = make(tmp_path / "other", local=local, up=up, clock=clock)
+    assert eng2.outbox.get_meta("changes_seq") == str(local.last_change()) == "3"
+    eng2.process_changes()
+    assert eng2.outbox.get("old") is None and up.posts == []
+    # ... and the full pass finds the history the feed skipped
+    assert eng2.run_full_pass()["requeued"] == 1
+    assert drain(eng2) == 1 and up.held["old"] == {"old-i0", "old-i1"}
 
 
 def test_lost_stable_event_recovered_after_quiet_period(tmp_path):
@@ -227,7 +78,7 @@ def test_pathology_and_on_demand(tmp_path):
         eng2.request(study="9.9.9")
 
 
-def test_window_closed_urgent_only_and_preemption(tmp_path):
+def test_window_closed_only_urgent_studies_go(tmp_path):
     eng, local, up, clock, _ = make(tmp_path, mode="on-demand", windows=["00:00-00:01"])
     clock.t = 1_700_000_000.0 + 3600 * 5      # some hour well outside that minute (UTC+7 local)
     assert not eng.window_open()
@@ -238,6 +89,7 @@ def test_window_closed_urgent_only_and_preemption(tmp_path):
     eng.request(study="u", urgent=True)
     assert eng.send_next()
     assert "u" in up.held and "n" not in up.held
+    assert not eng.send_next() and "n" not in up.held      # still closed for the routine one
     assert eng.status()["queue_depth"] == 1
 
 
@@ -356,13 +208,40 @@ def test_gateway_deletes_only_verified_instances(tmp_path):
     local.stable("s")
     eng.process_changes()
     assert drain(eng) == 1
-    local.add("s", 1)                            # arrived after verification, not yet sent
+    # a late instance arrives while housekeeping runs: after its local listing, before the
+    # upstream's listing and the deletes
+    real_up_listing = up.study_instance_ids
+
+    def upstream_listing_then_arrival(sid):
+        answer = real_up_listing(sid)
+        local.add("s", 1, log=False)              # its change is not even read yet
+        return answer
+
+    up.study_instance_ids = upstream_listing_then_arrival
     assert eng.housekeeping() == 2
+    up.study_instance_ids = real_up_listing
     assert sorted(local.deleted) == ["s-i0", "s-i1"]
     assert set(local.studies["s"]["instances"]) == {"s-i2"}
+    # the late one was neither listed nor deleted; the study goes again for it
+    local.add("s", 0)
     local.stable("s")
     eng.process_changes()
-    drain(eng)
+    assert drain(eng) == 1 and "s-i2" in up.held["s"]
+    eng.housekeeping()
+    assert local.studies["s"]["instances"] == {}
+
+
+def test_gateway_housekeeping_requeues_what_it_had_to_keep(tmp_path):
+    """An undelivered instance found at deletion time (its change lost) is queued, not left forever."""
+    eng, local, up, clock, _ = make(tmp_path, gateway=True, retention=0)
+    local.add("s", 2)
+    local.stable("s")
+    eng.process_changes()
+    assert drain(eng) == 1
+    local.add("s", 1, log=False)                 # no change entry will ever announce it
+    assert eng.housekeeping() == 2
+    assert eng.outbox.get("s")["state"] == "pending"
+    assert drain(eng) == 1 and "s-i2" in up.held["s"]
     eng.housekeeping()
     assert local.studies["s"]["instances"] == {}
 
@@ -386,12 +265,14 @@ def test_full_pass_requeues_shortfalls_only(tmp_path):
     up.held = {"ok": {"ok-i0", "ok-i1"}, "short": {"short-i0"}}
     stats = eng.run_full_pass()
     assert stats["compared"] == 3 and stats["requeued"] == 2
-    assert eng.outbox.get("ok") is None
+    assert eng.outbox.get("ok")["state"] == "delivered"        # verified by the pass itself
     assert "holds 1 of 3" in eng.outbox.get("short")["reason"]
     drain(eng)
-    assert eng.run_full_pass()["requeued"] == 0
-    # unchanged delivered studies are counted from the outbox, not listed again
-    assert eng.run_full_pass()["listed_locally"] == 1        # only "ok", never verified by us
+    listings = local.calls["study_instance_ids"]
+    again = eng.run_full_pass()
+    assert again["requeued"] == 0 and again["compared"] == 3 and again["equal"] == 3
+    # unchanged verified studies are vouched for by the outbox: no study is listed again
+    assert again["listed_locally"] == 0 and local.calls["study_instance_ids"] == listings
 
 
 def test_a_gate_holds_a_study_back(tmp_path):

@@ -22,20 +22,26 @@ def test_missing_and_verified():
     assert not reconcile.verified({"a", "c"}, {"a", "b"})
 
 
-def test_count_shortfalls():
-    local = {"s1": 10, "s2": 5, "s3": 0, "s4": 3}
-    remote = {"s1": 10, "s2": 4, "s4": 7}
-    out = reconcile.count_shortfalls(local, remote)
-    assert [(s.study_id, s.local, s.remote) for s in out] == [("s2", 5, 4)]
-    assert [s.study_id for s in reconcile.count_shortfalls({"x": 2}, {})] == ["x"]
+def test_set_digest_is_order_free_and_set_exact():
+    assert reconcile.set_digest(["b", "a"]) == reconcile.set_digest({"a", "b"}) == reconcile.set_digest(["a", "b", "a"])
+    assert reconcile.set_digest(["a", "b"]) != reconcile.set_digest(["a", "c"])      # same count, other set
+    assert reconcile.set_digest([]) == reconcile.EMPTY_DIGEST
 
 
-def test_known_local_count_only_when_unchanged_since_verified():
-    row = {"state": "delivered", "delivered_count": 7, "delivered_last_update": "20250101T101010"}
-    assert reconcile.known_local_count(row, "20250101T101010") == 7
-    assert reconcile.known_local_count(row, "20250102T000000") is None
-    assert reconcile.known_local_count({**row, "state": "pending"}, "20250101T101010") is None
-    assert reconcile.known_local_count(None, "x") is None
+def test_compare_sets():
+    c = reconcile.compare_sets("s", {"a", "b", "c"}, {"b", "x"})
+    assert (c.missing, c.extra, c.local, c.remote, c.complete) == (("a", "c"), ("x",), 3, 2, False)
+    assert reconcile.compare_sets("s", {"a"}, {"a", "b"}).complete
+
+
+def test_known_local_digest_only_when_unchanged_since_verified():
+    row = {"state": "delivered", "delivered_count": 7, "delivered_last_update": "20250101T101010",
+           "delivered_digest": "d" * 40}
+    assert reconcile.known_local_digest(row, "20250101T101010") == (7, "d" * 40)
+    assert reconcile.known_local_digest(row, "20250102T000000") is None
+    assert reconcile.known_local_digest({**row, "state": "pending"}, "20250101T101010") is None
+    assert reconcile.known_local_digest({**row, "delivered_digest": None}, "20250101T101010") is None
+    assert reconcile.known_local_digest(None, "x") is None
 
 
 def test_parse_change_batch_keeps_what_matters_in_order():
@@ -51,22 +57,16 @@ def test_parse_change_batch_keeps_what_matters_in_order():
 
 
 @pytest.mark.parametrize("status,kind", [
-    (200, None), (400, transport.RefusedError), (404, transport.RefusedError), (413, transport.RefusedError),
+    (200, None), (400, transport.TransientError), (404, transport.TransientError), (413, transport.TransientError),
     (401, transport.TransientError), (403, transport.TransientError), (408, transport.TransientError),
     (429, transport.TransientError), (500, transport.TransientError), (503, transport.TransientError),
 ])
-def test_classify(status, kind):
+def test_classify_requests_that_name_no_instance(status, kind):
+    """A listing or a probe that fails is the link's or the configuration's problem, never a refusal."""
     err = transport.classify(status, b'{"Message": "Bad file format", "Details": "x"}')
     assert (err is None) if kind is None else isinstance(err, kind)
     if err is not None:
         assert f"HTTP {status}" in str(err)
-
-
-def test_qido_batches_keep_urls_short():
-    studies = [(f"id{i}", "1.2.826.0.1.3680043.8.498." + "7" * 38, "P") for i in range(200)]
-    batches = list(transport._batches(studies))
-    assert sum(len(b) for b in batches) == 200 and len(batches) > 1
-    assert all(sum(len(u) + 1 for _, u, _ in b) <= transport.QIDO_MAX_QUERY for b in batches)
 
 
 class FakeEngine:

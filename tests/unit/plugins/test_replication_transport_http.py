@@ -10,12 +10,14 @@ import pytest
 
 from kontur_plugins.replication.config import Upstream
 from kontur_plugins.replication.pacing import Pacer
+from kontur_plugins.replication.reconcile import set_digest
 from kontur_plugins.replication.transport import RefusedError, TransientError, UpstreamClient
 
 
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     received: list[bytes] = []
+    digest_requests: list[list[str]] = []
     mode = {"post": 200, "status": "Success"}
 
     def log_message(self, *a):
@@ -34,20 +36,26 @@ class Handler(BaseHTTPRequestHandler):
         body = self.rfile.read(n)
         assert self.headers["Authorization"].startswith("Basic ")
         Handler.received.append(body)
+        if self.path == "/kontur/digests":
+            asked = json.loads(body)["studies"]
+            Handler.digest_requests.append(asked)
+            held = {"known": ["a", "b", "c"]}
+            self._answer(200, {"kontur": "receiver", "studies": {
+                sid: {"instances": len(held[sid]), "digest": set_digest(held[sid])} for sid in asked if sid in held}})
+            return
         code = Handler.mode["post"]
         if code == 200:
             self._answer(200, {"ID": "x", "Status": Handler.mode["status"]})
         else:
-            self._answer(code, {"Message": "Bad file format", "Details": "nope"})
+            self._answer(code, {"Message": "Bad file format", "Details": "nope", "OrthancError": "Bad file format",
+                                "OrthancStatus": 15})
 
     def do_GET(self):
         if self.path.startswith("/studies/known/series"):
             self._answer(200, [{"Instances": ["a", "b"]}, {"Instances": ["c"]}])
-        elif self.path.startswith("/dicom-web/studies"):
-            self._answer(200, [{"0020000D": {"Value": ["1.2.3"]}, "00100020": {"Value": ["P"]},
-                                "00201208": {"Value": [4]}}])
         else:
-            self._answer(404, {"Message": "Unknown resource"})
+            self._answer(404, {"HttpError": "Not Found", "Message": "Unknown resource",
+                               "OrthancError": "Unknown resource", "OrthancStatus": 17})
 
 
 @pytest.fixture
@@ -56,6 +64,7 @@ def server():
     th = threading.Thread(target=srv.serve_forever, daemon=True)
     th.start()
     Handler.received = []
+    Handler.digest_requests = []
     Handler.mode = {"post": 200, "status": "Success"}
     yield srv
     srv.shutdown()
@@ -105,13 +114,17 @@ def test_refusals_and_filters(server):
         c.post_instance(b"x")
 
 
-def test_listing_counts_and_a_dead_link(server):
+def test_listing_digests_and_a_dead_link(server):
     c = client(server)
     assert c.study_instance_ids("known") == {"a", "b", "c"}
     assert c.study_instance_ids("unknown") == set()
-    from kontur_plugins.replication.reconcile import orthanc_study_id
-    sid = orthanc_study_id("P", "1.2.3")
-    assert c.study_counts([(sid, "1.2.3", "P"), ("other", "9.9", "Q")]) == {sid: 4, "other": 0}
+    ids = ["known", "other"] + [f"s{k}" for k in range(150)]
+    got = c.digests(ids)
+    assert got["known"] == (3, set_digest(["a", "b", "c"])) and got["other"] == (0, set_digest([]))
+    # asked exactly for these studies, in batches no larger than the upstream's LimitFindResults
+    assert [len(b) for b in Handler.digest_requests] == [100, 52]
+    assert sorted(sum(Handler.digest_requests, [])) == sorted(ids)
+    assert c.receiver_available is True
     port = server.server_address[1]
     server.shutdown()
     server.server_close()
