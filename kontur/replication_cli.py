@@ -127,8 +127,10 @@ def replicate_command(study, patient, release_parked, reason, urgent, node, hosp
 def _release_parked(region: Region, targets: list[str], reason: str | None, lab: bool) -> None:
     why = reason or "released by an operator with kontur replicate --release-parked"
     table = Table(title="parked studies released", title_justify="left")
-    for col in ("node", "study", "StudyInstanceUID", "state", "was parked for"):
-        table.add_column(col)
+    table.add_column("node", no_wrap=True)
+    table.add_column("study", no_wrap=True)
+    table.add_column("state", no_wrap=True)
+    table.add_column("was parked for", overflow="fold")
     problems, total = [], 0
     for n in targets:
         try:
@@ -138,8 +140,7 @@ def _release_parked(region: Region, targets: list[str], reason: str | None, lab:
             continue
         for r in released:
             total += 1
-            table.add_row(n, r.get("study", "?"), r.get("study_uid") or "—", r.get("state", "?"),
-                          (r.get("was") or "—")[:80])
+            table.add_row(n, r.get("study", "?"), r.get("state", "?"), (r.get("was") or "—")[:120])
     out.print(table if total else f"no parked studies on {', '.join(targets)}")
     for p in problems:
         err.print(f"kontur: {p}", markup=False)

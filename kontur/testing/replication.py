@@ -58,12 +58,26 @@ def node_config(policy_path: str | Path, *, stable_age: int = 2) -> dict:
     }
 
 
-def tsami_config(lua_path: str | Path) -> dict:
-    return {
+def tsami_config(lua_path: str | Path, state_dir: str | Path | None = None) -> dict:
+    """A receiving TsAMI: DICOMweb, a peer account, the refusing filter, and --
+    with ``state_dir`` -- kontur's plugin as every node runs it (replication
+    disabled, the receiver routes served)."""
+    cfg = {
         "Plugins": [DICOMWEB_PLUGIN],
         "RegisteredUsers": {PEER_USER: PEER_PASSWORD},
         "LuaScripts": [str(lua_path)],
     }
+    if state_dir is not None:
+        state = Path(state_dir)
+        state.mkdir(parents=True, exist_ok=True)
+        policy = state / "policy.json"
+        policy.write_text(json.dumps({"schema": 1, "node": "tsami", "role": "tsami", "hospital": None,
+                                      "timezone": TZ, "state_dir": str(state),
+                                      "replication": {"enabled": False,
+                                                      "reason": "a tsami node does not replicate to an upstream"}}))
+        cfg["Plugins"].append(PYTHON_PLUGIN)
+        cfg.update({"PythonScript": str(ENTRY), "PythonVerbose": False, "Kontur": {"PolicyFile": str(policy)}})
+    return cfg
 
 
 class Node:

@@ -36,7 +36,7 @@ def processes():
 def tsami(tmp_path, processes) -> OrthancProcess:
     lua = tmp_path / "refuse.lua"
     lua.write_text(REFUSE_LUA)
-    o = OrthancProcess("tsami", tsami_config(lua), tmp_path / "tsami", aet="TSAMI")
+    o = OrthancProcess("tsami", tsami_config(lua, tmp_path / "tsami-state"), tmp_path / "tsami", aet="TSAMI")
     processes.append(o)
     return o.start()
 

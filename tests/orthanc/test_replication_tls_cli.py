@@ -125,3 +125,51 @@ def test_nodeapi_client_speaks_mutual_tls(make_node, pki):
         with pytest.raises(nodeapi.NodeError) as exc:
             no_cert.replication_status()
         assert exc.value.unreachable
+
+
+def test_cli_problems_release_parked_and_correct_against_a_node(make_node, tsami, monkeypatch, capsys):
+    """The operator's commands for what needs a person, against a real LAMI."""
+    lami = make_node(mode="all")
+
+    def only_lami(region_, node, *, lab=False):
+        return nodeapi.NodeClient(lami.url, lami.username, lami.password, name=node)
+
+    monkeypatch.setattr(nodeapi, "client_for", only_lami)
+    monkeypatch.setattr("kontur.replication_cli.replicating_nodes", lambda region_: ["onco-lami"])
+    refused = make_study(1, patient_id="REFUSED")            # the TsAMI's filter refuses it
+    good = make_study(2, n_series=2)
+    lami.store(refused)
+    lami.store(good)
+    wait_delivered(tsami, good)
+    wait_for(lambda: lami.status()["parked"] == 1, 60, message="a parked study")
+
+    rc, out, err = _run(capsys, "replication", "problems")
+    assert rc == 1 and "parked" in out and refused.orthanc_id() in out and "FilteredOut" in out
+    rc, out, _ = _run(capsys, "replication", "problems", "--json")
+    assert json.loads(out)[0]["parked"][0]["study_id"] == refused.orthanc_id()
+
+    rc, out, err = _run(capsys, "replicate", "--release-parked", "--hospital", "onco",
+                        "--reason", "the TsAMI's filter was fixed")
+    assert rc == 0, err
+    assert refused.orthanc_id() in out
+    wait_for(lambda: lami.status()["counters"].get("parked_total") == 2, 60,
+             message="the released study tried again (and refused again)")
+    assert any(a["reason"] == "the TsAMI's filter was fixed"
+               for a in lami.get("/kontur/replication/problems")["audit"])
+    rc, _, err = _run(capsys, "replicate", "--release-parked", "--study", "1.2.3")
+    assert rc == 2 and "takes no --study" in err
+
+    # reject a wrong series by its SeriesInstanceUID: gone here and at the TsAMI
+    wrong = good.instances[1].series_uid
+    rc, out, err = _run(capsys, "replication", "correct", "reject", "--node", "onco-lami", "--series", wrong,
+                        "--reason", "another patient's series")
+    assert rc == 0, err
+    assert '"correction"' in out
+    keep = {i.sop_uid for i in good.instances if i.series_uid != wrong}
+    wait_for(lambda: tsami.sop_uids_of_study(good.orthanc_id()) == keep, 60, message="the series retired upstream")
+    rc, _, err = _run(capsys, "replication", "correct", "reject", "--node", "onco-lami", "--series", wrong,
+                      "--reason", "again")
+    assert rc == 1 and "holds no series" in err
+    rc, _, err = _run(capsys, "replication", "correct", "sync", "--node", "onco-lami", "--series", wrong,
+                      "--reason", "x")
+    assert rc == 2 and "sync takes --study only" in err

@@ -157,6 +157,7 @@ class FullPass:
             return
         remote = e.counter.digests([c[0] for c in cands])
         stats["compared"] += len(cands)
+        verified: list[tuple] = []
         for sid, uid, pid, row, known, last_update in cands:
             r_count, r_digest = remote.get(sid, (0, reconcile.EMPTY_DIGEST))
             if known is not None and known[1] == r_digest:
@@ -168,7 +169,7 @@ class FullPass:
                 continue
             l_digest = reconcile.set_digest(local_ids)
             if l_digest == r_digest:
-                e.outbox.record_verified(sid, e.clock(), len(local_ids), last_update, l_digest)
+                verified.append((sid, len(local_ids), last_update, l_digest))
                 stats["equal"] += 1
                 continue
             remote_ids = e.counter.study_instance_ids(sid) if r_count else set()
@@ -189,6 +190,11 @@ class FullPass:
                 e.corrections.on_divergent(sid, cmp.extra)
             else:
                 stats["equal"] += 1
+        if verified:
+            # one commit (one fsync) for the page, not one per study
+            with e.outbox.transaction():
+                for sid, count, last_update, digest in verified:
+                    e.outbox.record_verified(sid, e.clock(), count, last_update, digest)
 
 
 def _zero_stats() -> dict:

@@ -41,8 +41,12 @@ def is_open(windows: Sequence[str], tz: str, now: float) -> bool:
 
 
 def seconds_until_open(windows: Sequence[str], tz: str, now: float) -> float:
-    """0 if open now, else seconds until the next window opens (by the local clock;
-    at most one day)."""
+    """0 if open now, else the real seconds until the next window opens.
+
+    The wall clock gives the estimate; around a change of UTC offset the real
+    wait differs (a window starting in the spring-forward gap opens at the
+    jump), so the first open instant is searched near the estimate, to the
+    second."""
     if is_open(windows, tz, now):
         return 0.0
     minute = local_minute(now, tz)
@@ -51,7 +55,24 @@ def seconds_until_open(windows: Sequence[str], tz: str, now: float) -> float:
         start, _ = parse(w)
         delta = (start - minute) % (24 * 60)
         best = min(best, delta)
+    estimate = now + best * 60
+    t = max(now, estimate - _SEARCH)
+    while t <= estimate + _SEARCH:
+        if is_open(windows, tz, t):
+            lo, hi = max(now, t - 60.0), t            # closed at lo (or lo is now), open at hi
+            while hi - lo > 0.5:
+                mid = (lo + hi) / 2
+                if is_open(windows, tz, mid):
+                    hi = mid
+                else:
+                    lo = mid
+            return round(hi - now)
+        t += 60.0
     return best * 60
+
+
+#: how far from the wall-clock estimate the real opening may be (offset changes are at most 1 h)
+_SEARCH = 2 * 3600.0
 
 
 def describe(windows: Sequence[str], tz: str) -> str:

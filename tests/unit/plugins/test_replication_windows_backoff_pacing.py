@@ -45,11 +45,47 @@ def test_windows_follow_the_region_clock_not_utc():
     assert not windows.is_open(["20:00-07:00"], "Europe/Moscow", t)
 
 
-def test_window_across_a_dst_change():
-    # Berlin springs forward at 02:00 on 2025-03-30: 01:30 and 03:30 local are one hour apart
+def _open_seconds(w, tz, start: float, end: float, step: float = 60.0) -> float:
+    """Real seconds the windows are open in [start, end), sampled every ``step``."""
+    n, t = 0, start
+    while t < end:
+        n += windows.is_open(w, tz, t)
+        t += step
+    return n * step
+
+
+def test_window_in_the_spring_forward_gap():
+    # Berlin, 2025-03-30: 02:00 CET jumps to 03:00 CEST; 02:00-02:59 never happens that night
     tz = "Europe/Berlin"
-    assert windows.is_open(["01:00-03:00"], tz, at(tz, 2025, 3, 30, 1, 30))
-    assert not windows.is_open(["01:00-03:00"], tz, at(tz, 2025, 3, 30, 3, 30))
+    before = at(tz, 2025, 3, 30, 1, 50)                     # 00:50 UTC
+    jump = dt.datetime(2025, 3, 30, 1, 0, tzinfo=dt.timezone.utc).timestamp()    # 03:00 CEST
+    w = ["02:30-04:00"]
+    assert not windows.is_open(w, tz, before)
+    assert windows.is_open(w, tz, jump)                     # the wall clock is already past 02:30
+    # the window opens at the jump, 10 real minutes later -- not 40 (02:30 - 01:50 on the wall clock)
+    assert windows.seconds_until_open(w, tz, before) == pytest.approx(600, abs=1)
+    # that night it is open 1 real hour (03:00-04:00 CEST), not the 1 h 30 min it spans on paper
+    assert _open_seconds(w, tz, before, before + 6 * 3600) == pytest.approx(3600, abs=60)
+
+
+def test_window_in_the_fall_back_overlap():
+    # Berlin, 2025-10-26: 03:00 CEST falls back to 02:00 CET; 02:00-02:59 happens twice
+    tz = "Europe/Berlin"
+    w = ["02:00-03:00"]
+    first = dt.datetime(2025, 10, 26, 0, 30, tzinfo=dt.timezone.utc).timestamp()     # 02:30 CEST
+    second = dt.datetime(2025, 10, 26, 1, 30, tzinfo=dt.timezone.utc).timestamp()    # 02:30 CET
+    assert windows.is_open(w, tz, first) and windows.is_open(w, tz, second)
+    after = dt.datetime(2025, 10, 26, 2, 0, tzinfo=dt.timezone.utc).timestamp()      # 03:00 CET
+    assert not windows.is_open(w, tz, after)
+    # both passes of the wall-clock hour count: open 2 real hours that night
+    start = dt.datetime(2025, 10, 25, 22, 0, tzinfo=dt.timezone.utc).timestamp()
+    assert _open_seconds(w, tz, start, start + 6 * 3600) == pytest.approx(7200, abs=60)
+    # and the wait to the next opening counts real seconds across the change
+    evening = dt.datetime(2025, 10, 25, 23, 30, tzinfo=dt.timezone.utc).timestamp()  # 01:30 CEST
+    assert windows.seconds_until_open(w, tz, evening) == pytest.approx(1800, abs=1)
+    late = dt.datetime(2025, 10, 26, 2, 0, tzinfo=dt.timezone.utc).timestamp()       # 03:00 CET
+    # next 02:00 is the following night: 23 wall-clock hours, 23 real hours (no change then)
+    assert windows.seconds_until_open(w, tz, late) == pytest.approx(23 * 3600, abs=1)
 
 
 def test_seconds_until_open():
