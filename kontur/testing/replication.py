@@ -123,6 +123,27 @@ class Node:
         return self.orthanc.post("/kontur/replicate", body)
 
 
+def new_node(base: Path, name: str, upstream_url: str, processes: list, *, stable_age: int = 2, start: bool = True,
+             extra_config: dict | None = None, policy_node: str | None = None, **policy_kw) -> Node:
+    """A LAMI or gateway Orthanc with kontur's plugin under ``base``, replicating
+    to ``upstream_url``; appended to ``processes`` (stopped by the caller's teardown).
+    ``policy_node``: the node name in its policy (default "lami" or "gateway")."""
+    base.mkdir(parents=True)
+    policy_path = base / "policy.json"
+    policy = make_policy(upstream_url, base / "state", **policy_kw)
+    if policy_node:
+        policy["node"] = policy_node
+    policy_path.write_text(json.dumps(policy, indent=2, sort_keys=True))
+    cfg = node_config(policy_path, stable_age=stable_age)
+    cfg.update(extra_config or {})
+    o = OrthancProcess(name, cfg, base / "orthanc", aet=name.upper().replace("-", "_")[:16])
+    processes.append(o)
+    node = Node(o, policy_path, base / "files")
+    if start:
+        o.start()
+    return node
+
+
 def make_policy(upstream_url: str, state_dir: Path, *, mode: str = "all", gateway: bool = False,
                 windows=(), bandwidth_mbit=None, retention_days=None, tuning=None, tls=None) -> dict:
     up = {"name": "tsami", "aet": "TSAMI", "url": upstream_url, "username": PEER_USER,

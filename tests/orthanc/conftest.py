@@ -8,12 +8,10 @@ like the renderer's.  Every process is stopped by PID in teardown.
 """
 from __future__ import annotations
 
-import json
-
 import pytest
 
 from kontur.testing.orthanc import OrthancProcess, orthanc_available
-from kontur.testing.replication import REFUSE_LUA, Node, make_policy, node_config, tsami_config
+from kontur.testing.replication import REFUSE_LUA, Node, new_node, tsami_config
 
 
 @pytest.fixture(autouse=True)
@@ -50,19 +48,8 @@ def make_node(tmp_path, processes, tsami):
                 extra_config: dict | None = None, **policy_kw) -> Node:
         count["n"] += 1
         name = f"lami{count['n']}"
-        base = tmp_path / name
-        base.mkdir()
-        policy_path = base / "policy.json"
-        policy = make_policy(upstream_url or tsami.url, base / "state", **policy_kw)
-        policy_path.write_text(json.dumps(policy, indent=2, sort_keys=True))
-        cfg = node_config(policy_path, stable_age=stable_age)
-        cfg.update(extra_config or {})
-        o = OrthancProcess(name, cfg, base / "orthanc", aet=name.upper())
-        processes.append(o)
-        node = Node(o, policy_path, base / "files")
-        if start:
-            o.start()
-        return node
+        return new_node(tmp_path / name, name, upstream_url or tsami.url, processes, stable_age=stable_age,
+                        start=start, extra_config=extra_config, **policy_kw)
 
     return factory
 

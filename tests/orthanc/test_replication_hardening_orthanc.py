@@ -22,9 +22,9 @@ from pathlib import Path
 import pytest
 
 from kontur.testing.dicom import make_instance, make_study, storescu
-from kontur.testing.orthanc import OrthancProcess, wait_for
+from kontur.testing.orthanc import wait_for
 from kontur.testing.rendered import RenderedNode
-from kontur.testing.replication import SCU_AET, Node, make_policy, node_config, wait_delivered
+from kontur.testing.replication import SCU_AET, Node, new_node, wait_delivered
 
 pytestmark = pytest.mark.orthanc
 
@@ -46,19 +46,9 @@ def rtsami(tmp_path):
 def lami_of(tmp_path, processes, rtsami):
     """A LAMI replicating to the rendered TsAMI through its nginx as ``peer-<name>``."""
     def factory(name: str = "all-lami", *, stable_age: int = 2, start: bool = True, **policy_kw) -> Node:
-        base = tmp_path / name
-        base.mkdir()
         creds = {"username": f"peer-{name}", "password": rtsami.peer_password(name), **rtsami.client_files(name)}
-        policy = make_policy(rtsami.url, base / "state", tls=creds, **policy_kw)
-        policy["node"] = name
-        path = base / "policy.json"
-        path.write_text(json.dumps(policy, indent=2, sort_keys=True))
-        o = OrthancProcess(name, node_config(path, stable_age=stable_age), base / "orthanc", aet=name.upper()[:16])
-        processes.append(o)
-        node = Node(o, path, base / "files")
-        if start:
-            o.start()
-        return node
+        return new_node(tmp_path / name, name, rtsami.url, processes, stable_age=stable_age, start=start,
+                        policy_node=name, tls=creds, **policy_kw)
     return factory
 
 
@@ -321,8 +311,10 @@ def test_reject_a_wrong_series_removes_it_here_and_there_but_not_what_others_sen
     wait_for(lambda: tsami.sop_uids_of_study(study.orthanc_id()) == keep | {other.sop_uid}, 60,
              message="the wrong series retired at the TsAMI")
     assert lami.sop_uids_of_study(study.orthanc_id()) == keep
-    done = [c for c in lami.get("/kontur/replication/problems")["corrections"] if c["id"] == r["correction"]]
-    assert done == []                                    # applied: no longer among the open ones
+    # applied: the LAMI records it right after the TsAMI answered (no longer among the open ones)
+    wait_for(lambda: not [c for c in lami.get("/kontur/replication/problems")["corrections"]
+                          if c["id"] == r["correction"]], 30, message="the correction recorded as applied")
+    assert lami.status()["corrections"]["done"] == 1
     audit = upstream_audit(rtsami)
     assert any(a["reason"] == "series of another patient" and json.loads(a["detail"])["foreign"] == 1 for a in audit)
     # a reason is required, and an unknown series is a 404

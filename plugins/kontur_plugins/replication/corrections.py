@@ -86,7 +86,7 @@ class Corrections:
 
     def _supersede(self, study_id: str, level: str, source: str, reason: str) -> None:
         e = self.e
-        for c in e.outbox.open_corrections(study_id):
+        for c in e.outbox.corrections_of(study_id):
             if source in c["retire"]:
                 return                                  # recorded already (the study was ready before)
         blocked = e.local.exists(level, source)

@@ -510,6 +510,11 @@ class Outbox:
             args = (study_id,)
         return [_correction(r) for r in self._conn().execute(q + " ORDER BY id", args)]
 
+    def corrections_of(self, study_id: str) -> list[dict]:
+        """Every correction recorded for ``study_id``, in any state."""
+        return [_correction(r) for r in self._conn().execute(
+            "SELECT * FROM corrections WHERE study_id=? ORDER BY id", (study_id,))]
+
     def blocked_corrections(self, resource_id: str) -> list[dict]:
         return [c for c in self.corrections(["blocked"], limit=10000) if resource_id in c["retire"]]
 

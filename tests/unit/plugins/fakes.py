@@ -335,6 +335,27 @@ def make(tmp_path, *, mode="all", gateway=False, windows=(), retention=None, gat
     return eng, local, up, clock, logs
 
 
+def delivered(eng, local, sid, n=1, **add):
+    """A study stored here, stable, read from the feed and sent: the usual start of a test."""
+    local.add(sid, n, **add)
+    local.stable(sid)
+    eng.process_changes()
+    return drain(eng)
+
+
+def urgent_during(eng, up, study, after_posts=2):
+    """While the sender is at its ``after_posts``-th instance, an operator pushes ``study`` urgently."""
+    real = up.post_instance
+
+    def post_then_urgent(data, should_abort=None):
+        answer = real(data, should_abort)
+        if len(up.posts) == after_posts:
+            eng.request(study=study, urgent=True)
+        return answer
+
+    up.post_instance = post_then_urgent
+
+
 def drain(eng, limit=50):
     n = 0
     while n < limit and eng.send_next():
@@ -342,4 +363,4 @@ def drain(eng, limit=50):
     return n
 
 
-__all__ = ["FakeLocal", "FakeUpstream", "Clock", "make", "drain", "md5", "NotFound"]
+__all__ = ["FakeLocal", "FakeUpstream", "Clock", "make", "drain", "delivered", "urgent_during", "md5", "NotFound"]

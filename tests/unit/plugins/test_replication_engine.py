@@ -6,7 +6,7 @@ import pytest
 from kontur_plugins.pipeline import StudyRef
 from kontur_plugins.replication.engine import UnknownStudy
 
-from fakes import drain, make  # noqa: E402
+from fakes import delivered, drain, make, urgent_during  # noqa: E402
 
 
 def test_stable_study_is_sent_verified_and_late_instances_follow(tmp_path):
@@ -98,15 +98,7 @@ def test_urgent_request_pauses_a_running_study(tmp_path):
     local.add("big", 5)
     local.add("hot", 1)
     eng.request(study="big")
-    real_post = up.post_instance
-
-    def post_then_urgent(data, should_abort=None):
-        answer = real_post(data, should_abort)
-        if len(up.posts) == 2:
-            eng.request(study="hot", urgent=True)
-        return answer
-
-    up.post_instance = post_then_urgent
+    urgent_during(eng, up, "hot")
     assert eng.send_study(eng.outbox.next_due(clock(), True)) == "paused"
     assert len(up.held["big"]) == 2
     assert eng.send_next() and "hot" in up.held
@@ -204,10 +196,7 @@ def test_acknowledged_but_missing_is_not_delivered(tmp_path):
 
 def test_gateway_deletes_only_verified_instances(tmp_path):
     eng, local, up, clock, _ = make(tmp_path, gateway=True, retention=0)
-    local.add("s", 2)
-    local.stable("s")
-    eng.process_changes()
-    assert drain(eng) == 1
+    assert delivered(eng, local, "s", 2) == 1
     # a late instance arrives while housekeeping runs: after its local listing, before the
     # upstream's listing and the deletes
     real_up_listing = up.study_instance_ids
@@ -234,10 +223,7 @@ def test_gateway_deletes_only_verified_instances(tmp_path):
 def test_gateway_housekeeping_requeues_what_it_had_to_keep(tmp_path):
     """An undelivered instance found at deletion time (its change lost) is queued, not left forever."""
     eng, local, up, clock, _ = make(tmp_path, gateway=True, retention=0)
-    local.add("s", 2)
-    local.stable("s")
-    eng.process_changes()
-    assert drain(eng) == 1
+    assert delivered(eng, local, "s", 2) == 1
     local.add("s", 1, log=False)                 # no change entry will ever announce it
     assert eng.housekeeping() == 2
     assert eng.outbox.get("s")["state"] == "pending"

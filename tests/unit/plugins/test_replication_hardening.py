@@ -10,7 +10,7 @@ from kontur_plugins.replication import metrics
 from kontur_plugins.replication.config import PolicyError, parse_policy
 
 
-from fakes import drain, make, md5, set_digest  # noqa: E402
+from fakes import delivered, drain, make, md5, set_digest, urgent_during  # noqa: E402
 from test_replication_config_decisions import GOOD  # noqa: E402
 
 
@@ -150,10 +150,7 @@ def test_a_restarted_or_cleared_change_log_resets_the_feed_and_runs_a_full_pass(
 
 def test_same_count_other_instance_is_found_by_the_full_pass(tmp_path):
     eng, local, up, clock, _ = make(tmp_path)
-    local.add("s", 3)
-    local.stable("s")
-    feed(eng)
-    drain(eng)
+    delivered(eng, local, "s", 3)
     # the upstream lost one instance and holds another of this study (same count)
     up.held["s"] = {"s-i0", "s-i1", "s-x9"}
     stats = eng.run_full_pass()
@@ -164,10 +161,7 @@ def test_same_count_other_instance_is_found_by_the_full_pass(tmp_path):
 
 def test_gateway_study_left_with_fewer_instances_than_upstream_still_gets_its_late_one(tmp_path):
     eng, local, up, clock, _ = make(tmp_path, gateway=True, retention=0)
-    local.add("s", 3)
-    local.stable("s")
-    feed(eng)
-    drain(eng)
+    delivered(eng, local, "s", 3)
     eng.housekeeping()
     assert local.studies["s"]["instances"] == {}
     local.add("s", 1, log=False)             # a late instance whose change the feed never saw
@@ -180,10 +174,7 @@ def test_gateway_study_left_with_fewer_instances_than_upstream_still_gets_its_la
 
 def test_a_deletion_here_is_reported_as_divergent_and_never_propagated(tmp_path):
     eng, local, up, clock, logs = make(tmp_path)
-    local.add("s", 3)
-    local.stable("s")
-    feed(eng)
-    drain(eng)
+    delivered(eng, local, "s", 3)
     local.delete_instance("s-i1")            # e.g. a LAMI freeing its disk; LastUpdate does not move
     local.studies["s"]["last_update"] = "99"  # ... and a late change elsewhere in the study did
     eng.run_full_pass()
@@ -300,19 +291,29 @@ def test_orthanc_modify_replaces_the_upstream_copy_after_the_new_one_is_delivere
     assert up.retired[0]["requires"] == ["new"]
     audit = eng.outbox.audit_log()
     assert any("correction applied upstream" in a["action"] and a["subject"] == "new" for a in audit)
-
-
-def test_modify_keeping_the_source_retires_upstream_only_once_the_source_is_deleted(tmp_path):
-    eng, local, up, clock, logs = make(tmp_path)
-    local.add("old", 2)
-    local.stable("old")
-    feed(eng)
-    drain(eng)
-    local.add("new", 2, pid="P2")
-    local.metadata_[("studies", "new", "ModifiedFrom")] = "old"
+    # a late series of the corrected study: it goes, and no second correction is recorded
+    local.add("new", 1, series="late")
     local.stable("new")
     feed(eng)
     drain(eng)
+    assert "new-i2" in up.held["new"] and len(up.retired) == 1
+    assert len(eng.outbox.corrections_of("new")) == 1
+
+
+def _copied_by_modify(tmp_path, old="old", new="new"):
+    """A study sent upstream, then copied by Orthanc's modify (KeepSource: true) and the copy sent too."""
+    eng, local, up, clock, logs = make(tmp_path)
+    delivered(eng, local, old, 2)
+    local.add(new, 2, pid="P2")
+    local.metadata_[("studies", new, "ModifiedFrom")] = old
+    local.stable(new)
+    feed(eng)
+    drain(eng)
+    return eng, local, up
+
+
+def test_modify_keeping_the_source_retires_upstream_only_once_the_source_is_deleted(tmp_path):
+    eng, local, up = _copied_by_modify(tmp_path)
     assert up.held["old"] and up.held["new"]                    # a copy, both legitimately here
     assert eng.status()["corrections"]["blocked"] == 1
     local.delete("studies", "old")
@@ -321,28 +322,16 @@ def test_modify_keeping_the_source_retires_upstream_only_once_the_source_is_dele
     drain(eng)
     assert up.held["old"] == set() and up.held["new"]
     # the callback is lost on a crash: the full pass finds a blocked correction's source gone too
-    eng2, local2, up2, *_ = make(tmp_path / "two")
-    local2.add("o", 1)
-    local2.stable("o")
-    feed(eng2)
-    drain(eng2)
-    local2.add("n", 1, pid="P2")
-    local2.metadata_[("studies", "n", "ModifiedFrom")] = "o"
-    local2.stable("n")
-    feed(eng2)
-    drain(eng2)
+    eng2, local2, up2 = _copied_by_modify(tmp_path / "two", "o", "n")
     local2.delete("studies", "o")                               # no callback this time
     eng2.run_full_pass()
     drain(eng2)
-    assert up2.held["o"] == set()
+    assert up2.held["o"] == set() and up2.held["n"]
 
 
 def test_a_correction_of_a_correction_retires_both_old_copies(tmp_path):
     eng, local, up, clock, _ = make(tmp_path)
-    local.add("v1", 1)
-    local.stable("v1")
-    feed(eng)
-    drain(eng)
+    delivered(eng, local, "v1", 1)
     _modified(local, "v1", "v2", n=1)
     up.down = True                                              # v2 cannot go yet
     feed(eng)
@@ -358,10 +347,7 @@ def test_a_correction_of_a_correction_retires_both_old_copies(tmp_path):
 
 def test_same_uids_with_other_content_replace_the_upstream_copy(tmp_path):
     eng, local, up, clock, logs = make(tmp_path)
-    local.add("s", 2)
-    local.stable("s")
-    feed(eng)
-    drain(eng)
+    delivered(eng, local, "s", 2)
     old = local.studies["s"]["instances"]["s-i1"]
     # deleted here and received again (a corrected re-send from the modality): same IDs
     local.delete_instance("s-i1")
@@ -474,14 +460,6 @@ def test_the_failed_gauge_does_not_count_paused_studies(tmp_path):
     assert eng.status()["failed"] == 1
     up.down = False
     clock.t += 1000
-    real = up.post_instance
-
-    def post_then_urgent(data, should_abort=None):
-        answer = real(data, should_abort)
-        if len(up.posts) == 2:
-            eng.request(study="hot", urgent=True)
-        return answer
-
-    up.post_instance = post_then_urgent
+    urgent_during(eng, up, "hot")
     assert eng.send_study(eng.outbox.next_due(clock(), True)) == "paused"
     assert eng.status()["failed"] == 0, "a study paused for an urgent one is not failing"
