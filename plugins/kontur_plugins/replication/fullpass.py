@@ -5,8 +5,8 @@ The safety net under the change feed (events can be lost, a log can restart,
 an upstream can lose files):
 
 1. **Work list.**  At the start of a pass the IDs of every study held here are
-   read once (``GET /studies``: one query of Orthanc's index, no sorting of
-   pages) into ``fullpass_todo`` in the outbox.
+   read into ``fullpass_todo`` in the outbox, in ten-odd overlapping chunks of
+   Orthanc's listing (one answer of 183k IDs costs Orthanc ~70 MB to build).
 2. **Keyset pages.**  The pass walks that list in primary-key order,
    ``full_pass_page`` studies at a time, after the last ID done -- never
    ``OFFSET`` paging, which on the PostgreSQL index re-sorts every study for
