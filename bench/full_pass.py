@@ -236,7 +236,9 @@ def main() -> int:
     ap.add_argument("--studies", type=int, default=183_000)
     ap.add_argument("--baseline-rev", default="c76fbd2",
                     help="the commit whose plugin is 'before' (default: the last one before issue 9)")
-    ap.add_argument("--passes", type=int, default=2)
+    ap.add_argument("--passes", type=int, default=2, help="kontur's passes (the second shows the steady state)")
+    ap.add_argument("--baseline-passes", type=int, default=1,
+                    help="passes of the plugin before (it learns nothing from one pass to the next)")
     args = ap.parse_args()
     if os.geteuid() != 0:
         print("bench/full_pass.py: run as root (PostgreSQL runs as the postgres user)", file=sys.stderr)
@@ -285,7 +287,7 @@ def main() -> int:
                     print(f"  (no plugin of {args.baseline_rev} in this checkout's history: 'before' not measured)")
                 else:
                     results += run_approach("before", old, work, pg, url, nginx, tsami, trace, args.studies,
-                                            tstore, args.passes)
+                                            tstore, args.baseline_passes)
             finally:
                 nginx.stop()
                 tsami.stop()

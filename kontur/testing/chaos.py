@@ -2,7 +2,8 @@
 injected at random, then a ledger of every SOP Instance UID sent is checked
 against what the TsAMI holds, read from the TsAMI itself (issue 9).
 
-Used by ``bench/chaos.py`` (default 30 minutes, 10,000 instances) and by the
+Used by ``bench/chaos.py`` (default 30 minutes, 10,000 instances spread over
+them) and by the
 lab suite's short variant (``tests/replication/test_replication_lab_chaos.py``).
 The region is the replication region (``tests/data/replication-region.yaml``)
 deployed into the running lab: a LAMI under policy ``all`` (8 Mbit/s cap), a
@@ -147,7 +148,7 @@ class Chaos:
         try:
             order: list[str] = []
             deadline = self.t0 + self.seconds
-            while time.monotonic() < deadline and not self._goal_reached():
+            while time.monotonic() < deadline:
                 wait = self.rng.uniform(*self.interval)
                 if self._stop.wait(min(wait, max(0.0, deadline - time.monotonic()))):
                     break
@@ -171,6 +172,18 @@ class Chaos:
     def _goal_reached(self) -> bool:
         return self.instances_goal is not None and len(self.sent) >= self.instances_goal
 
+    def _keep_pace(self) -> None:
+        """With an instance goal, spread it over the run (faults go on to the end):
+        a modality waits while the region is ahead of schedule."""
+        if self.instances_goal is None:
+            return
+        while not self._stop.is_set():
+            elapsed = time.monotonic() - self.t0
+            due = self.instances_goal * min(1.0, (elapsed + 5) / self.seconds)
+            if len(self.sent) < due:
+                return
+            self._stop.wait(1.0)
+
     # --- the modalities ---------------------------------------------------------------------
 
     def _modality(self, aet: str) -> None:
@@ -178,6 +191,9 @@ class Chaos:
         node = MODALITIES[aet]
         k = 0
         while not self._stop.is_set() and not self._goal_reached():
+            self._keep_pace()
+            if self._stop.is_set():
+                break
             k += 1
             n = self.rng.randint(*self.study_size)
             pid = f"CHAOS-{self.seed}-{aet}-{k:05d}"
