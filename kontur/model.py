@@ -232,6 +232,9 @@ class Hospital(Strict):
     modalities: list[Modality] = Field(default_factory=list)
     #: a mobile unit's link comes and goes (R10)
     intermittent_link: bool = False
+    #: Issuer of Patient ID (0010,0021) stamped at ingest on what this hospital's
+    #: devices send; default "<region code>-<HOSPITAL KEY>" (issue 10)
+    patient_id_issuer: str | None = Field(None, pattern=r"^[^\\\x00-\x1f]{1,64}$")
 
 
 class Role(str, Enum):
@@ -341,6 +344,10 @@ class Region(Strict):
 
     def nodes_by_role(self, role: Role) -> list[str]:
         return [n for n, spec in self.nodes.items() if spec.role == role]
+
+    def issuer_of(self, hospital: str) -> str:
+        """The Issuer of Patient ID of ``hospital``'s patients."""
+        return self.hospitals[hospital].patient_id_issuer or f"{self.region.code}-{hospital.upper()}"
 
     def hospital_of(self, node: str) -> str | None:
         for key, h in self.hospitals.items():

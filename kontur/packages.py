@@ -7,7 +7,10 @@ from .model import Role
 #: every node
 BASE = ["ca-certificates", "nginx-light", "nftables", "openssl", "python3", "curl", "sudo"]
 #: nodes that run an Orthanc archive
-ORTHANC = ["orthanc", "orthanc-python", "orthanc-dicomweb", "orthanc-postgresql", "dcmtk"]
+ORTHANC = ["orthanc", "orthanc-python", "orthanc-dicomweb", "orthanc-postgresql", "dcmtk", "python3-pydicom"]
+#: Python modules kontur's plugins import beyond the standard library, and the
+#: Debian package of each (in ORTHANC): nothing else reaches a node
+PLUGIN_MODULES = {"pydicom": "python3-pydicom"}
 #: nodes whose index is in PostgreSQL
 POSTGRESQL = ["postgresql"]
 

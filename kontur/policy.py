@@ -49,6 +49,7 @@ def build_policy(region: Region, node: str, upstream: dict | None, *,
         "hospital": hospital,
         "timezone": region.region.timezone,
         "state_dir": state_dir,
+        "transfer": transfer_section(region, node),
     }
     if spec.role not in (Role.LAMI, Role.GATEWAY):
         doc["replication"] = {"enabled": False,
@@ -102,12 +103,26 @@ def build_policy(region: Region, node: str, upstream: dict | None, *,
     return doc
 
 
+def transfer_section(region: Region, node: str) -> dict[str, Any]:
+    """The ingest stage (issue 10) on the nodes that take studies from devices
+    and forward them; the others store what they get as it is."""
+    spec = region.nodes[node]
+    hospital = region.hospital_of(node)
+    if spec.role not in (Role.LAMI, Role.GATEWAY):
+        return {"enabled": False, "reason": f"a {spec.role.value} node stores what it receives as it is"}
+    if hospital is None:
+        return {"enabled": False, "reason": f"{node} serves no hospital in the inventory"}
+    return {"enabled": True, "repair_text": True, "issuer": region.issuer_of(hospital)}
+
+
 def check_policy(doc: dict[str, Any]) -> None:
     """Validate with the plugin's own parser (the one that runs on the node)."""
     if str(PLUGINS_SRC) not in sys.path:
         sys.path.insert(0, str(PLUGINS_SRC))
     from kontur_plugins.replication.config import PolicyError, parse_policy
+    from kontur_plugins.transfer.config import TransferError, parse_transfer
     try:
         parse_policy(doc)
-    except PolicyError as exc:
+        parse_transfer(doc)
+    except (PolicyError, TransferError) as exc:
         raise InvalidInput(f"policy for {doc.get('node')} is not valid: " + "; ".join(exc.problems)) from None

@@ -216,4 +216,16 @@ def staff_named(region: Region) -> Found:
                                               "work and mobile phone for every hospital node (R7)")
 
 
-RULES = [staff_named, references, roles_present, routes, unique_aets, unique_endpoints, addresses_in_networks, users_unique]
+def unique_issuers(region: Region) -> Found:
+    """Issue 10: one issuer per hospital, or two hospitals' patient 12345 become one."""
+    seen: dict[str, str] = {}
+    for hk in region.hospitals:
+        issuer = region.issuer_of(hk)
+        if issuer in seen:
+            yield ("hospitals", hk, "patient_id_issuer"), (
+                f"Issuer of Patient ID {issuer!r} is also {seen[issuer]}'s; each hospital needs its own, "
+                f"or patients of both with one Patient ID are taken for one person")
+        seen.setdefault(issuer, hk)
+
+
+RULES = [staff_named, unique_issuers, references, roles_present, routes, unique_aets, unique_endpoints, addresses_in_networks, users_unique]

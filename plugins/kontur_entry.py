@@ -12,6 +12,11 @@ stops the worker threads (on ORTHANC_STARTED / ORTHANC_STOPPED), wakes them
 on NewInstance / StableStudy and hands them DELETED events (which /changes
 never shows); REST callbacks answer from the outbox.
 
+On a node that takes studies from devices (LAMI, gateway) the received-instance
+callback runs the transfer package's ingest stage (``kontur_plugins.transfer``):
+text repaired to UTF-8, Issuer of Patient ID stamped; what it changed goes to
+the node's audit trail, never to the log.
+
 Every node serves the receiver routes (``/kontur/digests`` & co.) for the
 nodes that replicate to it -- the TsAMI, whose own replication is disabled,
 included.
@@ -35,6 +40,8 @@ from kontur_plugins.replication.engine import Log, Replicator  # noqa: E402
 from kontur_plugins.replication.local import LocalArchive, NotFound, StorageLost  # noqa: E402
 from kontur_plugins.replication.outbox import Outbox  # noqa: E402
 from kontur_plugins.replication.receiver import Receiver  # noqa: E402
+from kontur_plugins.transfer import ingest  # noqa: E402
+from kontur_plugins.transfer.config import TransferConfig, TransferError, parse_transfer  # noqa: E402
 
 PREFIX = "kontur"
 # Orthanc error codes: 17 UnknownResource is "no such resource"; 13 InexistentFile and
@@ -105,6 +112,8 @@ class Plugin:
         self.receiver = None
         self.disabled_reason = None
         self.node = None
+        self.outbox = None
+        self.transfer = TransferConfig()
 
     def setup(self):
         config = _orthanc_config()
@@ -122,6 +131,8 @@ class Plugin:
             self.disabled_reason = f"cannot open the outbox {cfg.state_db}: {exc}"
             orthanc.LogError(f"{PREFIX}: replication disabled: {self.disabled_reason}")
             return
+        self.outbox = outbox
+        self._setup_transfer(path)
         local = LocalArchive(OrthancRest())
         self.receiver = Receiver(local, outbox, time.time, log_warning=orthanc.LogWarning)
         if not cfg.enabled:
@@ -141,7 +152,43 @@ class Plugin:
             return
         orthanc.LogWarning(f"{PREFIX}: replication enabled on {cfg.node}: {self.engine.describe()}")
 
+    def _setup_transfer(self, path):
+        try:
+            with open(path, encoding="utf-8") as fh:
+                self.transfer = parse_transfer(json.load(fh))
+        except (OSError, ValueError, TransferError) as exc:
+            problems = "; ".join(getattr(exc, "problems", [str(exc)]))
+            orthanc.LogError(f"{PREFIX}: transfer package disabled: policy {path}: {problems}")
+            self.transfer = TransferConfig(reason=problems)
+            return
+        if self.transfer.enabled:
+            orthanc.LogWarning(f"{PREFIX}: ingest stage on: text repair "
+                               f"{'on' if self.transfer.repair_text else 'off'}, "
+                               f"Issuer of Patient ID {self.transfer.issuer or '(not stamped)'}")
+
     # --- callbacks (never raise, never block) --------------------------------
+
+    def on_received(self, received_dicom, origin):
+        """Orthanc's received-instance callback: the ingest stage.  Anything it
+        cannot handle goes on as received (Orthanc judges it as always)."""
+        keep = (orthanc.ReceivedInstanceAction.KEEP_AS_IS, None)
+        try:
+            if not self.transfer.enabled:
+                return keep
+            out = ingest.process(bytes(received_dicom), issuer=self.transfer.issuer,
+                                 repair_text=self.transfer.repair_text)
+            if out.error:
+                orthanc.LogWarning(f"{PREFIX}: ingest: instance left as received: {out.error}")
+                return keep
+            if out.data is None:
+                return keep
+            if self.outbox is not None:
+                self.outbox.audit(time.time(), "ingest", "instance repaired", out.sop_uid,
+                                  "; ".join(out.changes), {"changes": out.changes, "original": out.original})
+            return orthanc.ReceivedInstanceAction.MODIFY, out.data
+        except Exception as exc:  # noqa: BLE001
+            orthanc.LogError(f"{PREFIX}: ingest callback: {exc!r}")
+            return keep
 
     def on_change(self, change_type, level, resource_id):
         try:
@@ -201,4 +248,6 @@ except Exception as _exc:  # noqa: BLE001 - never take Orthanc down with us
     PLUGIN.engine = None
     PLUGIN.disabled_reason = f"setup failed: {_exc!r}"
 orthanc.RegisterOnChangeCallback(PLUGIN.on_change)
+if PLUGIN.transfer.enabled:
+    orthanc.RegisterReceivedInstanceCallback(PLUGIN.on_received)
 orthanc.RegisterRestCallback(api.ROUTE_PATTERN, PLUGIN.on_rest)

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.tag import BaseTag
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
 CT_IMAGE = CTImageStorage
@@ -181,3 +182,29 @@ def send_study(study: Study, directory: str | Path, *, port: int, called_aet: st
         p.write_bytes(i.data)
         paths.append(p)
     storescu(paths, port=port, called_aet=called_aet, calling_aet=calling_aet)
+
+
+def with_raw_text(data: bytes, values: dict[int, bytes], *, charset: str | None = None) -> bytes:
+    """An instance's bytes with text values replaced by raw ``values`` (tag ->
+    bytes, written as they are: CP1251, KOI8-R, Latin-1 as old devices write
+    them) and Specific Character Set set to ``charset`` (None removes it)."""
+    from pydicom import dcmread
+    from pydicom.dataelem import RawDataElement
+    from pydicom.datadict import dictionary_VR
+
+    ds = dcmread(io.BytesIO(data))
+    if charset is None:
+        if 0x00080005 in ds:
+            del ds[0x00080005]
+    else:
+        ds.SpecificCharacterSet = charset
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    # read back under the new label, so that writing leaves raw values raw
+    ds = dcmread(io.BytesIO(buf.getvalue()))
+    for tag, raw in values.items():
+        raw = raw + b" " if len(raw) % 2 else raw
+        ds._dict[BaseTag(tag)] = RawDataElement(BaseTag(tag), dictionary_VR(tag), len(raw), raw, 0, False, True)
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()

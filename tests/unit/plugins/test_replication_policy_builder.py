@@ -92,6 +92,9 @@ def _imports(path: Path) -> set[str]:
 
 
 def test_plugin_uses_only_the_standard_library_and_only_the_glue_imports_orthanc():
+    """... and the Debian python3-* packages every Orthanc node installs (kontur.packages)."""
+    from kontur.packages import ORTHANC, PLUGIN_MODULES
+    assert set(PLUGIN_MODULES.values()) <= set(ORTHANC)
     files = sorted(PLUGINS.rglob("*.py"))
     assert PLUGINS / "kontur_entry.py" in files
     for f in files:
@@ -102,6 +105,7 @@ def test_plugin_uses_only_the_standard_library_and_only_the_glue_imports_orthanc
         else:
             assert "orthanc" not in names, f
         assert f.name != "orthanc.py"
-        foreign = {n for n in names if n not in sys.stdlib_module_names and n != "__future__"}
+        foreign = {n for n in names if n not in sys.stdlib_module_names and n != "__future__"
+                   and n not in PLUGIN_MODULES}
         assert not foreign, f"{f}: {foreign}"
         assert "SPDX-License-Identifier: AGPL-3.0-or-later" in f.read_text(encoding="utf-8").splitlines()[0]

@@ -1,0 +1,54 @@
+# SPDX-License-Identifier: AGPL-3.0-or-later
+"""The ``transfer`` section of the node's policy file (issue 10).
+
+    "transfer": {"enabled": true, "repair_text": true, "issuer": "42-ONCO"}
+
+Only nodes that take studies from devices and forward them (LAMIs and
+gateways) have it enabled; the TsAMI stores what its downstream nodes send as
+it is (a change there would make its copy differ from the LAMI's, and the
+replicator compares them byte for byte).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class TransferError(ValueError):
+    def __init__(self, problems: list[str]):
+        super().__init__("; ".join(problems))
+        self.problems = problems
+
+
+@dataclass(frozen=True)
+class TransferConfig:
+    enabled: bool = False
+    repair_text: bool = False
+    issuer: str | None = None
+    reason: str = "no transfer section in the policy file"
+
+
+def parse_transfer(doc: dict) -> TransferConfig:
+    sec = doc.get("transfer")
+    if sec is None:
+        return TransferConfig()
+    problems: list[str] = []
+    if not isinstance(sec, dict):
+        raise TransferError([f"transfer must be a mapping, not {type(sec).__name__}"])
+    unknown = sorted(set(sec) - {"enabled", "repair_text", "issuer", "reason"})
+    if unknown:
+        problems.append(f"transfer has unknown key(s) {', '.join(unknown)}")
+    enabled = sec.get("enabled", False)
+    repair = sec.get("repair_text", True)
+    for key, val in (("enabled", enabled), ("repair_text", repair)):
+        if not isinstance(val, bool):
+            problems.append(f"transfer.{key} must be true or false, not {val!r}")
+    issuer = sec.get("issuer")
+    if issuer is not None and (not isinstance(issuer, str) or not issuer or len(issuer) > 64
+                               or "\\" in issuer or not issuer.isprintable()):
+        problems.append(f"transfer.issuer must be 1-64 printable characters without a backslash "
+                        f"(Issuer of Patient ID is a DICOM LO), not {issuer!r}")
+    if problems:
+        raise TransferError(problems)
+    return TransferConfig(enabled=bool(enabled), repair_text=bool(repair) and bool(enabled),
+                          issuer=issuer if enabled else None,
+                          reason=str(sec.get("reason") or ("enabled" if enabled else "disabled")))
