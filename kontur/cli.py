@@ -88,6 +88,7 @@ def _register() -> None:
                           ("kontur.check", "check_command"),
                           ("kontur.replication_cli", "replicate_command"),
                           ("kontur.replication_cli", "replication_group"),
+                          ("kontur.quarantine_cli", "quarantine_group"),
                           ("kontur.users_cli", "users_group")):
         try:
             mod = __import__(modname, fromlist=[attr])

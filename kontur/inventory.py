@@ -147,8 +147,27 @@ def _secret_problems(doc: Any, plain: Any, loc: tuple = ()) -> list[Problem]:
     return out
 
 
-def validate_data(doc: Any, source: str) -> Region:
-    """Validate a parsed document; raise :class:`InventoryError` with every problem."""
+def _inline_classifier(doc: Any, plain: Any, base: Path | None) -> list[Problem]:
+    """Read the classifier file the inventory names into ``transfer.classifier.codes``."""
+    from . import classifier
+    sec = plain.get("transfer") if isinstance(plain, dict) else None
+    cls = sec.get("classifier") if isinstance(sec, dict) else None
+    if not isinstance(cls, dict) or not cls.get("file"):
+        return []
+    loc = ("transfer", "classifier", "file")
+    path = Path(str(cls["file"]))
+    if not path.is_absolute():
+        path = (base or Path.cwd()) / path
+    try:
+        cls["codes"] = classifier.read(path, str(cls["version"]) if cls.get("version") is not None else None)
+    except classifier.ClassifierError as exc:
+        return [Problem(dotted(loc), f"the classifier: {p}", line_of(doc, loc)) for p in exc.problems]
+    return []
+
+
+def validate_data(doc: Any, source: str, base: Path | None = None) -> Region:
+    """Validate a parsed document; raise :class:`InventoryError` with every problem.
+    ``base``: the directory relative file names in it are read from."""
     from .rules import check_region
 
     if not isinstance(doc, dict):
@@ -158,6 +177,9 @@ def validate_data(doc: Any, source: str) -> Region:
     secrets = _secret_problems(doc, plain)
     if secrets:
         raise InventoryError(source, sorted(secrets, key=lambda p: (p.line or 0, p.path)))
+    files = _inline_classifier(doc, plain, base)
+    if files:
+        raise InventoryError(source, files)
     try:
         region = Region.model_validate(plain)
     except ValidationError as exc:
@@ -195,14 +217,14 @@ def read_text(path: Path) -> str:
         raise InventoryError(str(path), [Problem("", "permission denied")]) from None
 
 
-def load_text(text: str, source: str = "<inventory>") -> Region:
-    return validate_data(parse_yaml(text, source), source)
+def load_text(text: str, source: str = "<inventory>", base: Path | None = None) -> Region:
+    return validate_data(parse_yaml(text, source), source, base)
 
 
 def load(path: str | Path | None = None) -> Region:
     """Load and validate an inventory file (the example region by default)."""
     p = Path(path) if path else EXAMPLE_INVENTORY
-    return load_text(read_text(p), str(p))
+    return load_text(read_text(p), str(p), p.resolve().parent)
 
 
 def dump_rt(doc: Any) -> str:

@@ -26,7 +26,7 @@ def _load_doc(inventory: str | None):
     try:
         text = read_text(path)
         doc = parse_yaml(text, str(path))
-        validate_data(doc, str(path))
+        validate_data(doc, str(path), path.resolve().parent)
     except InventoryError as exc:
         raise InvalidInput(exc.report() + "\nfix the file first: an edit is only made on a sound region") from None
     return path, doc
@@ -36,7 +36,7 @@ def _save(path: Path, doc, what: str) -> None:
     text = dump_rt(doc)
     try:
         # validate what would be written, re-parsed from the text itself
-        validate_data(parse_yaml(text, str(path)), str(path))
+        validate_data(parse_yaml(text, str(path)), str(path), path.resolve().parent)
     except InventoryError as exc:
         lines = [f"refused ({what}): the region would not be sound; {path} is unchanged:"]
         lines += [f"  {p.path}: {p.message}" if p.path else f"  {p.message}" for p in exc.problems]

@@ -176,6 +176,33 @@ class Replication(Strict):
     retention_days: int = Field(7, ge=0, le=3650)
 
 
+#: the transfer package's rules (plugins/kontur_plugins/transfer/rules.py has their meaning)
+TransferRule = Literal["original_quality", "patient_id", "study_uid", "patient_name", "birth_date", "sex",
+                       "physician", "procedure", "report"]
+#: DICOM keyword paths (Keyword/Keyword through sequences) where the rules look
+AttributePath = Annotated[str, Field(pattern=r"^[A-Z][A-Za-z0-9]*(/[A-Z][A-Za-z0-9]*)*$")]
+
+
+class Classifier(Strict):
+    """The regional classifier of procedures (CSV with columns code,name, or
+    YAML ``codes: {code: name}``), versioned; ``kontur validate`` reads it and
+    the renderer ships its codes to every forwarding node."""
+    file: str | None = None
+    version: str = Field(min_length=1, max_length=64)
+    #: filled from ``file`` when the inventory is loaded (or written inline)
+    codes: dict[str, str] = Field(default_factory=dict)
+
+
+class TransferPackage(Strict):
+    """Reglament 004 §5.6: what a study must carry before it leaves a hospital (issue 10)."""
+    classifier: Classifier | None = None
+    #: rules switched on or off region-wide (all on by default)
+    rules: dict[TransferRule, bool] = Field(default_factory=dict)
+    physician_code: list[AttributePath] | None = None
+    physician_name: list[AttributePath] | None = None
+    procedure_code: list[AttributePath] | None = None
+
+
 #: what kontur does (and does not yet do) for a legacy device, said wherever one shows up
 LEGACY_NOTE = ("a legacy device (legacy_folder: true) cannot send over DICOM, and kontur does not deploy an "
                "incoming folder for it yet: it is left out of its node's DICOM peers and firewall, and its "
@@ -235,6 +262,11 @@ class Hospital(Strict):
     #: Issuer of Patient ID (0010,0021) stamped at ingest on what this hospital's
     #: devices send; default "<region code>-<HOSPITAL KEY>" (issue 10)
     patient_id_issuer: str | None = Field(None, pattern=r"^[^\\\x00-\x1f]{1,64}$")
+    #: the transfer package: enforce (a failing study is quarantined here) or
+    #: warn (it goes, and the findings are recorded)
+    validation: Literal["enforce", "warn"] = "enforce"
+    #: per-hospital overrides of the region's rules
+    transfer_rules: dict[TransferRule, bool] = Field(default_factory=dict)
 
 
 class Role(str, Enum):
@@ -329,6 +361,7 @@ class Region(Strict):
     defaults: Defaults = Field(default_factory=Defaults)
     nodes: dict[HostName, Node]
     hospitals: dict[Slug, Hospital] = Field(default_factory=dict)
+    transfer: TransferPackage = Field(default_factory=TransferPackage)
     roles: dict[Slug, Permissions] = Field(default_factory=dict)
     users: list[User] = Field(default_factory=list)
 

@@ -14,6 +14,7 @@ import base64
 import json
 import ssl
 import urllib.error
+import urllib.parse
 import urllib.request
 from typing import Any
 
@@ -120,6 +121,17 @@ class NodeClient:
 
     def correct(self, body: dict) -> dict:
         return self.post("kontur/correct", body)
+
+    # --- the transfer package's routes (issue 10) ------------------------------
+
+    def quarantine(self) -> dict:
+        return self.get("kontur/quarantine")
+
+    def validation(self, study: str) -> dict:
+        return self.get(f"kontur/validation/{urllib.parse.quote(study, safe='')}")
+
+    def release_quarantine(self, study: str, reason: str) -> dict:
+        return self.post("kontur/quarantine/release", {"study": study, "reason": reason})
 
     def lookup(self, value: str) -> list[dict]:
         """Orthanc's /tools/lookup: the resources a DICOM UID or PatientID names here."""

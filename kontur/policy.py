@@ -112,7 +112,19 @@ def transfer_section(region: Region, node: str) -> dict[str, Any]:
         return {"enabled": False, "reason": f"a {spec.role.value} node stores what it receives as it is"}
     if hospital is None:
         return {"enabled": False, "reason": f"{node} serves no hospital in the inventory"}
-    return {"enabled": True, "repair_text": True, "issuer": region.issuer_of(hospital)}
+    h = region.hospitals[hospital]
+    pkg = region.transfer
+    switched = {**pkg.rules, **h.transfer_rules}
+    sys.path.insert(0, str(PLUGINS_SRC)) if str(PLUGINS_SRC) not in sys.path else None
+    from kontur_plugins.transfer.rules import DEFAULT_PATHS, RULES
+    validation: dict[str, Any] = {
+        "mode": h.validation,
+        "rules": [r for r in RULES if switched.get(r, True)],
+        "paths": {k: list(getattr(pkg, k) or v) for k, v in DEFAULT_PATHS.items()},
+        "classifier": ({"version": pkg.classifier.version, "codes": dict(sorted(pkg.classifier.codes.items()))}
+                       if pkg.classifier else None),
+    }
+    return {"enabled": True, "repair_text": True, "issuer": region.issuer_of(hospital), "validation": validation}
 
 
 def check_policy(doc: dict[str, Any]) -> None:

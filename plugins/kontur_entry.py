@@ -40,7 +40,9 @@ from kontur_plugins.replication.engine import Log, Replicator  # noqa: E402
 from kontur_plugins.replication.local import LocalArchive, NotFound, StorageLost  # noqa: E402
 from kontur_plugins.replication.outbox import Outbox  # noqa: E402
 from kontur_plugins.replication.receiver import Receiver  # noqa: E402
+from kontur_plugins.transfer import api as transfer_api  # noqa: E402
 from kontur_plugins.transfer import ingest  # noqa: E402
+from kontur_plugins.transfer.gate import TransferGate, ValidationStore, study_facts  # noqa: E402
 from kontur_plugins.transfer.config import TransferConfig, TransferError, parse_transfer  # noqa: E402
 
 PREFIX = "kontur"
@@ -142,8 +144,12 @@ class Plugin:
         try:
             stable_age = float(config.get("StableAge", 60))
             deidentify = bool(config.get("DeidentifyLogs", True))
+            gates = None
+            if self.transfer.enabled and self.transfer.validation is not None:
+                gates = [TransferGate(self.transfer.validation, lambda sid: study_facts(local, sid),
+                                      ValidationStore(outbox), time.time)]
             self.engine = Replicator(
-                cfg, local, outbox, stable_age=stable_age,
+                cfg, local, outbox, stable_age=stable_age, gates=gates,
                 log=Log(orthanc.LogInfo, orthanc.LogWarning, orthanc.LogError, deidentify=deidentify))
         except Exception as exc:  # noqa: BLE001 - e.g. unreadable client certificate
             self.disabled_reason = f"cannot start: {exc}"
@@ -213,6 +219,13 @@ class Plugin:
             if path in api.RECEIVER_ROUTES:
                 status, ctype, body = api.handle_receiver(self.receiver, method, path, request.get("body"),
                                                           _receiver_args(request), caller, log_error=orthanc.LogError)
+            elif transfer_api.is_route(path):
+                if self.engine is None:
+                    status, ctype, body = api.error(503, f"replication is disabled on this node: "
+                                                         f"{self.disabled_reason}")
+                else:
+                    status, ctype, body = transfer_api.handle(self.engine, method, path, request.get("body"),
+                                                              caller, log_error=orthanc.LogError)
             elif self.engine is None:
                 if uri.rstrip("/") == "/kontur/replication" and method == "GET":
                     status, ctype, body = 200, api.JSON, json.dumps(
@@ -227,7 +240,7 @@ class Plugin:
             if status == 200:
                 output.AnswerBuffer(body, ctype)
             elif status == 405:
-                output.SendMethodNotAllowed(api.ROUTES.get(uri.rstrip("/"), "GET"))
+                output.SendMethodNotAllowed(api.ROUTES.get(path, transfer_api.ROUTES.get(path, "GET")))
             else:
                 # Python plugin 4.0: the body goes as text (its UTF-8 length in bytes)
                 output.SendHttpStatus(status, body.decode("utf-8"), len(body))
@@ -251,3 +264,4 @@ orthanc.RegisterOnChangeCallback(PLUGIN.on_change)
 if PLUGIN.transfer.enabled:
     orthanc.RegisterReceivedInstanceCallback(PLUGIN.on_received)
 orthanc.RegisterRestCallback(api.ROUTE_PATTERN, PLUGIN.on_rest)
+orthanc.RegisterRestCallback("/kontur/(" + transfer_api.PATTERN + ")", PLUGIN.on_rest)

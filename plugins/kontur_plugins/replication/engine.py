@@ -750,6 +750,8 @@ class Replicator:
             "feed": feed,
             "full_pass": self.full_pass.public(now),
             "stable_age": self.stable_age,
+            # what each gate reports (the transfer package: valid / incomplete / quarantined)
+            **{g.name: g.status() for g in self.gates if hasattr(g, "status")},
         }
 
     def parked(self) -> list[dict]:

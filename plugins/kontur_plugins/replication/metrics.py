@@ -56,6 +56,15 @@ def render(status: dict) -> str:
            status.get("storage_errors", 0))
     metric("kontur_replication_divergent", "gauge",
            "Studies of which the upstream holds instances deleted here", status.get("divergent", 0))
+    val = status.get("transfer")
+    if val:
+        for state in ("valid", "incomplete", "quarantined"):
+            metric("kontur_transfer_studies", "gauge",
+                   "Studies by the transfer package's state (the latest validation of each)",
+                   val.get(state, 0), f'state="{state}"')
+        metric("kontur_transfer_released", "gauge", "Quarantined studies an operator released", val.get("released", 0))
+        metric("kontur_transfer_enforced", "gauge", "1 if a quarantined study is held here (enforce), 0 if it goes (warn)",
+               1 if val.get("mode") == "enforce" else 0)
     corr = status.get("corrections") or {}
     for state in ("blocked", "waiting", "pending", "refused"):
         metric("kontur_replication_corrections", "gauge", "Corrections not yet applied upstream, by state",

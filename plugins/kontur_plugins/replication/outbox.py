@@ -75,6 +75,21 @@ CREATE TABLE IF NOT EXISTS flags (
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+-- the transfer package (issue 10): the latest validation of each study, and releases
+CREATE TABLE IF NOT EXISTS validation (
+    study_id TEXT PRIMARY KEY,
+    study_uid TEXT,
+    patient_id TEXT,
+    state TEXT NOT NULL,
+    reasons TEXT NOT NULL,
+    notes TEXT NOT NULL,
+    mode TEXT NOT NULL,
+    checked_at REAL NOT NULL,
+    released_at REAL,
+    released_by TEXT,
+    release_reason TEXT
+);
+CREATE INDEX IF NOT EXISTS validation_state ON validation(state);
 """
 
 #: schema 2 (issue 9): set digests, outcomes, corrections, the resumable full pass, the audit trail
@@ -173,6 +188,19 @@ class Outbox:
             self._local.conn = c
             self._local.depth = 0
         return c
+
+    def transaction(self):
+        """A write transaction on this database, for the other stages that keep
+        their state here (the transfer package)."""
+        return self._tx()
+
+    def query(self, sql: str, args: tuple = ()) -> list[dict]:
+        return [dict(r) for r in self._conn().execute(sql, args)]
+
+    def audit_entry(self, c, now: float, actor: str | None, action: str, subject: str | None = None,
+                    reason: str | None = None, detail: dict | None = None) -> None:
+        """An audit entry inside the caller's transaction."""
+        self._audit(c, now, actor, action, subject, reason, detail)
 
     @contextlib.contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:

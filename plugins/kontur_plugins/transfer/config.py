@@ -10,7 +10,9 @@ replicator compares them byte for byte).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from .rules import DEFAULT_PATHS, RULES, Settings
 
 
 class TransferError(ValueError):
@@ -25,6 +27,8 @@ class TransferConfig:
     repair_text: bool = False
     issuer: str | None = None
     reason: str = "no transfer section in the policy file"
+    #: the package's rules; None: nothing is validated on this node
+    validation: Settings | None = field(default=None)
 
 
 def parse_transfer(doc: dict) -> TransferConfig:
@@ -34,7 +38,7 @@ def parse_transfer(doc: dict) -> TransferConfig:
     problems: list[str] = []
     if not isinstance(sec, dict):
         raise TransferError([f"transfer must be a mapping, not {type(sec).__name__}"])
-    unknown = sorted(set(sec) - {"enabled", "repair_text", "issuer", "reason"})
+    unknown = sorted(set(sec) - {"enabled", "repair_text", "issuer", "reason", "validation"})
     if unknown:
         problems.append(f"transfer has unknown key(s) {', '.join(unknown)}")
     enabled = sec.get("enabled", False)
@@ -47,8 +51,40 @@ def parse_transfer(doc: dict) -> TransferConfig:
                                or "\\" in issuer or not issuer.isprintable()):
         problems.append(f"transfer.issuer must be 1-64 printable characters without a backslash "
                         f"(Issuer of Patient ID is a DICOM LO), not {issuer!r}")
+    settings = _settings(sec.get("validation"), problems) if enabled else None
     if problems:
         raise TransferError(problems)
     return TransferConfig(enabled=bool(enabled), repair_text=bool(repair) and bool(enabled),
                           issuer=issuer if enabled else None,
-                          reason=str(sec.get("reason") or ("enabled" if enabled else "disabled")))
+                          reason=str(sec.get("reason") or ("enabled" if enabled else "disabled")),
+                          validation=settings)
+
+
+def _settings(sec, problems: list[str]) -> Settings | None:
+    if sec is None:
+        return None
+    if not isinstance(sec, dict):
+        problems.append("transfer.validation must be a mapping")
+        return None
+    mode = sec.get("mode", "enforce")
+    if mode not in ("enforce", "warn"):
+        problems.append(f"transfer.validation.mode is {mode!r}; expected enforce or warn")
+    rules = sec.get("rules", list(RULES))
+    if not isinstance(rules, list) or any(r not in RULES for r in rules):
+        problems.append(f"transfer.validation.rules must be a list of {', '.join(RULES)}; got {rules!r}")
+        rules = []
+    paths = dict(DEFAULT_PATHS)
+    for key, val in (sec.get("paths") or {}).items():
+        if key not in DEFAULT_PATHS or not isinstance(val, list) or not all(isinstance(v, str) and v for v in val):
+            problems.append(f"transfer.validation.paths.{key}: expected one of {', '.join(DEFAULT_PATHS)} "
+                            f"with a list of attribute paths")
+            continue
+        paths[key] = list(val)
+    cls = sec.get("classifier")
+    version, codes = None, {}
+    if cls is not None:
+        if not isinstance(cls, dict) or not isinstance(cls.get("codes"), dict) or not cls.get("version"):
+            problems.append("transfer.validation.classifier must have a version and codes (code: name)")
+        else:
+            version, codes = str(cls["version"]), {str(k): str(v) for k, v in cls["codes"].items()}
+    return Settings(mode=str(mode), rules=frozenset(rules), paths=paths, classifier_version=version, codes=codes)

@@ -1,0 +1,168 @@
+"""Issue 10 in Debian's Orthanc: the transfer package's gate holds what is not
+a complete §5.6 package, lets it go after its fix or an audited release, and
+never holds a study whose only gap is the report (which comes later).
+
+A LAMI with kontur's plugin (validation section as the renderer writes it)
+receives by C-STORE from a modality and replicates to a plain TsAMI.
+"""
+from __future__ import annotations
+
+import io
+import sqlite3
+
+import pydicom
+import pytest
+from pydicom.dataset import Dataset
+
+from kontur.testing.dicom import Study, make_instance, storescu
+from kontur.testing.orthanc import HttpError, wait_for
+from kontur.testing.replication import SCU_AET, wait_delivered
+
+pytestmark = pytest.mark.orthanc
+
+CODES = {"A06.09.005": "Компьютерная томография органов грудной полости"}
+RULES = ["original_quality", "patient_id", "study_uid", "patient_name", "birth_date", "sex",
+         "physician", "procedure", "report"]
+
+
+def transfer(mode="enforce"):
+    return {"enabled": True, "repair_text": True, "issuer": "42-TEST",
+            "validation": {"mode": mode, "rules": RULES,
+                           "classifier": {"version": "2026-01", "codes": CODES}}}
+
+
+_n = [0]
+
+
+def package_study(tmp_path, *, sex="M", code="A06.09.005", report=False) -> Study:
+    """One CT instance carrying the §5.6 package (physician, procedure), and an SR report if asked."""
+    _n[0] += 1
+    k = _n[0]
+    uid = f"1.2.826.0.1.3680043.8.498.90.{k}"
+    inst = make_instance(patient_id=f"VAL-{k}", patient_name="Иванов^Пётр", study_uid=uid, series_uid=uid + ".1")
+    ds = pydicom.dcmread(io.BytesIO(inst.data))
+    ds.PatientSex = sex
+    ds.PerformingPhysicianName = "Петрова^Анна"
+    person = Dataset()
+    code_item = Dataset()
+    code_item.CodeValue, code_item.CodingSchemeDesignator, code_item.CodeMeaning = "4201-777", "RU-42", "Петрова А."
+    person.PersonIdentificationCodeSequence = [code_item]
+    ds.PerformingPhysicianIdentificationSequence = [person]
+    proc = Dataset()
+    proc.CodeValue, proc.CodingSchemeDesignator = code, "RU-804N"
+    proc.CodeMeaning = CODES.get(code, "Неизвестная услуга")
+    ds.ProcedureCodeSequence = [proc]
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    inst.data = buf.getvalue()
+    study = Study(uid, inst.patient_id, "Иванов^Пётр", [inst])
+    if report:
+        sr = Dataset()
+        sr.file_meta = pydicom.dataset.FileMetaDataset()
+        sr.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.88.11"
+        sr.file_meta.MediaStorageSOPInstanceUID = uid + ".2.1"
+        sr.file_meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
+        sr.SpecificCharacterSet = "ISO_IR 192"
+        sr.SOPClassUID, sr.SOPInstanceUID = "1.2.840.10008.5.1.4.1.1.88.11", uid + ".2.1"
+        sr.StudyInstanceUID, sr.SeriesInstanceUID = uid, uid + ".2"
+        sr.PatientID, sr.PatientName, sr.PatientSex, sr.PatientBirthDate = inst.patient_id, "Иванов^Пётр", sex, "19700101"
+        sr.Modality, sr.SeriesNumber, sr.InstanceNumber = "SR", 2, 1
+        sr.ValueType, sr.CompletionFlag, sr.VerificationFlag = "CONTAINER", "COMPLETE", "UNVERIFIED"
+        buf = io.BytesIO()
+        sr.save_as(buf, enforce_file_format=True)
+        from kontur.testing.dicom import Instance
+        study.instances.append(Instance(uid + ".2.1", uid + ".2", uid, inst.patient_id, buf.getvalue()))
+    return study
+
+
+def send(node, tmp_path, study: Study) -> None:
+    paths = study.write(tmp_path / f"send-{study.study_uid}")
+    storescu(paths, port=node.dicom_port, called_aet=node.aet, calling_aet=SCU_AET)
+
+
+def validation(node, study_id: str) -> dict | None:
+    try:
+        return node.get(f"/kontur/validation/{study_id}")
+    except HttpError as exc:
+        if exc.status == 404:
+            return None
+        raise
+
+
+def wait_state(node, study_id: str, state: str, timeout: float = 60) -> dict:
+    wait_for(lambda: (validation(node, study_id) or {}).get("state") == state, timeout,
+             message=f"study {study_id} {state} on {node.name}")
+    return validation(node, study_id)
+
+
+def test_a_complete_package_goes_and_is_valid(tmp_path, tsami, make_node):
+    lami = make_node(transfer=transfer())
+    study = package_study(tmp_path, report=True)
+    send(lami, tmp_path, study)
+    wait_delivered(tsami, study)
+    assert validation(lami, study.orthanc_id())["state"] == "valid"
+
+
+def test_a_study_without_its_report_is_incomplete_and_still_goes(tmp_path, tsami, make_node):
+    lami = make_node(transfer=transfer())
+    study = package_study(tmp_path)
+    send(lami, tmp_path, study)
+    wait_delivered(tsami, study)
+    v = validation(lami, study.orthanc_id())
+    assert v["state"] == "incomplete" and v["reasons"] == [] and v["notes"]
+
+
+def test_a_quarantined_study_stays_until_its_fix_then_goes(tmp_path, tsami, make_node):
+    lami = make_node(transfer=transfer())
+    study = package_study(tmp_path, sex="", code="B99.99.999", report=True)
+    send(lami, tmp_path, study)
+    v = wait_state(lami, study.orthanc_id(), "quarantined")
+    assert any("Sex" in r for r in v["reasons"]) and any("B99.99.999" in r and "classifier" in r for r in v["reasons"])
+    listing = lami.get("/kontur/quarantine")
+    assert [q["study_id"] for q in listing["quarantined"]] == [study.orthanc_id()]
+    assert listing["summary"]["quarantined"] == 1
+    # held: the replicator's own status says so, and the TsAMI has nothing
+    wait_for(lambda: lami.status()["held"] == 1, 30, message="held in the replicator")
+    assert tsami.sop_uids_of_study(study.orthanc_id()) == set()
+    # the fix, as an operator makes it in Orthanc: modify (new UIDs, ModifiedFrom kept)
+    fixed = lami.post(f"/studies/{study.orthanc_id()}/modify",
+                      {"Replace": {"PatientSex": "F",
+                                   "ProcedureCodeSequence": [{"CodeValue": "A06.09.005", "CodingSchemeDesignator": "RU-804N",
+                                                              "CodeMeaning": CODES["A06.09.005"]}]},
+                       "Force": True})
+    new_id = fixed["ID"]
+    wait_for(lambda: len(tsami.sop_uids_of_study(new_id)) == 2, 90, message="the fixed study at the TsAMI")
+    assert validation(lami, new_id)["state"] == "valid"
+    assert tsami.sop_uids_of_study(study.orthanc_id()) == set()   # the unfixed one never went
+
+
+def test_release_lets_a_quarantined_study_go_and_is_audited(tmp_path, tsami, make_node):
+    lami = make_node(transfer=transfer())
+    study = package_study(tmp_path, sex="X", report=True)
+    send(lami, tmp_path, study)
+    wait_state(lami, study.orthanc_id(), "quarantined")
+    with pytest.raises(HttpError) as no_reason:
+        lami.post("/kontur/quarantine/release", {"study": study.study_uid})
+    assert no_reason.value.status == 400
+    res = lami.post("/kontur/quarantine/release", {"study": study.study_uid, "reason": "пол уточнён по МИС"})
+    assert res["state"] == "pending" and res["released"]["released_by"] == "kontur"
+    wait_delivered(tsami, study)
+    db = lami.policy["state_dir"] + "/replication.sqlite3"
+    with sqlite3.connect(db) as c:
+        rows = c.execute("SELECT actor, action, subject, reason FROM audit WHERE action='quarantine released'").fetchall()
+    assert rows == [("kontur", "quarantine released", study.orthanc_id(), "пол уточнён по МИС")]
+    # a second release of what is no longer held is refused, not repeated
+    with pytest.raises(HttpError) as again:
+        lami.post("/kontur/quarantine/release", {"study": study.orthanc_id(), "reason": "again"})
+    assert again.value.status == 409 and "released already" in again.value.body.decode()
+
+
+def test_in_warn_mode_the_study_goes_and_the_findings_are_kept(tmp_path, tsami, make_node):
+    lami = make_node(transfer=transfer("warn"))
+    study = package_study(tmp_path, sex="", report=True)
+    send(lami, tmp_path, study)
+    wait_delivered(tsami, study)
+    v = validation(lami, study.orthanc_id())
+    assert v["state"] == "quarantined" and v["mode"] == "warn" and any("Sex" in r for r in v["reasons"])
+    metrics = lami.get("/kontur/replication/metrics", raw=True).decode()
+    assert 'kontur_transfer_studies{' in metrics and 'state="quarantined"} 1' in metrics
