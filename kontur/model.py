@@ -263,8 +263,9 @@ class Hospital(Strict):
     #: devices send; default "<region code>-<HOSPITAL KEY>" (issue 10)
     patient_id_issuer: str | None = Field(None, pattern=r"^[^\\\x00-\x1f]{1,64}$")
     #: the transfer package: enforce (a failing study is quarantined here) or
-    #: warn (it goes, and the findings are recorded)
-    validation: Literal["enforce", "warn"] = "enforce"
+    #: warn (it goes, and the findings are recorded).  warn by default: a region
+    #: sees what its devices send before it turns enforce on, hospital by hospital
+    validation: Literal["enforce", "warn"] = "warn"
     #: per-hospital overrides of the region's rules
     transfer_rules: dict[TransferRule, bool] = Field(default_factory=dict)
 

@@ -26,6 +26,7 @@ def kontur(*args: str, env_extra: dict | None = None) -> subprocess.CompletedPro
 def region_file(tmp_path) -> Path:
     p = tmp_path / "region.yaml"
     shutil.copy(EXAMPLE, p)
+    shutil.copytree(EXAMPLE.parent / "classifier", tmp_path / "classifier")
     return p
 
 
@@ -226,6 +227,7 @@ def test_a_legacy_device_is_named_as_such_everywhere_it_shows_up(tmp_path):
     from kontur.inventory import dump_rt
     path = tmp_path / "region.yaml"
     path.write_text(dump_rt(doc))
+    shutil.copytree(EXAMPLE.parent / "classifier", tmp_path / "classifier")
     aet, host = legacy["aet"], legacy["host"]
 
     r = kontur("validate", "-i", str(path))
