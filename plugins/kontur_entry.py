@@ -116,6 +116,7 @@ class Plugin:
         self.node = None
         self.outbox = None
         self.transfer = TransferConfig()
+        self._audited = {}          # (study UID, original values) already in the audit trail
 
     def setup(self):
         config = _orthanc_config()
@@ -188,9 +189,17 @@ class Plugin:
                 return keep
             if out.data is None:
                 return keep
-            if self.outbox is not None:
-                self.outbox.audit(time.time(), "ingest", "instance repaired", out.sop_uid,
-                                  "; ".join(out.changes), {"changes": out.changes, "original": out.original})
+            if out.original and self.outbox is not None:
+                # the original bytes of a repaired text, once per study and content (a device
+                # writes the same name in every instance; each entry costs an fsync)
+                key = (out.study_uid, json.dumps(out.original, sort_keys=True))
+                if key not in self._audited:
+                    self.outbox.audit(time.time(), "ingest", "text repaired", out.study_uid,
+                                      "; ".join(out.changes), {"changes": out.changes, "original": out.original,
+                                                               "first_instance": out.sop_uid})
+                    self._audited[key] = None
+                    while len(self._audited) > 10000:
+                        self._audited.pop(next(iter(self._audited)))
             return orthanc.ReceivedInstanceAction.MODIFY, out.data
         except Exception as exc:  # noqa: BLE001
             orthanc.LogError(f"{PREFIX}: ingest callback: {exc!r}")

@@ -23,6 +23,7 @@ to Orthanc unchanged, which stores or refuses it as it always does.
 from __future__ import annotations
 
 import io
+import struct
 from dataclasses import dataclass, field
 
 from . import charset
@@ -40,6 +41,7 @@ class Outcome:
     changes: list[str] = field(default_factory=list)
     original: dict[str, str] = field(default_factory=dict)   # "gggg,eeee" -> original bytes (latin-1 text)
     sop_uid: str | None = None
+    study_uid: str | None = None
     error: str | None = None                   # why the instance was left as received
 
 
@@ -94,20 +96,110 @@ def _write(ds, pydicom) -> bytes:
     return out.getvalue()
 
 
+def _uid(ds, tag: int) -> str | None:
+    elem = ds.get_item(tag)
+    if elem is None or not elem.value:
+        return None
+    raw = elem.value
+    return (raw.decode("ascii", "replace") if isinstance(raw, bytes) else str(raw)).strip("\0 ") or None
+
+
+#: explicit-VR element headers with a 4-byte length (PS3.5 §7.1.2)
+LONG_VRS = {"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "SV", "UC", "UN", "UR", "UT", "UV"}
+DEFLATED = "1.2.840.10008.1.2.1.99"
+
+
+def _splice(data: bytes, ds, edits: list[tuple[int, str, bytes]]) -> bytes | None:
+    """The file with top-level elements replaced or inserted in place, every
+    other byte (pixel data included) as received; None where that is not safe
+    (big endian, deflated, group lengths, an element it cannot place) and the
+    caller writes the file with pydicom instead.
+
+    ``ds`` is the dataset read with ``stop_before_pixels``: the offsets of its
+    raw elements locate each element in ``data``."""
+    tags = sorted(ds.keys())
+    if not tags or any(t.element == 0 for t in tags):
+        return None
+    ts = str(getattr(ds.file_meta, "TransferSyntaxUID", "") or "") if hasattr(ds, "file_meta") else ""
+    if ts == DEFLATED:
+        return None
+    raws = [e for e in (ds.get_item(t) for t in tags) if getattr(e, "is_raw", False)]
+    if not raws or not raws[0].is_little_endian:
+        return None
+    implicit = bool(raws[0].is_implicit_VR)
+    # where the dataset starts: after the file meta group (pydicom decodes the
+    # first element, Specific Character Set, as it reads, so it has no offset)
+    if data[128:132] != b"DICM" or data[132:136] != b"\x02\x00\x00\x00":
+        return None
+    dataset_start = 144 + int.from_bytes(data[140:144], "little")
+
+    def start_of(elem) -> int:
+        vr = str(elem.VR or "")
+        return elem.value_tell - (8 if implicit or vr not in LONG_VRS else 12)
+
+    def element(tag: int, vr: str, value: bytes) -> bytes | None:
+        if len(value) % 2:
+            value += b" "
+        g, e = tag >> 16, tag & 0xFFFF
+        if implicit:
+            return struct.pack("<HHI", g, e, len(value)) + value
+        if vr in LONG_VRS:
+            return struct.pack("<HH2s2xI", g, e, vr.encode(), len(value)) + value
+        if len(value) > 0xFFFF:
+            return None
+        return struct.pack("<HH2sH", g, e, vr.encode(), len(value)) + value
+
+    cuts: list[tuple[int, int, bytes]] = []
+    for tag, vr, value in edits:
+        new = element(tag, vr, value)
+        if new is None:
+            return None
+        elem = ds.get_item(tag)
+        if elem is not None:
+            if not getattr(elem, "is_raw", False):
+                # only the dataset's first element may be decoded already: it spans
+                # from the dataset's start to the next element
+                if tag != tags[0] or len(tags) < 2 or not getattr(ds.get_item(tags[1]), "is_raw", False):
+                    return None
+                cuts.append((dataset_start, start_of(ds.get_item(tags[1])), new))
+                continue
+            if elem.length == 0xFFFFFFFF:
+                return None
+            cuts.append((start_of(elem), elem.value_tell + elem.length, new))
+        else:
+            later = [t for t in tags if t > tag]
+            if not later:
+                return None
+            nxt = ds.get_item(later[0])
+            if not getattr(nxt, "is_raw", False):
+                if later[0] != tags[0]:
+                    return None
+                at = dataset_start
+            else:
+                at = start_of(nxt)
+            cuts.append((at, at, new))
+    out = data
+    for begin, end, new in sorted(cuts, key=lambda c: (c[0], c[1]), reverse=True):
+        if not (0 < begin <= end <= len(out)):
+            return None
+        out = out[:begin] + new + out[end:]
+    return out
+
+
 def process(data: bytes, *, issuer: str | None = None, encoding: str | None = None,
             repair_text: bool = True) -> Outcome:
     """The stage on one received instance.  ``issuer``: the hospital's Issuer
     of Patient ID (stamped when absent); ``encoding``: the codec the sending
     device is declared to use for undeclared text (the inventory's
-    ``text_encoding``), which then replaces the guess."""
+    ``text_encoding``), which then replaces the guess.
+
+    Fast path: the header is read up to the pixel data and the few changed
+    elements are spliced into the received bytes.  Only text inside sequences
+    (or a file the splice cannot edit safely) makes pydicom write the whole file."""
     try:
         pydicom = _pydicom()
-        ds = pydicom.dcmread(io.BytesIO(data), force=True)
-        out = Outcome()
-        uid = ds.get_item(0x00080018)
-        if uid is not None and uid.value:
-            raw = uid.value
-            out.sop_uid = (raw.decode("ascii", "replace") if isinstance(raw, bytes) else str(raw)).strip("\0 ")
+        ds = pydicom.dcmread(io.BytesIO(data), force=True, stop_before_pixels=True)
+        out = Outcome(sop_uid=_uid(ds, 0x00080018), study_uid=_uid(ds, 0x0020000D))
         if not out.sop_uid:
             return Outcome(error="no SOP Instance UID pydicom can read: left to Orthanc as received")
         elements = list(_text_elements(ds, pydicom))
@@ -116,32 +208,54 @@ def process(data: bytes, *, issuer: str | None = None, encoding: str | None = No
                    else charset.Verdict("keep", reason="text repair is off"))
         if verdict.action == "reencode" and encoding and not declared:
             verdict = charset.Verdict("reencode", encoding, f"no Specific Character Set: the device sends {encoding}")
-        changed = False
+        edits: list[tuple[int, str, bytes]] = []
+        nested = False
         if verdict.changes:
-            # every value with high bytes becomes a decoded DataElement, written
-            # as UTF-8 under the new label (pydicom 3 re-encodes raw values when
-            # the label changes, pydicom 2.3 writes them as they are: decoded
-            # values are right under both)
-            for item, tag, elem, where in elements:
+            for _item, tag, elem, where in elements:
                 raw = elem.value
                 if not any(b >= 0x80 for b in raw):
                     continue
-                text = raw.decode(verdict.source, "replace").rstrip(" \0")
-                item[tag] = pydicom.DataElement(tag, _vr(elem, pydicom), text)
+                if "/" in where:
+                    nested = True
+                edits.append((int(tag), _vr(elem, pydicom) or "LO",
+                              raw.decode(verdict.source, "replace").rstrip(" \0").encode("utf-8")))
                 if verdict.action == "reencode":
                     out.original[where] = raw.decode("latin_1")
-            ds.SpecificCharacterSet = charset.UTF8
+            edits.append((SPECIFIC_CHARACTER_SET, "CS", charset.UTF8.encode()))
             done = "re-encoded" if verdict.action == "reencode" else "relabelled"
             out.changes.append(f"text {done} as UTF-8 ({verdict.reason})")
-            changed = True
         if issuer:
             current = ds.get_item(ISSUER_OF_PATIENT_ID)
-            if current is None or not (current.value or b"").strip(b" \0" if isinstance(current.value, bytes) else " "):
-                ds.IssuerOfPatientID = issuer
+            value = current.value if current is not None else None
+            if not (value.strip(b" \0") if isinstance(value, bytes) else (value or "").strip()):
+                edits.append((ISSUER_OF_PATIENT_ID, "LO", issuer.encode("utf-8")))
                 out.changes.append(f"Issuer of Patient ID set to {issuer}")
-                changed = True
-        if changed:
-            out.data = _write(ds, pydicom)
+                if not issuer.isascii() and not verdict.changes and (declared or [""])[0] != charset.UTF8:
+                    nested = True           # needs pydicom to encode it under the dataset's own label
+        if not edits:
+            return out
+        spliced = None if nested else _splice(data, ds, edits)
+        out.data = spliced if spliced is not None else _rewrite(data, edits, verdict, pydicom)
         return out
     except Exception as exc:  # noqa: BLE001 - anything unreadable goes to Orthanc as received
         return Outcome(error=f"{type(exc).__name__}: {exc}")
+
+
+def _rewrite(data: bytes, edits, verdict: charset.Verdict, pydicom) -> bytes:
+    """The slow path: the whole file read and written by pydicom."""
+    ds = pydicom.dcmread(io.BytesIO(data), force=True)
+    if verdict.changes:
+        # every value with high bytes becomes a decoded DataElement, written as
+        # UTF-8 under the new label (pydicom 3 re-encodes raw values when the
+        # label changes, pydicom 2.3 writes them as they are: decoded values are
+        # right under both)
+        for item, tag, elem, _where in list(_text_elements(ds, pydicom)):
+            raw = elem.value
+            if any(b >= 0x80 for b in raw):
+                item[tag] = pydicom.DataElement(tag, _vr(elem, pydicom),
+                                                raw.decode(verdict.source, "replace").rstrip(" \0"))
+        ds.SpecificCharacterSet = charset.UTF8
+    for tag, _vr_, value in edits:
+        if tag == ISSUER_OF_PATIENT_ID:
+            ds.IssuerOfPatientID = value.decode("utf-8")
+    return _write(ds, pydicom)

@@ -139,3 +139,60 @@ def test_latin1_words_are_not_taken_for_cyrillic():
         v = charset.decide([name.encode("latin_1")], None)
         assert v.source == "latin_1", (name, v)
         assert charset.decide([name.encode("latin_1")], "ISO_IR 100").action == "keep"
+
+
+def _as_syntax(data: bytes, syntax: str) -> bytes:
+    from pydicom.uid import UID
+    ds = read(data)
+    ts = UID(syntax)
+    ds.file_meta.TransferSyntaxUID = ts
+    buf = io.BytesIO()
+    pydicom.dcmwrite(buf, ds, implicit_vr=ts.is_implicit_VR, little_endian=ts.is_little_endian,
+                     force_encoding=True)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("syntax", [
+    "1.2.840.10008.1.2",        # implicit VR little endian (the DICOM default)
+    "1.2.840.10008.1.2.1",      # explicit VR little endian
+    "1.2.840.10008.1.2.2",      # explicit VR big endian (pydicom writes it)
+    "1.2.840.10008.1.2.1.99",   # deflated (pydicom writes it)
+])
+def test_every_uncompressed_syntax_comes_out_right(syntax):
+    raw = _as_syntax(with_raw_text(instance(), {NAME: "Фёдорова^Ольга".encode("koi8_r")}), syntax)
+    out = ingest.process(raw, issuer="42-ONCO")
+    assert out.error is None and out.data is not None
+    before, after = read(raw), read(out.data)
+    assert str(after.PatientName) == "Фёдорова^Ольга" and after.IssuerOfPatientID == "42-ONCO"
+    assert after.SpecificCharacterSet == "ISO_IR 192"
+    assert after.PixelData == before.PixelData
+    assert after.file_meta.TransferSyntaxUID == syntax
+
+
+def test_the_fast_path_splices_and_leaves_every_other_byte():
+    raw = instance()
+    out = ingest.process(raw, issuer="42-ONCO")
+    added = len(out.data) - len(raw)
+    assert added == 8 + len(b"42-ONCO ")           # one LO element: header 8 bytes, value padded even
+    # everything before and after the inserted element is the received bytes
+    at = next(i for i in range(len(raw)) if raw[i] != out.data[i])
+    assert out.data[:at] == raw[:at] and out.data[at + added:] == raw[at:]
+
+
+def test_text_in_a_sequence_takes_the_slow_path_and_is_still_right():
+    ds = read(instance())
+    item = pydicom.Dataset()
+    item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = "A06.09.005", "RU", "x"
+    ds.ProcedureCodeSequence = [item]
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    ds = read(buf.getvalue())
+    meaning = "КТ грудной клетки".encode("cp1251")
+    ds.ProcedureCodeSequence[0]._dict[pydicom.tag.BaseTag(0x00080104)] = pydicom.dataelem.RawDataElement(
+        pydicom.tag.BaseTag(0x00080104), "LO", len(meaning), meaning, 0, False, True)
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    out = ingest.process(buf.getvalue(), issuer="42-ONCO")
+    after = read(out.data)
+    assert after.ProcedureCodeSequence[0].CodeMeaning == "КТ грудной клетки"
+    assert after.IssuerOfPatientID == "42-ONCO"
