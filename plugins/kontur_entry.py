@@ -117,6 +117,8 @@ class Plugin:
         self.outbox = None
         self.transfer = TransferConfig()
         self._audited = {}          # (study UID, original values) already in the audit trail
+        # what the ingest stage did since Orthanc started (in /kontur/replication as "ingest")
+        self.ingest_counts = {"seen": 0, "changed": 0, "unchanged": 0, "left_as_received": 0, "failed": 0}
 
     def setup(self):
         config = _orthanc_config()
@@ -157,6 +159,8 @@ class Plugin:
             orthanc.LogError(f"{PREFIX}: replication disabled: {self.disabled_reason}\n{traceback.format_exc()}")
             self.engine = None
             return
+        if self.transfer.enabled:
+            self.engine.extra_status["ingest"] = lambda: dict(self.ingest_counts)
         orthanc.LogWarning(f"{PREFIX}: replication enabled on {cfg.node}: {self.engine.describe()}")
 
     def _setup_transfer(self, path):
@@ -182,13 +186,17 @@ class Plugin:
         try:
             if not self.transfer.enabled:
                 return keep
+            self.ingest_counts["seen"] += 1
             out = ingest.process(bytes(received_dicom), issuer=self.transfer.issuer,
                                  repair_text=self.transfer.repair_text)
             if out.error:
+                self.ingest_counts["left_as_received"] += 1
                 orthanc.LogWarning(f"{PREFIX}: ingest: instance left as received: {out.error}")
                 return keep
             if out.data is None:
+                self.ingest_counts["unchanged"] += 1
                 return keep
+            self.ingest_counts["changed"] += 1
             if out.original and self.outbox is not None:
                 # the original bytes of a repaired text, once per study and content (a device
                 # writes the same name in every instance; each entry costs an fsync)
@@ -202,6 +210,7 @@ class Plugin:
                         self._audited.pop(next(iter(self._audited)))
             return orthanc.ReceivedInstanceAction.MODIFY, out.data
         except Exception as exc:  # noqa: BLE001
+            self.ingest_counts["failed"] += 1
             orthanc.LogError(f"{PREFIX}: ingest callback: {exc!r}")
             return keep
 

@@ -113,6 +113,8 @@ class Replicator:
         self.full_pass = fullpass.FullPass(self)
         self.corrections = Corrections(self)
         self.started_at = clock()
+        #: more sections of status(), from the other stages (name -> callable returning a dict)
+        self.extra_status: dict[str, Callable[[], dict]] = {}
         if self.log.deidentify:
             key = outbox.get_meta("log_key")
             if key is None:
@@ -752,6 +754,7 @@ class Replicator:
             "stable_age": self.stable_age,
             # what each gate reports (the transfer package: valid / incomplete / quarantined)
             **{g.name: g.status() for g in self.gates if hasattr(g, "status")},
+            **{name: fn() for name, fn in self.extra_status.items()},
         }
 
     def parked(self) -> list[dict]:
