@@ -26,7 +26,7 @@ import io
 import struct
 from dataclasses import dataclass, field
 
-from . import charset
+from . import charset, scan
 
 #: value representations whose text follows Specific Character Set
 TEXT_VRS = {"SH", "LO", "ST", "LT", "UT", "UC", "PN"}
@@ -104,99 +104,104 @@ def _uid(ds, tag: int) -> str | None:
     return (raw.decode("ascii", "replace") if isinstance(raw, bytes) else str(raw)).strip("\0 ") or None
 
 
-#: explicit-VR element headers with a 4-byte length (PS3.5 §7.1.2)
-LONG_VRS = {"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "SV", "UC", "UN", "UR", "UT", "UV"}
-DEFLATED = "1.2.840.10008.1.2.1.99"
-
-
-def _splice(data: bytes, ds, edits: list[tuple[int, str, bytes]]) -> bytes | None:
-    """The file with top-level elements replaced or inserted in place, every
-    other byte (pixel data included) as received; None where that is not safe
-    (big endian, deflated, group lengths, an element it cannot place) and the
-    caller writes the file with pydicom instead.
-
-    ``ds`` is the dataset read with ``stop_before_pixels``: the offsets of its
-    raw elements locate each element in ``data``."""
-    tags = sorted(ds.keys())
-    if not tags or any(t.element == 0 for t in tags):
+def _element_bytes(tag: int, vr: str, value: bytes, implicit: bool) -> bytes | None:
+    if len(value) % 2:
+        value += b" "
+    g, e = tag >> 16, tag & 0xFFFF
+    if implicit:
+        return struct.pack("<HHI", g, e, len(value)) + value
+    if vr in scan.LONG_VRS:
+        return struct.pack("<HH2s2xI", g, e, vr.encode(), len(value)) + value
+    if len(value) > 0xFFFF:
         return None
-    ts = str(getattr(ds.file_meta, "TransferSyntaxUID", "") or "") if hasattr(ds, "file_meta") else ""
-    if ts == DEFLATED:
-        return None
-    raws = [e for e in (ds.get_item(t) for t in tags) if getattr(e, "is_raw", False)]
-    if not raws or not raws[0].is_little_endian:
-        return None
-    implicit = bool(raws[0].is_implicit_VR)
-    # where the dataset starts: after the file meta group (pydicom decodes the
-    # first element, Specific Character Set, as it reads, so it has no offset)
-    if data[128:132] != b"DICM" or data[132:136] != b"\x02\x00\x00\x00":
-        return None
-    dataset_start = 144 + int.from_bytes(data[140:144], "little")
+    return struct.pack("<HH2sH", g, e, vr.encode(), len(value)) + value
 
-    def start_of(elem) -> int:
-        vr = str(elem.VR or "")
-        return elem.value_tell - (8 if implicit or vr not in LONG_VRS else 12)
 
-    def element(tag: int, vr: str, value: bytes) -> bytes | None:
-        if len(value) % 2:
-            value += b" "
-        g, e = tag >> 16, tag & 0xFFFF
-        if implicit:
-            return struct.pack("<HHI", g, e, len(value)) + value
-        if vr in LONG_VRS:
-            return struct.pack("<HH2s2xI", g, e, vr.encode(), len(value)) + value
-        if len(value) > 0xFFFF:
-            return None
-        return struct.pack("<HH2sH", g, e, vr.encode(), len(value)) + value
-
+def _splice(data: bytes, h: scan.Header, edits: list[tuple[int, str, bytes]]) -> bytes | None:
+    """The file with top-level elements replaced or inserted in place; every
+    other byte (pixel data included) as received."""
     cuts: list[tuple[int, int, bytes]] = []
     for tag, vr, value in edits:
-        new = element(tag, vr, value)
+        new = _element_bytes(tag, vr, value, h.implicit)
         if new is None:
             return None
-        elem = ds.get_item(tag)
-        if elem is not None:
-            if not getattr(elem, "is_raw", False):
-                # only the dataset's first element may be decoded already: it spans
-                # from the dataset's start to the next element
-                if tag != tags[0] or len(tags) < 2 or not getattr(ds.get_item(tags[1]), "is_raw", False):
-                    return None
-                cuts.append((dataset_start, start_of(ds.get_item(tags[1])), new))
-                continue
-            if elem.length == 0xFFFFFFFF:
-                return None
-            cuts.append((start_of(elem), elem.value_tell + elem.length, new))
+        e = h.elements.get(tag)
+        if e is not None:
+            cuts.append((e.start, e.value + e.length, new))
         else:
-            later = [t for t in tags if t > tag]
-            if not later:
-                return None
-            nxt = ds.get_item(later[0])
-            if not getattr(nxt, "is_raw", False):
-                if later[0] != tags[0]:
-                    return None
-                at = dataset_start
-            else:
-                at = start_of(nxt)
+            later = [t for t in h.order if t > tag]
+            at = h.elements[later[0]].start if later else h.end
             cuts.append((at, at, new))
     out = data
     for begin, end, new in sorted(cuts, key=lambda c: (c[0], c[1]), reverse=True):
-        if not (0 < begin <= end <= len(out)):
-            return None
         out = out[:begin] + new + out[end:]
     return out
 
 
+def _ascii(value: bytes | None) -> str | None:
+    if not value:
+        return None
+    return value.decode("ascii", "replace").strip("\0 ") or None
+
+
+def _fast(data: bytes, h: scan.Header, issuer: str | None, encoding: str | None,
+          repair_text: bool) -> Outcome | None:
+    """The stage on what :func:`scan.scan` read; None: leave it to pydicom."""
+    out = Outcome(sop_uid=_ascii(h.value(data, 0x00080018)), study_uid=_ascii(h.value(data, 0x0020000D)))
+    if not out.sop_uid:
+        return None
+    top = [(t, e.vr, data[e.value:e.value + e.length]) for t, e in h.elements.items()
+           if e.vr in scan.TEXT_VRS and e.length]
+    raw_label = h.value(data, SPECIFIC_CHARACTER_SET)
+    declared = [v.strip() for v in raw_label.decode("ascii", "replace").strip("\0 ").split("\\")] if raw_label and raw_label.strip(b"\0 ") else None
+    edits: list[tuple[int, str, bytes]] = []
+    if repair_text:
+        verdict = charset.decide([v for _, _, v in top] + h.nested_text, declared)
+        if verdict.action == "reencode" and encoding and not declared:
+            verdict = charset.Verdict("reencode", encoding, f"no Specific Character Set: the device sends {encoding}")
+        if verdict.changes:
+            if any(b >= 0x80 for v in h.nested_text for b in v):
+                return None                 # text inside sequences: pydicom rewrites the file
+            for tag, vr, raw in top:
+                if any(b >= 0x80 for b in raw):
+                    edits.append((tag, vr, raw.decode(verdict.source, "replace").rstrip(" \0").encode("utf-8")))
+                    if verdict.action == "reencode":
+                        out.original[f"{tag >> 16:04X},{tag & 0xFFFF:04X}"] = raw.decode("latin_1")
+            edits.append((SPECIFIC_CHARACTER_SET, "CS", charset.UTF8.encode()))
+            done = "re-encoded" if verdict.action == "reencode" else "relabelled"
+            out.changes.append(f"text {done} as UTF-8 ({verdict.reason})")
+    else:
+        verdict = charset.Verdict("keep")
+    if issuer and not (h.value(data, ISSUER_OF_PATIENT_ID) or b"").strip(b" \0"):
+        if not issuer.isascii() and not verdict.changes and (declared or [""])[0] != charset.UTF8:
+            return None                     # pydicom encodes it under the dataset's own label
+        edits.append((ISSUER_OF_PATIENT_ID, "LO", issuer.encode("utf-8")))
+        out.changes.append(f"Issuer of Patient ID set to {issuer}")
+    if edits:
+        out.data = _splice(data, h, edits)
+        if out.data is None:
+            return None
+    return out
+
+
 def process(data: bytes, *, issuer: str | None = None, encoding: str | None = None,
-            repair_text: bool = True) -> Outcome:
-    """The stage on one received instance.  ``issuer``: the hospital's Issuer
+            repair_text: bool = True, fast: bool = True) -> Outcome:
+    """The stage on one received instance (``fast=False``: pydicom only, for
+    the tests that hold the two paths to one result).  ``issuer``: the hospital's Issuer
     of Patient ID (stamped when absent); ``encoding``: the codec the sending
     device is declared to use for undeclared text (the inventory's
     ``text_encoding``), which then replaces the guess.
 
-    Fast path: the header is read up to the pixel data and the few changed
-    elements are spliced into the received bytes.  Only text inside sequences
-    (or a file the splice cannot edit safely) makes pydicom write the whole file."""
+    Fast path (``scan``): the header is walked up to the pixel data and the
+    few changed elements are spliced into the received bytes.  Text inside
+    sequences, big-endian, deflated or odd files take the slow path: pydicom
+    reads and writes the whole file."""
     try:
+        h = scan.scan(data) if fast else None
+        if h is not None:
+            fast = _fast(data, h, issuer, encoding, repair_text)
+            if fast is not None:
+                return fast
         pydicom = _pydicom()
         ds = pydicom.dcmread(io.BytesIO(data), force=True, stop_before_pixels=True)
         out = Outcome(sop_uid=_uid(ds, 0x00080018), study_uid=_uid(ds, 0x0020000D))
@@ -209,14 +214,11 @@ def process(data: bytes, *, issuer: str | None = None, encoding: str | None = No
         if verdict.action == "reencode" and encoding and not declared:
             verdict = charset.Verdict("reencode", encoding, f"no Specific Character Set: the device sends {encoding}")
         edits: list[tuple[int, str, bytes]] = []
-        nested = False
         if verdict.changes:
             for _item, tag, elem, where in elements:
                 raw = elem.value
                 if not any(b >= 0x80 for b in raw):
                     continue
-                if "/" in where:
-                    nested = True
                 edits.append((int(tag), _vr(elem, pydicom) or "LO",
                               raw.decode(verdict.source, "replace").rstrip(" \0").encode("utf-8")))
                 if verdict.action == "reencode":
@@ -230,12 +232,8 @@ def process(data: bytes, *, issuer: str | None = None, encoding: str | None = No
             if not (value.strip(b" \0") if isinstance(value, bytes) else (value or "").strip()):
                 edits.append((ISSUER_OF_PATIENT_ID, "LO", issuer.encode("utf-8")))
                 out.changes.append(f"Issuer of Patient ID set to {issuer}")
-                if not issuer.isascii() and not verdict.changes and (declared or [""])[0] != charset.UTF8:
-                    nested = True           # needs pydicom to encode it under the dataset's own label
-        if not edits:
-            return out
-        spliced = None if nested else _splice(data, ds, edits)
-        out.data = spliced if spliced is not None else _rewrite(data, edits, verdict, pydicom)
+        if edits:
+            out.data = _rewrite(data, edits, verdict, pydicom)
         return out
     except Exception as exc:  # noqa: BLE001 - anything unreadable goes to Orthanc as received
         return Outcome(error=f"{type(exc).__name__}: {exc}")
