@@ -26,7 +26,7 @@ end
 -- of what it sent itself); nothing else -- no downloads, no searches, no other
 -- hospital's studies
 local PEER_POST = {["/instances"] = true, ["/kontur/digests"] = true, ["/kontur/md5"] = true,
-                   ["/kontur/retire"] = true, ["/kontur/replace"] = true}
+                   ["/kontur/retire"] = true, ["/kontur/replace"] = true, ["/kontur/patients"] = true}
 
 local function peer_allowed(method, uri)
   if method == "POST" then

@@ -7,7 +7,9 @@ receives by C-STORE from a modality and replicates to a plain TsAMI.
 """
 from __future__ import annotations
 
+import hashlib
 import io
+import json
 import sqlite3
 
 import pydicom
@@ -166,3 +168,46 @@ def test_in_warn_mode_the_study_goes_and_the_findings_are_kept(tmp_path, tsami, 
     assert v["state"] == "quarantined" and v["mode"] == "warn" and any("Sex" in r for r in v["reasons"])
     metrics = lami.get("/kontur/replication/metrics", raw=True).decode()
     assert 'kontur_transfer_studies{' in metrics and 'state="quarantined"} 1' in metrics
+
+
+def test_two_hospitals_patients_with_one_patient_id_are_never_merged_at_the_tsami(tmp_path, tsami, make_node):
+    """Orthanc keys patients by PatientID alone: hospital B's patient 12345 is
+    held at B, quarantined with the reason, while hospital A's 12345 is at the
+    TsAMI; the same person again from A goes."""
+    a = make_node(transfer={**transfer("warn"), "issuer": "42-A"})
+    b = make_node(transfer={**transfer("warn"), "issuer": "42-B"})
+    first = package_study(tmp_path, report=True)
+    for inst in first.instances:
+        ds = pydicom.dcmread(io.BytesIO(inst.data))
+        ds.PatientID = "12345"
+        buf = io.BytesIO()
+        ds.save_as(buf, enforce_file_format=True)
+        inst.data, inst.patient_id = buf.getvalue(), "12345"
+    first.patient_id = "12345"
+    send(a, tmp_path, first)
+    wait_delivered(tsami, first)
+    assert tsami.get(f"/studies/{first.orthanc_id()}/instances")[0]["ID"]
+
+    other = package_study(tmp_path, report=True)
+    again = package_study(tmp_path, report=True)
+    for study, name, birth in ((other, "Петрова^Анна", "19851231"), (again, "Иванов^Пётр", "19700101")):
+        for inst in study.instances:
+            ds = pydicom.dcmread(io.BytesIO(inst.data))
+            ds.PatientID, ds.PatientName, ds.PatientBirthDate = "12345", name, birth
+            buf = io.BytesIO()
+            ds.save_as(buf, enforce_file_format=True)
+            inst.data, inst.patient_id = buf.getvalue(), "12345"
+        study.patient_id = "12345"
+    send(b, tmp_path, other)
+    v = wait_state(b, other.orthanc_id(), "quarantined", timeout=90)
+    assert any("another hospital (issuer 42-A, here 42-B)" in r for r in v["reasons"]), v["reasons"]
+    wait_for(lambda: b.status()["held"] == 1, 30, message="held at hospital B")
+    assert tsami.sop_uids_of_study(other.orthanc_id()) == set()
+    h = hashlib.sha1(b"12345").hexdigest()
+    patient = tsami.get("/patients/" + "-".join(h[i:i + 8] for i in range(0, 40, 8)))
+    assert patient["Studies"] == [first.orthanc_id()]
+    # the same person from hospital A again: no conflict
+    send(a, tmp_path, again)
+    wait_delivered(tsami, again)
+    # the reason names the other hospital's issuer, never its patient's name or birth date
+    assert "Иванов" not in json.dumps(v, ensure_ascii=False) and "19700101" not in json.dumps(v)

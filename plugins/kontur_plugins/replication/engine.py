@@ -115,6 +115,10 @@ class Replicator:
         self.started_at = clock()
         #: more sections of status(), from the other stages (name -> callable returning a dict)
         self.extra_status: dict[str, Callable[[], dict]] = {}
+        #: checks right before a study's first instance goes (the link is up, the upstream
+        #: holds none of it): (outbox row, upstream client) -> a reason to hold it, or None
+        self.presend: list[Callable[[dict, Any], str | None]] = [
+            g.presend for g in self.gates if hasattr(g, "presend")]
         if self.log.deidentify:
             key = outbox.get_meta("log_key")
             if key is None:
@@ -330,7 +334,8 @@ class Replicator:
         now = self.clock()
         if hold:
             self.outbox.hold(row["study_id"], now, hold)
-            self.log.info(f"kontur replication: study {row['study_id']} held: {hold}")
+            # the reasons may carry a patient's data: they stay in the outbox and the API
+            self.log.info(f"kontur replication: study {row['study_id']} held by {hold.split(':')[0]}")
             return "held"
         state = self.outbox.enqueue(row["study_id"], now, reason, urgent=urgent, unpark=unpark)
         if state == "pending":
@@ -528,6 +533,14 @@ class Replicator:
                 self.link.succeeded()
                 if k_round == 0:
                     self.corrections.recheck(sid, local_ids, remote_ids)
+                    if not remote_ids:
+                        for check in self.presend:
+                            reason = check(row, self.upstream)
+                            if reason:
+                                self.outbox.hold(sid, self.clock(), reason)
+                                self.log.warning(f"kontur replication: study {sid} held before sending "
+                                                 f"(GET /kontur/validation/{sid} says why)")
+                                return "held"
                 missing = reconcile.missing_instances(local_ids, remote_ids)
                 flight["instances_total"] = len(local_ids)
                 if not missing:

@@ -52,6 +52,15 @@ class LocalArchive:
 
     # --- studies ------------------------------------------------------------
 
+    def get_json_or_none(self, uri: str) -> Any:
+        return self._get_or_none(uri)
+
+    def raw_or_none(self, uri: str) -> bytes | None:
+        try:
+            return self.rest.get(uri)
+        except NotFound:
+            return None
+
     def study(self, study_id: str) -> dict | None:
         return self._get_or_none(f"/studies/{study_id}")
 

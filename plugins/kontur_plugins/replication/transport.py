@@ -324,6 +324,15 @@ class UpstreamClient:
                 out[sid] = (len(ids), set_digest(ids))
         return out
 
+    def patients(self, people: list[dict]) -> dict[str, dict] | None:
+        """Issue 10: the upstream's word on each PatientID (held, conflict);
+        None when the upstream has no kontur receiver to ask."""
+        try:
+            answer = self._receiver("patients", {"patients": people})
+        except NoReceiver:
+            return None
+        return answer.get("patients", {}) if isinstance(answer, dict) else {}
+
     def md5s(self, instance_ids: list[str]) -> dict[str, str | None]:
         """The MD5 the upstream stored for each instance (None: not held there)."""
         out: dict[str, str | None] = {}

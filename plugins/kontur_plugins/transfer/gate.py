@@ -22,6 +22,9 @@ from ..pipeline import StudyRef
 from .rules import Series, Settings, StudyFacts, Validation, blocks, evaluate
 
 
+IDENTITY_MARK = " at the TsAMI "
+
+
 class NotHeld(LookupError):
     """A release names a study this node does not hold in quarantine."""
 
@@ -102,8 +105,18 @@ class ValidationStore:
         return {**counts, "released": released, "top_reasons": [{"reason": k, "studies": n} for k, n in top]}
 
 
+def _text(value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, list):
+        value = "\\".join(str(v) for v in value)
+    return str(value).strip() or None
+
+
 def _reason_kind(reason: str) -> str:
     """A reason without the study's own values (so they can be counted)."""
+    if reason.startswith("Patient ID ") and " at the TsAMI " in reason:
+        return "Patient ID taken at the TsAMI by " + reason.split(" at the TsAMI ")[1].split(" (")[0]
     for cut in (" is '", " is \"", " code '", " {", " ("):
         if cut in reason:
             return reason.split(cut)[0]
@@ -132,15 +145,48 @@ class TransferGate:
         return {"mode": self.settings.mode, "classifier_version": self.settings.classifier_version,
                 **self.store.summary()}
 
+    def presend(self, row: dict, upstream: Any) -> str | None:
+        """Before a study's first instance goes: does its PatientID belong to
+        another person at the upstream?  A conflict holds it under every mode
+        (a merge at the TsAMI is not a finding to note, it is the harm); a
+        release lets it go.  The upstream's errors propagate (the send is
+        retried, as any transfer error)."""
+        sid = row["study_id"]
+        rec = self.store.get(sid)
+        if rec and rec["released"]:
+            return None
+        facts = self.facts_of(sid)
+        if facts is None or not facts.series:
+            return None
+        tags = facts.first
+        pid = str(tags.get("PatientID") or "").strip()
+        if not pid:
+            return None
+        person = {"id": pid, "issuer": _text(tags.get("IssuerOfPatientID")), "name": _text(tags.get("PatientName")),
+                  "birth_date": _text(tags.get("PatientBirthDate"))}
+        answer = upstream.patients([person]) if hasattr(upstream, "patients") else None
+        why = ((answer or {}).get(pid) or {}).get("conflict")
+        if not why:
+            return None
+        v = evaluate(facts, self.settings)
+        ref = StudyRef(sid, row.get("study_uid"), row.get("patient_id"))
+        self.store.record(ref, Validation("quarantined", v.reasons + (why,), v.notes), self.settings.mode, self.clock())
+        return "quarantined: " + why
+
     def check(self, study: StudyRef) -> str | None:
         facts = self.facts_of(study.study_id)
         if facts is None:
             return None                     # gone meanwhile: the replicator sees that itself
         v = evaluate(facts, self.settings)
+        prior = self.store.get(study.study_id)
+        # a Patient ID taken at the TsAMI by another person stays a reason until released
+        # (it was found before sending; the study's own tags cannot show it)
+        identity = tuple(r for r in (prior or {}).get("reasons", []) if IDENTITY_MARK in r)
+        if identity:
+            v = Validation("quarantined", v.reasons + identity, v.notes)
         self.store.record(study, v, self.settings.mode, self.clock())
-        if not blocks(v, self.settings):
+        if not identity and not blocks(v, self.settings):
             return None
-        row = self.store.get(study.study_id)
-        if row and row["released"]:
+        if prior and prior["released"]:
             return None
         return "quarantined: " + "; ".join(v.reasons)
