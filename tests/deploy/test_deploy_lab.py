@@ -188,6 +188,49 @@ def test_address_not_in_the_inventory_is_refused(lab, region, dicom_file):
     assert _store_scu(mis.netns, aet, spec.aet, spec.address, port, dicom_file).returncode != 0
 
 
+def test_the_pydicom_corpus_through_a_deployed_lami(lab, region):
+    """Issue 10, bad input: every DICOM file of pydicom's test corpus sent by
+    C-STORE from a modality's namespace to the deployed LAMI: each is stored
+    and classified or refused; Orthanc stays up; the plugin's own counts and
+    its log lines agree with what happened."""
+    import pydicom
+
+    from kontur import nodeapi
+    from kontur.testing.orthanc import wait_for
+    corpus = sorted((Path(pydicom.__file__).parent / "data" / "test_files").rglob("*.dcm"))
+    node = "city-lami"
+    aet = region.hospitals[region.hospital_of(node)].modalities[0].aet
+    spec = region.nodes[node]
+    client = nodeapi.client_for(load(SMALL), node, lab=True)
+    before = client.get("statistics")["CountInstances"]
+    log_before = on_host(lab, node, "journalctl -u orthanc -o cat | grep -c 'ingest: instance left as received' || true")
+    ingest_before = client.replication_status().get("ingest") or {}
+    sent = refused = 0
+    for f in corpus:
+        p = _store_scu(lab.modalities[aet].netns, aet, spec.aet, spec.address, region.ports(node).dicom, f)
+        sent, refused = (sent + 1, refused) if p.returncode == 0 else (sent, refused + 1)
+    assert sent and refused, (sent, refused)
+    assert on_host(lab, node, "systemctl is-active orthanc").stdout.strip() == "active"
+    stored = client.get("statistics")["CountInstances"] - before
+    assert 0 < stored <= sent               # a file stored twice (one SOP Instance UID) counts once
+    ingest = client.replication_status()["ingest"]
+    seen = ingest["seen"] - ingest_before.get("seen", 0)
+    assert seen >= stored and ingest["failed"] == 0
+    assert ingest["seen"] == ingest["changed"] + ingest["unchanged"] + ingest["left_as_received"]
+    logged = int(on_host(lab, node, "journalctl -u orthanc -o cat | grep -c 'ingest: instance left as received' "
+                                    "|| true").stdout.strip() or 0) - int(log_before.stdout.strip() or 0)
+    assert logged == ingest["left_as_received"] - ingest_before.get("left_as_received", 0)
+    studies = len(client.get("studies"))
+
+    def classified() -> bool:
+        s = client.quarantine()["summary"]
+        return s["valid"] + s["incomplete"] + s["quarantined"] >= studies
+    wait_for(classified, 180, interval=2, message="every study on the LAMI validated")
+    s = client.quarantine()["summary"]
+    print(f"\ncorpus via {aet}: {len(corpus)} files, {sent} accepted, {refused} refused, {stored} new instances; "
+          f"ingest {ingest}; validation {s}")
+
+
 def _curl(*args: str) -> tuple[str, str]:
     p = subprocess.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "5", *args],
                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=30)
