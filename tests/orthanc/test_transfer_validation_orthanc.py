@@ -211,3 +211,45 @@ def test_two_hospitals_patients_with_one_patient_id_are_never_merged_at_the_tsam
     wait_delivered(tsami, again)
     # the reason names the other hospital's issuer, never its patient's name or birth date
     assert "Иванов" not in json.dumps(v, ensure_ascii=False) and "19700101" not in json.dumps(v)
+
+
+def test_cli_quarantine_list_and_release_against_a_node(tmp_path, tsami, make_node, monkeypatch, capsys):
+    from kontur import nodeapi
+    from kontur.cli import main as kontur_main
+    from kontur.testing.orthanc import free_port
+
+    lami = make_node(transfer=transfer())
+    dead = f"http://127.0.0.1:{free_port()}/"
+
+    def fake_client_for(region_, node, *, lab=False):
+        if node == "onco-lami":
+            return nodeapi.NodeClient(lami.url, lami.username, lami.password, name=node)
+        return nodeapi.NodeClient(dead, "kontur", "x", name=node, timeout=2)
+
+    monkeypatch.setattr(nodeapi, "client_for", fake_client_for)
+
+    def run(*args):
+        capsys.readouterr()
+        rc = kontur_main(list(args))
+        o = capsys.readouterr()
+        return rc, o.out, o.err
+
+    study = package_study(tmp_path, sex="", report=True)
+    send(lami, tmp_path, study)
+    wait_state(lami, study.orthanc_id(), "quarantined")
+    rc, out, err = run("quarantine", "list", "--hospital", "onco")
+    assert rc == 1 and "HELD" in out and study.orthanc_id() in out and "Sex" in out, (out, err)
+    rc, out, _ = run("quarantine", "list", "--hospital", "onco", "--json")
+    (row,) = json.loads(out)
+    assert row["summary"]["quarantined"] == 1 and row["quarantined"][0]["reasons"]
+    rc, out, err = run("quarantine", "list")
+    assert rc == 1 and "could not be asked" in err           # the other nodes are down: said, not hidden
+    rc, _, err = run("quarantine", "release", study.study_uid, "--reason", " ")
+    assert rc == 2 and "--reason is empty" in err
+    rc, _, err = run("quarantine", "release", "1.2.3.999", "--reason", "x", "--hospital", "onco")
+    assert rc == 2 and "no node holds" in err
+    rc, out, err = run("quarantine", "release", study.study_uid, "--reason", "пол уточнён", "--hospital", "onco")
+    assert rc == 0 and "released" in out, err
+    wait_delivered(tsami, study)
+    rc, out, _ = run("quarantine", "list", "--hospital", "onco")
+    assert rc == 0 and "released" in out
