@@ -36,7 +36,7 @@ def transfer(mode="enforce"):
 _n = [0]
 
 
-def package_study(tmp_path, *, sex="M", code="A06.09.005", report=False) -> Study:
+def package_study(tmp_path, *, sex="M", code="A06.09.005", report=False, mutate=None) -> Study:
     """One CT instance carrying the §5.6 package (physician, procedure), and an SR report if asked."""
     _n[0] += 1
     k = _n[0]
@@ -54,6 +54,8 @@ def package_study(tmp_path, *, sex="M", code="A06.09.005", report=False) -> Stud
     proc.CodeValue, proc.CodingSchemeDesignator = code, "RU-804N"
     proc.CodeMeaning = CODES.get(code, "Неизвестная услуга")
     ds.ProcedureCodeSequence = [proc]
+    if mutate is not None:
+        mutate(ds)
     buf = io.BytesIO()
     ds.save_as(buf, enforce_file_format=True)
     inst.data = buf.getvalue()
@@ -95,6 +97,64 @@ def wait_state(node, study_id: str, state: str, timeout: float = 60) -> dict:
     wait_for(lambda: (validation(node, study_id) or {}).get("state") == state, timeout,
              message=f"study {study_id} {state} on {node.name}")
     return validation(node, study_id)
+
+
+def _set(**kw):
+    def f(ds):
+        for k, v in kw.items():
+            if v is None:
+                delattr(ds, k)
+            else:
+                setattr(ds, k, v)
+    return f
+
+
+RULE_CASES = {
+    "original_quality": (_set(LossyImageCompression="01"), "Lossy Image Compression"),
+    "patient_id": (_set(PatientID=""), "Patient ID (0010,0020) is empty"),
+    "study_uid": (None, "Study Instance UID"),
+    "patient_name": (_set(PatientName=""), "Patient's Name"),
+    "birth_date": (_set(PatientBirthDate="01.01.1970"), "Birth Date"),
+    "sex": (_set(PatientSex="X"), "Sex"),
+    "physician": (_set(PerformingPhysicianIdentificationSequence=None), "physician's regional code"),
+    "procedure": (None, "not in the regional classifier"),
+}
+
+
+def test_each_rule_holds_a_study_that_fails_it_with_its_reason(tmp_path, tsami, make_node):
+    """In Orthanc, one LAMI: a study failing each rule is quarantined with that
+    rule's reason and stays; the complete one beside them goes."""
+    lami = make_node(transfer=transfer())
+    studies = {}
+    for rule, (mutate, _) in RULE_CASES.items():
+        if rule == "study_uid":
+            st = package_study(tmp_path, report=True)
+            # a UID with a leading zero in a component: not a valid DICOM UID
+            bad = st.study_uid.rsplit(".", 1)[0] + ".0" + st.study_uid.rsplit(".", 1)[1]
+            st = package_study(tmp_path, report=True, mutate=_set(StudyInstanceUID=bad))
+            st.study_uid = bad
+            for inst in st.instances:
+                inst.study_uid = bad
+            # the SR is part of another study UID now: drop it, the rule is about the image's UID
+            st.instances = st.instances[:1]
+        elif rule == "procedure":
+            st = package_study(tmp_path, report=True, code="B99.99.999")
+        else:
+            st = package_study(tmp_path, report=True, mutate=mutate)
+            if rule == "patient_id":
+                st.patient_id = ""
+                for inst in st.instances:
+                    inst.patient_id = ""
+        studies[rule] = st
+        send(lami, tmp_path, st)
+    good = package_study(tmp_path, report=True)
+    send(lami, tmp_path, good)
+    wait_delivered(tsami, good)
+    for rule, st in studies.items():
+        sid = st.orthanc_id()
+        v = wait_state(lami, sid, "quarantined")
+        assert any(RULE_CASES[rule][1] in r for r in v["reasons"]), (rule, v["reasons"])
+        assert tsami.sop_uids_of_study(sid) == set(), rule
 
 
 def test_a_complete_package_goes_and_is_valid(tmp_path, tsami, make_node):
