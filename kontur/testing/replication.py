@@ -181,3 +181,20 @@ def http_status(fn, *args, **kw) -> tuple[int, object]:
         except ValueError:
             body = exc.body
         return exc.status, body
+
+
+def node_clients(monkeypatch, nodes: dict[str, "Node"]) -> None:
+    """Point the CLI's node clients (``kontur.nodeapi.client_for``) at test
+    Orthancs: ``nodes`` by inventory node name; every other node answers as a
+    node that is down (a closed port)."""
+    from .. import nodeapi
+    from .orthanc import free_port
+    dead = f"http://127.0.0.1:{free_port()}/"
+
+    def client_for(region_, node, *, lab=False):
+        if node in nodes:
+            o = nodes[node]
+            return nodeapi.NodeClient(o.url, o.username, o.password, name=node)
+        return nodeapi.NodeClient(dead, "kontur", "x", name=node, timeout=2)
+
+    monkeypatch.setattr(nodeapi, "client_for", client_for)

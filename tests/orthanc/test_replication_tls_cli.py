@@ -17,9 +17,9 @@ from kontur.inventory import load
 from kontur.pki import ensure_ca, node_cert, operator_cert
 from kontur.secrets import SecretStore
 from kontur.testing.dicom import make_study
-from kontur.testing.orthanc import free_port, wait_for
+from kontur.testing.orthanc import wait_for
 from kontur.testing.proxy import TcpProxy
-from kontur.testing.replication import wait_delivered
+from kontur.testing.replication import node_clients, wait_delivered
 
 pytestmark = pytest.mark.orthanc
 
@@ -71,14 +71,7 @@ def _run(capsys, *args) -> tuple[int, str, str]:
 def test_cli_status_and_replicate_against_a_node(make_node, tsami, monkeypatch, capsys):
     region = load()
     lami = make_node(mode="on-demand")
-    dead = f"http://127.0.0.1:{free_port()}/"
-
-    def fake_client_for(region_, node, *, lab=False):
-        if node == "onco-lami":
-            return nodeapi.NodeClient(lami.url, lami.username, lami.password, name=node)
-        return nodeapi.NodeClient(dead, "kontur", "x", name=node, timeout=2)
-
-    monkeypatch.setattr(nodeapi, "client_for", fake_client_for)
+    node_clients(monkeypatch, {"onco-lami": lami})
     study = make_study(2)
     lami.store(study)
     lami.wait_processed(study)

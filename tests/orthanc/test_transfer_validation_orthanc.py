@@ -274,19 +274,11 @@ def test_two_hospitals_patients_with_one_patient_id_are_never_merged_at_the_tsam
 
 
 def test_cli_quarantine_list_and_release_against_a_node(tmp_path, tsami, make_node, monkeypatch, capsys):
-    from kontur import nodeapi
     from kontur.cli import main as kontur_main
-    from kontur.testing.orthanc import free_port
+    from kontur.testing.replication import node_clients
 
     lami = make_node(transfer=transfer())
-    dead = f"http://127.0.0.1:{free_port()}/"
-
-    def fake_client_for(region_, node, *, lab=False):
-        if node == "onco-lami":
-            return nodeapi.NodeClient(lami.url, lami.username, lami.password, name=node)
-        return nodeapi.NodeClient(dead, "kontur", "x", name=node, timeout=2)
-
-    monkeypatch.setattr(nodeapi, "client_for", fake_client_for)
+    node_clients(monkeypatch, {"onco-lami": lami})
 
     def run(*args):
         capsys.readouterr()
