@@ -10,6 +10,8 @@ Three Orthancs on loopback, one configuration but for the plugin:
 * bare      -- no Python plugin
 * callback  -- a Python script that only registers a received-instance
                callback answering "keep as is" (what the hook itself costs)
+* modify    -- the same callback answering "modify" with the bytes it got
+               (what Orthanc's handling of a changed instance costs)
 * plugin    -- kontur's plugin, replication on, the transfer section off
 * transfer  -- kontur's plugin with the ingest stage (text repair, Issuer of
                Patient ID stamped: every instance is rewritten) and validation
@@ -89,6 +91,13 @@ def main() -> int:
             cfg.pop("Kontur")
             cfg["PythonScript"] = str(noop)
             procs["callback"] = OrthancProcess("callback", cfg, tmp / "callback", aet="CALLBACK")
+            same = tmp / "modify.py"
+            same.write_text("import orthanc\n"
+                            "def cb(dicom, origin):\n"
+                            "    return orthanc.ReceivedInstanceAction.MODIFY, bytes(dicom)\n"
+                            "orthanc.RegisterReceivedInstanceCallback(cb)\n")
+            cfg = dict(cfg, PythonScript=str(same))
+            procs["modify"] = OrthancProcess("modify", cfg, tmp / "modify", aet="MODIFY")
             for name, transfer in (("plugin", None), ("transfer", TRANSFER)):
                 policy = make_policy("http://127.0.0.1:9/", tmp / name / "state", transfer=transfer)
                 pp = tmp / f"{name}-policy.json"
