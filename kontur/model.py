@@ -196,6 +196,10 @@ class Classifier(Strict):
 class TransferPackage(Strict):
     """Reglament 004 §5.6: what a study must carry before it leaves a hospital (issue 10)."""
     classifier: Classifier | None = None
+    #: local: Patient ID as the hospital's devices write it; regional: "ISSUER:ID" at
+    #: ingest, the hospital's own ID kept in Other Patient IDs Sequence, so the TsAMI
+    #: (which keys patients by Patient ID alone) keeps two hospitals' patients apart
+    patient_key: Literal["local", "regional"] = "local"
     #: rules switched on or off region-wide (all on by default)
     rules: dict[TransferRule, bool] = Field(default_factory=dict)
     physician_code: list[AttributePath] | None = None

@@ -115,7 +115,7 @@ def transfer_section(region: Region, node: str) -> dict[str, Any]:
     h = region.hospitals[hospital]
     pkg = region.transfer
     switched = {**pkg.rules, **h.transfer_rules}
-    sys.path.insert(0, str(PLUGINS_SRC)) if str(PLUGINS_SRC) not in sys.path else None
+    _plugins_importable()
     from kontur_plugins.transfer.rules import DEFAULT_PATHS, RULES
     validation: dict[str, Any] = {
         "mode": h.validation,
@@ -124,13 +124,19 @@ def transfer_section(region: Region, node: str) -> dict[str, Any]:
         "classifier": ({"version": pkg.classifier.version, "codes": dict(sorted(pkg.classifier.codes.items()))}
                        if pkg.classifier else None),
     }
-    return {"enabled": True, "repair_text": True, "issuer": region.issuer_of(hospital), "validation": validation}
+    return {"enabled": True, "repair_text": True, "issuer": region.issuer_of(hospital),
+            "patient_key": pkg.patient_key, "validation": validation}
+
+
+def _plugins_importable() -> None:
+    """The plugin's pure modules are the one definition of the policy's schema and rules."""
+    if str(PLUGINS_SRC) not in sys.path:
+        sys.path.insert(0, str(PLUGINS_SRC))
 
 
 def check_policy(doc: dict[str, Any]) -> None:
     """Validate with the plugin's own parser (the one that runs on the node)."""
-    if str(PLUGINS_SRC) not in sys.path:
-        sys.path.insert(0, str(PLUGINS_SRC))
+    _plugins_importable()
     from kontur_plugins.replication.config import PolicyError, parse_policy
     from kontur_plugins.transfer.config import TransferError, parse_transfer
     try:

@@ -175,7 +175,8 @@ class Plugin:
         if self.transfer.enabled:
             orthanc.LogWarning(f"{PREFIX}: ingest stage on: text repair "
                                f"{'on' if self.transfer.repair_text else 'off'}, "
-                               f"Issuer of Patient ID {self.transfer.issuer or '(not stamped)'}")
+                               f"Issuer of Patient ID {self.transfer.issuer or '(not stamped)'}, "
+                               f"patient key {self.transfer.patient_key}")
 
     # --- callbacks (never raise, never block) --------------------------------
 
@@ -188,7 +189,7 @@ class Plugin:
                 return keep
             self.ingest_counts["seen"] += 1
             out = ingest.process(bytes(received_dicom), issuer=self.transfer.issuer,
-                                 repair_text=self.transfer.repair_text)
+                                 repair_text=self.transfer.repair_text, patient_key=self.transfer.patient_key)
             if out.error:
                 self.ingest_counts["left_as_received"] += 1
                 orthanc.LogWarning(f"{PREFIX}: ingest: instance left as received: {out.error}")

@@ -305,3 +305,44 @@ def test_cli_quarantine_list_and_release_against_a_node(tmp_path, tsami, make_no
     wait_delivered(tsami, study)
     rc, out, _ = run("quarantine", "list", "--hospital", "onco")
     assert rc == 0 and "released" in out
+
+
+def test_with_regional_keys_two_hospitals_patients_stay_apart_at_the_tsami(tmp_path, tsami, make_node):
+    """patient_key regional: onco's 12345 and gkb3's 12345 become 42-A:12345 and
+    42-B:12345 at ingest; both reach the TsAMI as two patients, each with its
+    hospital's own ID in Other Patient IDs."""
+    nodes = {issuer: make_node(transfer={**transfer("warn"), "issuer": issuer, "patient_key": "regional"})
+             for issuer in ("42-A", "42-B")}
+    sent = {}
+    for issuer, (name, birth) in zip(nodes, (("Иванов^Пётр", "19700101"), ("Петрова^Анна", "19851231"))):
+        st = package_study(tmp_path, report=True)
+        for inst in st.instances:
+            ds = pydicom.dcmread(io.BytesIO(inst.data))
+            ds.PatientID, ds.PatientName, ds.PatientBirthDate = "12345", name, birth
+            buf = io.BytesIO()
+            ds.save_as(buf, enforce_file_format=True)
+            inst.data = buf.getvalue()
+        send(nodes[issuer], tmp_path, st)
+        sent[issuer] = st
+    for issuer, st in sent.items():
+        key = f"{issuer}:12345"
+        h = hashlib.sha1(key.encode()).hexdigest()
+        pid = "-".join(h[i:i + 8] for i in range(0, 40, 8))
+        wait_for(lambda: len(tsami.get("/instances")) >= 4 and _has(tsami, pid), 90, message=f"{key} at the TsAMI")
+        patient = tsami.get(f"/patients/{pid}")
+        assert patient["MainDicomTags"]["PatientID"] == key
+        (study_id,) = patient["Studies"]
+        (inst,) = [i for i in tsami.get(f"/studies/{study_id}/instances") if i["MainDicomTags"].get("InstanceNumber") == "1"][:1]
+        tags = tsami.get(f"/instances/{inst['ID']}/simplified-tags")
+        assert tags["OtherPatientIDsSequence"][0]["PatientID"] == "12345"
+        assert tags["OtherPatientIDsSequence"][0]["IssuerOfPatientID"] == issuer
+    names = {tsami.get(f"/patients/{p}")["MainDicomTags"]["PatientName"] for p in tsami.get("/patients")}
+    assert names == {"Иванов^Пётр", "Петрова^Анна"}
+
+
+def _has(o, patient_id: str) -> bool:
+    try:
+        o.get(f"/patients/{patient_id}")
+        return True
+    except HttpError:
+        return False

@@ -26,6 +26,8 @@ class TransferConfig:
     enabled: bool = False
     repair_text: bool = False
     issuer: str | None = None
+    #: local: Patient ID as the device wrote it; regional: ISSUER:ID (issue 10)
+    patient_key: str = "local"
     reason: str = "no transfer section in the policy file"
     #: the package's rules; None: nothing is validated on this node
     validation: Settings | None = field(default=None)
@@ -38,7 +40,7 @@ def parse_transfer(doc: dict) -> TransferConfig:
     problems: list[str] = []
     if not isinstance(sec, dict):
         raise TransferError([f"transfer must be a mapping, not {type(sec).__name__}"])
-    unknown = sorted(set(sec) - {"enabled", "repair_text", "issuer", "reason", "validation"})
+    unknown = sorted(set(sec) - {"enabled", "repair_text", "issuer", "patient_key", "reason", "validation"})
     if unknown:
         problems.append(f"transfer has unknown key(s) {', '.join(unknown)}")
     enabled = sec.get("enabled", False)
@@ -51,11 +53,16 @@ def parse_transfer(doc: dict) -> TransferConfig:
                                or "\\" in issuer or not issuer.isprintable()):
         problems.append(f"transfer.issuer must be 1-64 printable characters without a backslash "
                         f"(Issuer of Patient ID is a DICOM LO), not {issuer!r}")
+    patient_key = sec.get("patient_key", "local")
+    if patient_key not in ("local", "regional"):
+        problems.append(f"transfer.patient_key is {patient_key!r}; expected local or regional")
+    if patient_key == "regional" and enabled and not issuer:
+        problems.append("transfer.patient_key regional needs transfer.issuer (the key is ISSUER:ID)")
     settings = _settings(sec.get("validation"), problems) if enabled else None
     if problems:
         raise TransferError(problems)
     return TransferConfig(enabled=bool(enabled), repair_text=bool(repair) and bool(enabled),
-                          issuer=issuer if enabled else None,
+                          issuer=issuer if enabled else None, patient_key=str(patient_key),
                           reason=str(sec.get("reason") or ("enabled" if enabled else "disabled")),
                           validation=settings)
 

@@ -23,6 +23,7 @@ to Orthanc unchanged, which stores or refuses it as it always does.
 from __future__ import annotations
 
 import io
+import json
 import struct
 from dataclasses import dataclass, field
 
@@ -32,6 +33,14 @@ from . import charset, scan
 TEXT_VRS = {"SH", "LO", "ST", "LT", "UT", "UC", "PN"}
 SPECIFIC_CHARACTER_SET = 0x00080005
 ISSUER_OF_PATIENT_ID = 0x00100021
+PATIENT_ID = 0x00100020
+OTHER_PATIENT_IDS_SEQUENCE = 0x00101002
+
+
+def regional_key(issuer: str, patient_id: str) -> str | None:
+    """The region's patient key: ``ISSUER:ID`` (None if it would not fit a DICOM LO)."""
+    key = f"{issuer}:{patient_id}"
+    return key if len(key) <= 64 else None
 PIXEL_DATA = 0x7FE00010
 
 
@@ -120,20 +129,28 @@ def _element_bytes(tag: int, vr: str, value: bytes, implicit: bool) -> bytes | N
 def _splice(data: bytes, h: scan.Header, edits: list[tuple[int, str, bytes]]) -> bytes | None:
     """The file with top-level elements replaced or inserted in place; every
     other byte (pixel data included) as received."""
-    cuts: list[tuple[int, int, bytes]] = []
+    cuts: list[tuple[int, int, int, bytes]] = []
     for tag, vr, value in edits:
-        new = _element_bytes(tag, vr, value, h.implicit)
+        if vr == "SQ":                      # an item, ready: the sequence header around it
+            g, e = tag >> 16, tag & 0xFFFF
+            new = (struct.pack("<HHI", g, e, len(value)) if h.implicit
+                   else struct.pack("<HH2s2xI", g, e, b"SQ", len(value))) + value
+        else:
+            new = _element_bytes(tag, vr, value, h.implicit)
         if new is None:
             return None
         e = h.elements.get(tag)
         if e is not None:
-            cuts.append((e.start, e.value + e.length, new))
+            if vr == "SQ":
+                return None
+            cuts.append((e.start, e.value + e.length, tag, new))
         else:
             later = [t for t in h.order if t > tag]
             at = h.elements[later[0]].start if later else h.end
-            cuts.append((at, at, new))
+            cuts.append((at, at, tag, new))
     out = data
-    for begin, end, new in sorted(cuts, key=lambda c: (c[0], c[1]), reverse=True):
+    # from the end backwards; inserts at one place go highest tag first, so they end up in order
+    for begin, end, _tag, new in sorted(cuts, reverse=True):
         out = out[:begin] + new + out[end:]
     return out
 
@@ -144,8 +161,16 @@ def _ascii(value: bytes | None) -> str | None:
     return value.decode("ascii", "replace").strip("\0 ") or None
 
 
+def _other_ids_item(patient_id: bytes, issuer: bytes, implicit: bool) -> bytes:
+    """The value of Other Patient IDs Sequence: one item with the hospital's
+    own Patient ID, its issuer and Type of Patient ID TEXT (defined lengths)."""
+    body = b"".join(_element_bytes(tag, vr, value, implicit) or b"" for tag, vr, value in (
+        (PATIENT_ID, "LO", patient_id), (ISSUER_OF_PATIENT_ID, "LO", issuer), (0x00100022, "CS", b"TEXT")))
+    return struct.pack("<HHI", 0xFFFE, 0xE000, len(body)) + body
+
+
 def _fast(data: bytes, h: scan.Header, issuer: str | None, encoding: str | None,
-          repair_text: bool) -> Outcome | None:
+          repair_text: bool, patient_key: str = "local") -> Outcome | None:
     """The stage on what :func:`scan.scan` read; None: leave it to pydicom."""
     out = Outcome(sop_uid=_ascii(h.value(data, 0x00080018)), study_uid=_ascii(h.value(data, 0x0020000D)))
     if not out.sop_uid:
@@ -177,6 +202,18 @@ def _fast(data: bytes, h: scan.Header, issuer: str | None, encoding: str | None,
             return None                     # pydicom encodes it under the dataset's own label
         edits.append((ISSUER_OF_PATIENT_ID, "LO", issuer.encode("utf-8")))
         out.changes.append(f"Issuer of Patient ID set to {issuer}")
+    if patient_key == "regional" and issuer:
+        own = (h.value(data, ISSUER_OF_PATIENT_ID) or b"").strip(b" \0").decode("utf-8", "replace") or issuer
+        pid_raw = (h.value(data, PATIENT_ID) or b"").rstrip(b" \0")
+        if pid_raw and not pid_raw.startswith(f"{own}:".encode()):
+            if not pid_raw.isascii() or not own.isascii() or OTHER_PATIENT_IDS_SEQUENCE in h.elements:
+                return None                 # pydicom: non-ASCII IDs, or an Other Patient IDs list to extend
+            key = regional_key(own, pid_raw.decode("ascii"))
+            if key is not None:
+                edits.append((PATIENT_ID, "LO", key.encode("ascii")))
+                edits.append((OTHER_PATIENT_IDS_SEQUENCE, "SQ",
+                              _other_ids_item(pid_raw, own.encode("ascii"), h.implicit)))
+                out.changes.append("Patient ID made regional (ISSUER:ID; the hospital's own in Other Patient IDs)")
     if edits:
         out.data = _splice(data, h, edits)
         if out.data is None:
@@ -185,12 +222,14 @@ def _fast(data: bytes, h: scan.Header, issuer: str | None, encoding: str | None,
 
 
 def process(data: bytes, *, issuer: str | None = None, encoding: str | None = None,
-            repair_text: bool = True, fast: bool = True) -> Outcome:
+            repair_text: bool = True, fast: bool = True, patient_key: str = "local") -> Outcome:
     """The stage on one received instance (``fast=False``: pydicom only, for
     the tests that hold the two paths to one result).  ``issuer``: the hospital's Issuer
     of Patient ID (stamped when absent); ``encoding``: the codec the sending
     device is declared to use for undeclared text (the inventory's
-    ``text_encoding``), which then replaces the guess.
+    ``text_encoding``), which then replaces the guess; ``patient_key``:
+    ``regional`` puts ``ISSUER:ID`` in Patient ID and the hospital's own ID
+    in Other Patient IDs Sequence (the TsAMI keys patients by Patient ID alone).
 
     Fast path (``scan``): the header is walked up to the pixel data and the
     few changed elements are spliced into the received bytes.  Text inside
@@ -199,7 +238,7 @@ def process(data: bytes, *, issuer: str | None = None, encoding: str | None = No
     try:
         h = scan.scan(data) if fast else None
         if h is not None:
-            fast = _fast(data, h, issuer, encoding, repair_text)
+            fast = _fast(data, h, issuer, encoding, repair_text, patient_key)
             if fast is not None:
                 return fast
         pydicom = _pydicom()
@@ -232,6 +271,14 @@ def process(data: bytes, *, issuer: str | None = None, encoding: str | None = No
             if not (value.strip(b" \0") if isinstance(value, bytes) else (value or "").strip()):
                 edits.append((ISSUER_OF_PATIENT_ID, "LO", issuer.encode("utf-8")))
                 out.changes.append(f"Issuer of Patient ID set to {issuer}")
+        if patient_key == "regional" and issuer:
+            own = _uid(ds, ISSUER_OF_PATIENT_ID) or issuer
+            pid = str(ds.get("PatientID") or "").strip()
+            key = regional_key(own, pid) if pid and not pid.startswith(f"{own}:") else None
+            if key is not None:
+                edits.append((PATIENT_ID, "LO", key.encode("utf-8")))
+                edits.append((OTHER_PATIENT_IDS_SEQUENCE, "SQ", json.dumps([pid, own]).encode("utf-8")))
+                out.changes.append("Patient ID made regional (ISSUER:ID; the hospital's own in Other Patient IDs)")
         if edits:
             out.data = _rewrite(data, edits, verdict, pydicom)
         return out
@@ -256,4 +303,12 @@ def _rewrite(data: bytes, edits, verdict: charset.Verdict, pydicom) -> bytes:
     for tag, _vr_, value in edits:
         if tag == ISSUER_OF_PATIENT_ID:
             ds.IssuerOfPatientID = value.decode("utf-8")
+        elif tag == PATIENT_ID:
+            ds.PatientID = value.decode("utf-8")
+        elif tag == OTHER_PATIENT_IDS_SEQUENCE:
+            pid, own = json.loads(value)
+            item = pydicom.Dataset()
+            item.PatientID, item.IssuerOfPatientID, item.TypeOfPatientID = pid, own, "TEXT"
+            seq = list(ds.get("OtherPatientIDsSequence") or [])
+            ds.OtherPatientIDsSequence = seq + [item]
     return _write(ds, pydicom)

@@ -230,3 +230,29 @@ def test_the_fast_path_takes_most_of_the_corpus():
     taken = [f for f in files if (h := scan.scan(f.read_bytes())) is not None
              and ingest._fast(f.read_bytes(), h, "42-ONCO", None, True) is not None]
     assert len(taken) >= len(files) // 2, (len(taken), len(files))
+
+
+@pytest.mark.parametrize("syntax", ["1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2"])
+def test_a_regional_patient_key_keeps_the_hospitals_own_id_beside_it(syntax):
+    raw = _as_syntax(instance(), syntax)
+    for fast in (True, False):
+        out = ingest.process(raw, issuer="42-ONCO", patient_key="regional", fast=fast)
+        ds = read(out.data)
+        assert ds.PatientID == "42-ONCO:P1" and ds.IssuerOfPatientID == "42-ONCO"
+        (other,) = ds.OtherPatientIDsSequence
+        assert (other.PatientID, other.IssuerOfPatientID, other.TypeOfPatientID) == ("P1", "42-ONCO", "TEXT")
+        assert ds.PixelData == read(raw).PixelData
+        tags = [int(e.tag) for e in ds]
+        assert tags == sorted(tags)
+        # idempotent: a second pass (a gateway's, a re-ingest after modify) changes nothing
+        again = ingest.process(out.data, issuer="42-ONCO", patient_key="regional", fast=fast)
+        assert again.data is None and again.changes == []
+
+
+def test_a_patient_id_of_another_issuer_keeps_that_issuer_in_its_key():
+    ds = read(instance())
+    ds.IssuerOfPatientID = "42-GKB3"
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    out = ingest.process(buf.getvalue(), issuer="42-ONCO", patient_key="regional")
+    assert read(out.data).PatientID == "42-GKB3:P1"
