@@ -192,7 +192,7 @@ class Plugin:
                                  repair_text=self.transfer.repair_text, patient_key=self.transfer.patient_key)
             if out.error:
                 self.ingest_counts["left_as_received"] += 1
-                orthanc.LogWarning(f"{PREFIX}: ingest: instance left as received: {out.error}")
+                orthanc.LogWarning(f"{PREFIX}: ingest: instance left as received: {out.error[:200]}")
                 return keep
             if out.data is None:
                 self.ingest_counts["unchanged"] += 1
