@@ -11,8 +11,9 @@ LAMI under ``pathology`` (a third of its studies are flagged through REST
 after they are sent; only those may reach the TsAMI), and a mobile unit's
 gateway that deletes its copies once they are verified.
 
-Faults, one every 20-40 s (seeded; the seed is printed), each kind once per
-cycle in a shuffled order so a short run sees every kind:
+Faults, one every 20-40 s (seeded, from a generator of their own; the seed is
+printed), each kind once per cycle in a shuffled order; a run goes past its
+deadline until every kind has come once, so a short run sees every kind:
 
 ``cut``         a node's link (a LAMI's, the gateway's or the TsAMI's) cut for 10-30 s, then healed
 ``kill9``       ``kill -9`` of a LAMI's, the gateway's or the TsAMI's Orthanc (systemd starts it again)
@@ -110,6 +111,9 @@ class Chaos:
         self.region = region                     # the inventory as written (client_for maps it to the lab)
         self.seed = seed
         self.rng = random.Random(seed)
+        # the faults draw from their own generator: the modalities' threads draw from
+        # self.rng at times of their own, which would make the fault sequence vary by run
+        self.fault_rng = random.Random(seed * 7919 + 1)
         self.seconds = seconds
         self.instances_goal = instances
         self.interval = interval
@@ -147,19 +151,24 @@ class Chaos:
         last_fault_end = time.monotonic()
         try:
             order: list[str] = []
+            injected: set[str] = set()
             deadline = self.t0 + self.seconds
-            while time.monotonic() < deadline:
-                wait = self.rng.uniform(*self.interval)
-                if self._stop.wait(min(wait, max(0.0, deadline - time.monotonic()))):
+            # faults go on to the deadline, and past it until every kind has come once
+            while time.monotonic() < deadline or injected != set(self.kinds):
+                wait = self.fault_rng.uniform(*self.interval)
+                if injected == set(self.kinds):
+                    wait = min(wait, max(0.0, deadline - time.monotonic()))
+                if self._stop.wait(wait):
                     break
-                if time.monotonic() >= deadline:
+                if time.monotonic() >= deadline and injected == set(self.kinds):
                     break
                 if not order:
                     order = list(self.kinds)
-                    self.rng.shuffle(order)
+                    self.fault_rng.shuffle(order)
                 kind = order.pop()
-                node = self.rng.choice(TARGETS[kind])
+                node = self.fault_rng.choice(TARGETS[kind])
                 self._inject(kind, node)
+                injected.add(kind)
                 last_fault_end = time.monotonic()
         finally:
             self._stop.set()
