@@ -72,6 +72,26 @@ class TracedOrthanc(OrthancProcess):
         finally:
             base.ORTHANC_BIN = real
 
+    def stop(self) -> None:
+        """Stop Orthanc itself first: strace, told to stop, detaches and leaves
+        the Orthanc it traces running."""
+        import os
+        import signal
+        import time
+        if self.proc is not None and self.proc.poll() is None:
+            pid = self.orthanc_pid()
+            if pid != self.proc.pid:
+                try:
+                    os.kill(pid, signal.SIGTERM)
+                    deadline = time.monotonic() + 60
+                    while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+                        time.sleep(0.2)
+                    if Path(f"/proc/{pid}").exists():
+                        os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        super().stop()
+
     def orthanc_pid(self) -> int:
         """The Orthanc process below strace."""
         children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text().split()
