@@ -235,7 +235,11 @@ class Plugin:
             method = request.get("method", "GET")
             caller = _caller(request.get("headers"))
             path = uri.rstrip("/")
-            if path in api.RECEIVER_ROUTES:
+            if path in transfer_api.RECEIVER_ROUTES:
+                status, ctype, body = transfer_api.handle_receiver(
+                    self.receiver.local if self.receiver else None, method, request.get("body"),
+                    log_error=orthanc.LogError)
+            elif path in api.RECEIVER_ROUTES:
                 status, ctype, body = api.handle_receiver(self.receiver, method, path, request.get("body"),
                                                           _receiver_args(request), caller, log_error=orthanc.LogError)
             elif transfer_api.is_route(path):
@@ -259,7 +263,8 @@ class Plugin:
             if status == 200:
                 output.AnswerBuffer(body, ctype)
             elif status == 405:
-                output.SendMethodNotAllowed(api.ROUTES.get(path, transfer_api.ROUTES.get(path, "GET")))
+                output.SendMethodNotAllowed(api.ROUTES.get(path) or transfer_api.ROUTES.get(path)
+                                            or transfer_api.RECEIVER_ROUTES.get(path) or "GET")
             else:
                 # Python plugin 4.0: the body goes as text (its UTF-8 length in bytes)
                 output.SendHttpStatus(status, body.decode("utf-8"), len(body))

@@ -16,7 +16,8 @@ Sending side (LAMIs and gateways; operators, admins only through the roles filte
 
 Receiving side (every node; peers of downstream nodes): see ``receiver.py``
 
-    POST /kontur/digests, /kontur/md5, /kontur/retire, /kontur/replace, /kontur/patients
+    POST /kontur/digests, /kontur/md5, /kontur/retire, /kontur/replace
+    (and the transfer package's POST /kontur/patients: ``transfer.api``)
 
 Pure: ``handle()`` takes the method, path, body, query arguments and the
 caller's login and returns (status, content type, body bytes); the glue writes
@@ -51,7 +52,6 @@ RECEIVER_ROUTES = {
     "/kontur/md5": "POST",
     "/kontur/retire": "POST",
     "/kontur/replace": "POST",
-    "/kontur/patients": "POST",
 }
 ROUTES = {**SENDER_ROUTES, **RECEIVER_ROUTES}
 #: the regular expression the glue registers (Orthanc matches the whole URI)
@@ -117,8 +117,6 @@ def handle_receiver(receiver: Receiver | None, method: str, path: str, body: byt
             return _json(200, receiver.md5(data))
         if path == "/kontur/retire":
             return _json(200, receiver.retire(data, caller))
-        if path == "/kontur/patients":
-            return _json(200, receiver.patients(data))
     except ReceiverError as exc:
         return error(exc.status, str(exc))
     except Exception as exc:  # noqa: BLE001 - never let an exception reach Orthanc

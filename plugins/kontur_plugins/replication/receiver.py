@@ -75,42 +75,6 @@ class Receiver:
         return {"kontur": KONTUR, "instances": {iid: self.local.instance_md5(iid)
                                                 for iid in _ids(data, "instances", MAX_BATCH)}}
 
-    def patients(self, data: Any) -> dict:
-        """Issue 10: is the patient with this PatientID here the same person?
-        The caller sends its own person (issuer, name, birth date); the answer
-        says only held or not, and the conflict if any -- never this archive's
-        names or birth dates, which are other hospitals' business."""
-        from ..transfer.identity import Person, conflict, orthanc_patient_id
-        items = data.get("patients") if isinstance(data, dict) else None
-        if not isinstance(items, list) or len(items) > MAX_BATCH:
-            raise ReceiverError(400, f'"patients" must be a list of at most {MAX_BATCH} '
-                                     f'{{"id", "issuer", "name", "birth_date"}}')
-        out = {}
-        for it in items:
-            if not isinstance(it, dict) or not isinstance(it.get("id"), str) or not it["id"]:
-                raise ReceiverError(400, 'each patient needs an "id" (the PatientID)')
-            pid = it["id"]
-            here = self.local.get_json_or_none(f"/patients/{orthanc_patient_id(pid)}")
-            if here is None:
-                out[pid] = {"held": False, "conflict": None}
-                continue
-            tags = here.get("MainDicomTags") or {}
-            theirs = Person(self._issuer_of(here), tags.get("PatientName"), tags.get("PatientBirthDate"))
-            mine = Person(it.get("issuer") or None, it.get("name") or None, it.get("birth_date") or None)
-            out[pid] = {"held": True, "conflict": conflict(pid, mine, theirs)}
-        return {"kontur": KONTUR, "patients": out}
-
-    def _issuer_of(self, patient: dict) -> str | None:
-        """Issuer of Patient ID of a patient here, from one of its instances."""
-        for sid in patient.get("Studies") or []:
-            study = self.local.get_json_or_none(f"/studies/{sid}")
-            for series_id in (study or {}).get("Series") or []:
-                series = self.local.series(series_id) or {}
-                for iid in series.get("Instances") or []:
-                    raw = self.local.raw_or_none(f"/instances/{iid}/content/0010-0021")
-                    return raw.decode("utf-8", "replace").strip("\0 ") or None if raw is not None else None
-        return None
-
     def _instances_of(self, rid: str) -> list[str] | None:
         """The instances of a study, series or instance ID held here (None: none such)."""
         ids = self.local.study_instance_ids(rid)

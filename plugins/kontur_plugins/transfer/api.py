@@ -6,6 +6,11 @@
     POST /kontur/quarantine/release     {"study": ID or UID, "reason": "..."}: the audited manual
                                         override; the study is admitted at once
 
+Receiving side (every node; peers of downstream nodes):
+
+    POST /kontur/patients               {"patients": [{"id", "issuer", "name", "birth_date"}]}:
+                                        held here, and the conflict if any (``identity.answer``)
+
 Pure like ``replication.api``: (status, content type, body bytes) out.
 """
 from __future__ import annotations
@@ -16,12 +21,36 @@ from typing import Any, Callable
 
 from ..replication.api import _body, _json, _str_field, error
 from ..replication.engine import BadRequest, UnknownStudy
+from ..replication.receiver import ReceiverError
+from . import identity
 from .gate import NotHeld, TransferGate
 
 ROUTES = {"/kontur/quarantine": "GET", "/kontur/quarantine/release": "POST"}
+RECEIVER_ROUTES = {"/kontur/patients": "POST"}
 VALIDATION = re.compile(r"^/kontur/validation/([A-Za-z0-9.\-]{1,64})$")
 #: added to the glue's route pattern
-PATTERN = "quarantine|quarantine/release|validation/[^/]+"
+PATTERN = "patients|quarantine|quarantine/release|validation/[^/]+"
+
+
+def handle_receiver(local: Any, method: str, body: bytes | None,
+                    log_error: Callable[[str], Any] = print) -> tuple[int, str, bytes]:
+    """POST /kontur/patients, for the nodes that send here."""
+    if method != "POST":
+        return error(405, "/kontur/patients accepts POST only", allow="POST")
+    if local is None:
+        return error(503, "kontur's receiver is not running on this node")
+    try:
+        import json
+        try:
+            data = json.loads((body or b"").decode("utf-8"))
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise ReceiverError(400, f"the body is not JSON ({exc})") from None
+        return _json(200, identity.answer(local, data))
+    except ReceiverError as exc:
+        return error(exc.status, str(exc))
+    except Exception as exc:  # noqa: BLE001
+        log_error(f"kontur receiver: POST /kontur/patients failed: {exc!r}\n{traceback.format_exc()}")
+        return error(500, f"internal error ({type(exc).__name__}); see the Orthanc log")
 
 
 def is_route(path: str) -> bool:

@@ -18,6 +18,9 @@ from __future__ import annotations
 import hashlib
 import unicodedata
 from dataclasses import dataclass
+from typing import Any
+
+from ..replication.receiver import KONTUR, MAX_BATCH, ReceiverError
 
 
 @dataclass(frozen=True)
@@ -51,4 +54,44 @@ def conflict(patient_id: str, mine: Person, theirs: Person) -> str | None:
     if not same_name and not same_birth and (mine.name or mine.birth_date) and (theirs.name or theirs.birth_date):
         return (f"Patient ID {patient_id} at the TsAMI belongs to a person with another name and birth date "
                 f"(issuer {theirs.issuer or mine.issuer or 'not stated'}): the TsAMI would merge them")
+    return None
+
+
+def answer(local: Any, data: Any) -> dict:
+    """The upstream's side, ``POST /kontur/patients``: is the patient with this
+    PatientID here the same person?  The caller sends its own person (issuer,
+    name, birth date); the answer says only held or not, and the conflict if
+    any -- never this archive's names or birth dates, which are other
+    hospitals' business."""
+    items = data.get("patients") if isinstance(data, dict) else None
+    if not isinstance(items, list) or len(items) > MAX_BATCH:
+        raise ReceiverError(400, f'"patients" must be a list of at most {MAX_BATCH} '
+                                 f'{{"id", "issuer", "name", "birth_date"}}')
+    out = {}
+    for it in items:
+        if not isinstance(it, dict) or not isinstance(it.get("id"), str) or not it["id"]:
+            raise ReceiverError(400, 'each patient needs an "id" (the PatientID)')
+        pid = it["id"]
+        here = local.get_json_or_none(f"/patients/{orthanc_patient_id(pid)}")
+        if here is None:
+            out[pid] = {"held": False, "conflict": None}
+            continue
+        tags = here.get("MainDicomTags") or {}
+        theirs = Person(_issuer_of(local, here), tags.get("PatientName"), tags.get("PatientBirthDate"))
+        mine = Person(it.get("issuer") or None, it.get("name") or None, it.get("birth_date") or None)
+        out[pid] = {"held": True, "conflict": conflict(pid, mine, theirs)}
+    return {"kontur": KONTUR, "patients": out}
+
+
+def _issuer_of(local: Any, patient: dict) -> str | None:
+    """Issuer of Patient ID of a patient here, from one of its instances."""
+    for sid in patient.get("Studies") or []:
+        study = local.get_json_or_none(f"/studies/{sid}")
+        for series_id in (study or {}).get("Series") or []:
+            series = local.series(series_id) or {}
+            for iid in series.get("Instances") or []:
+                raw = local.raw_or_none(f"/instances/{iid}/content/0010-0021")
+                if raw is None:
+                    return None
+                return raw.decode("utf-8", "replace").strip("\0 ") or None
     return None
