@@ -40,11 +40,10 @@ def handle_receiver(local: Any, method: str, body: bytes | None,
     if local is None:
         return error(503, "kontur's receiver is not running on this node")
     try:
-        import json
         try:
-            data = json.loads((body or b"").decode("utf-8"))
-        except (UnicodeDecodeError, ValueError) as exc:
-            raise ReceiverError(400, f"the body is not JSON ({exc})") from None
+            data = _body(body)
+        except BadRequest as exc:
+            raise ReceiverError(400, str(exc)) from None
         return _json(200, identity.answer(local, data))
     except ReceiverError as exc:
         return error(exc.status, str(exc))

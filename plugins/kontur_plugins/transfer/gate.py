@@ -20,6 +20,7 @@ from typing import Any
 
 from ..pipeline import StudyRef
 from .rules import Series, Settings, StudyFacts, Validation, blocks, evaluate
+from .rules import _text as text_of
 
 
 IDENTITY_MARK = " at the TsAMI "
@@ -105,14 +106,6 @@ class ValidationStore:
         return {**counts, "released": released, "top_reasons": [{"reason": k, "studies": n} for k, n in top]}
 
 
-def _text(value: Any) -> str | None:
-    if value is None:
-        return None
-    if isinstance(value, list):
-        value = "\\".join(str(v) for v in value)
-    return str(value).strip() or None
-
-
 def _reason_kind(reason: str) -> str:
     """A reason without the study's own values (so they can be counted)."""
     if reason.startswith("Patient ID ") and " at the TsAMI " in reason:
@@ -162,8 +155,9 @@ class TransferGate:
         pid = str(tags.get("PatientID") or "").strip()
         if not pid:
             return None
-        person = {"id": pid, "issuer": _text(tags.get("IssuerOfPatientID")), "name": _text(tags.get("PatientName")),
-                  "birth_date": _text(tags.get("PatientBirthDate"))}
+        person = {"id": pid, "issuer": text_of(tags.get("IssuerOfPatientID")) or None,
+                  "name": text_of(tags.get("PatientName")) or None,
+                  "birth_date": text_of(tags.get("PatientBirthDate")) or None}
         answer = upstream.patients([person]) if hasattr(upstream, "patients") else None
         why = ((answer or {}).get(pid) or {}).get("conflict")
         if not why:
