@@ -287,6 +287,18 @@ def test_resend_is_idempotent(make_node, tsami):
     assert tsami.statistics()["CountInstances"] == 4
 
 
+def test_a_burst_of_instances_is_read_from_the_change_log_in_few_transactions(make_node, tsami):
+    # each instance wakes the change feed; one transaction (one fsync) per instance
+    # cost ingest a tenth of its rate on two cores (bench/ingest.py)
+    node = make_node(mode="all")
+    before = node.status()["feed"]["batches"]
+    study = make_study(120)
+    node.store(study)
+    node.wait_processed(study)                  # its StableStudy came through the feed after every instance
+    batches = node.status()["feed"]["batches"] - before
+    assert 1 <= batches <= 120 // 4, f"{batches} transactions for 120 instances"
+
+
 def test_gateway_forwards_everything_and_deletes_only_verified_copies(make_node, tsami):
     tsami.stop()
     gw = make_node(mode="pathology", gateway=True, retention_days=0)   # a gateway ignores the mode

@@ -49,6 +49,9 @@ TUNING_DEFAULTS: dict[str, float | int] = {
     "link_probe_seconds": 30.0,
     # incremental reconciliation from Orthanc's /changes
     "changes_poll_seconds": 5.0,
+    # while instances arrive, /changes is read at most this often: one
+    # transaction (one fsync) per batch of instances instead of one per instance
+    "changes_coalesce_seconds": 0.5,
     "changes_batch": 500,
     # a study touched by new instances is treated as stable after StableAge + this
     # many quiet seconds even if Orthanc's StableStudy event was lost (restart)

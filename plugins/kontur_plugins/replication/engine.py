@@ -204,13 +204,21 @@ class Replicator:
 
     def _changes_loop(self) -> None:
         poll = self.cfg.t("changes_poll_seconds")
+        coalesce = self.cfg.t("changes_coalesce_seconds")
+        last_read = float("-inf")
         while not self.stop_event.is_set():
             now = self.clock()
             wait = poll if self.feed.ready(now) else max(0.05, min(poll, self.feed.next_try - now))
             self.wake_changes.wait(wait)
+            # a burst of instances wakes this thread once per instance: gather them
+            # into one read (and one commit) rather than one per instance
+            since = time.monotonic() - last_read
+            if since < coalesce:
+                self.stop_event.wait(coalesce - since)
             self.wake_changes.clear()
             if self.stop_event.is_set():
                 break
+            last_read = time.monotonic()
             if not self.feed.ready(self.clock()):
                 continue
             try:

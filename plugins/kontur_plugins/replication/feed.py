@@ -55,6 +55,7 @@ class ChangeFeed:
         self.next_try = 0.0
         self.last_error: dict | None = None
         self.last_seen: int | None = None
+        self.batches = 0                # transactions committed since start (one per read of /changes)
 
     # --- state ---------------------------------------------------------------------
 
@@ -76,6 +77,7 @@ class ChangeFeed:
             "resets": int(info.get("resets", 0)),
             "last_reset": info.get("last_reset"),
             "failures": self.failures,
+            "batches": self.batches,
             "last_error": self.last_error,
             "next_try_in_seconds": round(max(0.0, self.next_try - now), 1) if self.failures else 0.0,
         }
@@ -155,6 +157,7 @@ class ChangeFeed:
                     self.handle(kind, rid, s)
                     done += 1
                 self.outbox.set_meta("changes_seq", end)
+            self.batches += 1
             return
         except Exception as exc:  # noqa: BLE001 - recorded and raised as a FeedError below
             failing = parsed[done] if done < len(parsed) else None
