@@ -148,7 +148,7 @@ def decide(values: list[bytes], declared: str | list[str] | None) -> Verdict:
     """What to do with the text ``values`` of one dataset whose Specific
     Character Set is ``declared`` (a string, a multi-value list or None)."""
     values = [v for v in values if v]
-    if not any(b >= 0x80 for v in values for b in v):
+    if all(v.isascii() for v in values):
         return Verdict("keep", reason="ASCII only")
     labels = _labels(declared)
     label = labels[0] if labels else ""

@@ -148,11 +148,16 @@ def _splice(data: bytes, h: scan.Header, edits: list[tuple[int, str, bytes]]) ->
             later = [t for t in h.order if t > tag]
             at = h.elements[later[0]].start if later else h.end
             cuts.append((at, at, tag, new))
-    out = data
-    # from the end backwards; inserts at one place go highest tag first, so they end up in order
-    for begin, end, _tag, new in sorted(cuts, reverse=True):
-        out = out[:begin] + new + out[end:]
-    return out
+    # one copy of the file: the pieces between the cuts, in order (inserts at
+    # one place go lowest tag first)
+    view = memoryview(data)                 # slices of it are not copies
+    parts, at = [], 0
+    for begin, end, _tag, new in sorted(cuts):
+        parts.append(view[at:begin])
+        parts.append(new)
+        at = end
+    parts.append(view[at:])
+    return b"".join(parts)
 
 
 def _ascii(value: bytes | None) -> str | None:
@@ -185,10 +190,10 @@ def _fast(data: bytes, h: scan.Header, issuer: str | None, encoding: str | None,
         if verdict.action == "reencode" and encoding and not declared:
             verdict = charset.Verdict("reencode", encoding, f"no Specific Character Set: the device sends {encoding}")
         if verdict.changes:
-            if any(b >= 0x80 for v in h.nested_text for b in v):
+            if not all(v.isascii() for v in h.nested_text):
                 return None                 # text inside sequences: pydicom rewrites the file
             for tag, vr, raw in top:
-                if any(b >= 0x80 for b in raw):
+                if not raw.isascii():
                     edits.append((tag, vr, raw.decode(verdict.source, "replace").rstrip(" \0").encode("utf-8")))
                     if verdict.action == "reencode":
                         out.original[f"{tag >> 16:04X},{tag & 0xFFFF:04X}"] = raw.decode("latin_1")
@@ -225,9 +230,10 @@ def process(data: bytes, *, issuer: str | None = None, encoding: str | None = No
             repair_text: bool = True, fast: bool = True, patient_key: str = "local") -> Outcome:
     """The stage on one received instance (``fast=False``: pydicom only, for
     the tests that hold the two paths to one result).  ``issuer``: the hospital's Issuer
-    of Patient ID (stamped when absent); ``encoding``: the codec the sending
-    device is declared to use for undeclared text (the inventory's
-    ``text_encoding``), which then replaces the guess; ``patient_key``:
+    of Patient ID (stamped when absent); ``encoding``: a codec declared for
+    undeclared text, which then replaces the guess (not set by the node: Orthanc
+    1.10 calls the received-instance callback before it tells the plugin the
+    calling AET, so a per-device declaration has nothing to key on); ``patient_key``:
     ``regional`` puts ``ISSUER:ID`` in Patient ID and the hospital's own ID
     in Other Patient IDs Sequence (the TsAMI keys patients by Patient ID alone).
 
@@ -256,7 +262,7 @@ def process(data: bytes, *, issuer: str | None = None, encoding: str | None = No
         if verdict.changes:
             for _item, tag, elem, where in elements:
                 raw = elem.value
-                if not any(b >= 0x80 for b in raw):
+                if raw.isascii():
                     continue
                 edits.append((int(tag), _vr(elem, pydicom) or "LO",
                               raw.decode(verdict.source, "replace").rstrip(" \0").encode("utf-8")))
@@ -296,7 +302,7 @@ def _rewrite(data: bytes, edits, verdict: charset.Verdict, pydicom) -> bytes:
         # right under both)
         for item, tag, elem, _where in list(_text_elements(ds, pydicom)):
             raw = elem.value
-            if any(b >= 0x80 for b in raw):
+            if not raw.isascii():
                 item[tag] = pydicom.DataElement(tag, _vr(elem, pydicom),
                                                 raw.decode(verdict.source, "replace").rstrip(" \0"))
         ds.SpecificCharacterSet = charset.UTF8

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass, field
+from itertools import product
+from typing import NamedTuple
 
 TEXT_VRS = {"SH", "LO", "ST", "LT", "UT", "UC", "PN"}
 LONG_VRS = {"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "SV", "UC", "UN", "UR", "UT", "UV"}
@@ -29,10 +31,13 @@ ITEM, ITEM_END, SEQ_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
 UNDEFINED = 0xFFFFFFFF
 _U32 = struct.Struct("<I")
 _TAG = struct.Struct("<HH")
+_EXPLICIT = struct.Struct("<HH2sH")      # tag, VR, a short length (or the reserved bytes of a long one)
+_LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+#: every two-capital VR code, as bytes -> (its text, has a 4-byte length)
+_VR_CODES = {(a + b).encode(): (a + b, a + b in LONG_VRS) for a, b in product(_LETTERS, repeat=2)}
 
 
-@dataclass
-class Element:
+class Element(NamedTuple):
     tag: int
     vr: str
     start: int          # where its header starts
@@ -158,24 +163,45 @@ def scan(data: bytes) -> Header | None:
             return None
         implicit = ts == IMPLICIT_LE
         h = Header(implicit, ts, pos)
-        while pos < len(data):
-            tag, vr, value, length = _element_header(data, pos, implicit)
+        elements, order, n = h.elements, h.order, len(data)
+        # the common case on every C-STORE, so the loop reads explicit-VR headers inline
+        while pos < n:
+            if implicit:
+                tag, vr, value, length = _element_header(data, pos, implicit)
+            else:
+                if pos + 8 > n:
+                    return None
+                group, elem, code, length = _EXPLICIT.unpack_from(data, pos)
+                tag = (group << 16) | elem
+                if tag >= PIXEL_DATA or group == 0xFFFE:
+                    break
+                known = _VR_CODES.get(code)
+                if known is None:
+                    return None
+                vr, long = known
+                if long:
+                    if pos + 12 > n:
+                        return None
+                    length = _U32.unpack_from(data, pos + 8)[0]
+                    value = pos + 12
+                else:
+                    value = pos + 8
             if tag >= PIXEL_DATA or (tag >> 16) == 0xFFFE:
                 break
             if tag & 0xFFFF == 0:               # group lengths: the splice would make them wrong
                 return None
             if vr == "SQ" or (length == UNDEFINED and vr in ("UN", "")):
-                h.elements[tag] = Element(tag, "SQ", pos, value, length)
-                h.order.append(tag)
+                elements[tag] = Element(tag, "SQ", pos, value, length)
+                order.append(tag)
                 pos = _sequence(data, value, length, implicit, h.nested_text)
                 continue
-            if length == UNDEFINED or value + length > len(data):
+            if length == UNDEFINED or value + length > n:
                 return None
-            h.elements[tag] = Element(tag, vr, pos, value, length)
-            h.order.append(tag)
+            elements[tag] = Element(tag, vr, pos, value, length)
+            order.append(tag)
             pos = value + length
         h.end = pos
-        if h.order != sorted(h.order):
+        if order != sorted(order):
             return None
         return h
     except (_Stop, struct.error, UnicodeDecodeError):
