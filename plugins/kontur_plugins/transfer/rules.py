@@ -19,7 +19,9 @@ Rules (each can be switched off per region and per hospital):
 ``patient_id``, ``study_uid``, ``patient_name``, ``birth_date``, ``sex``
 ``physician``         the performing physician's regional code and name
 ``procedure``         the procedure's code, found in the regional classifier,
-                      and its name
+                      and its name -- the classifier's name (§5.6: "code and
+                      name from the regional classifier"; compared without
+                      regard to case, spacing, a final full stop or ё/е)
 ``report``            the protocol text and conclusion: an SR or encapsulated
                       PDF instance in the study
 """
@@ -101,6 +103,13 @@ def _text(value: Any) -> str:
     return str(value).strip()
 
 
+def same_name(a: str, b: str) -> bool:
+    """Are two procedure names the same but for case, spacing, a final full stop or ё/е?"""
+    def norm(x: str) -> str:
+        return " ".join(x.casefold().replace("ё", "е").split()).rstrip(". ")
+    return norm(a) == norm(b)
+
+
 def _at(tags: dict[str, Any], path: str) -> list[Any]:
     """Values at ``Keyword/Keyword`` (a sequence is followed through all its items)."""
     nodes: list[Any] = [tags]
@@ -176,8 +185,13 @@ def evaluate(facts: StudyFacts, settings: Settings) -> Validation:
             if settings.codes and code not in settings.codes:
                 reasons.append(f"procedure code {code!r} is not in the regional classifier "
                                f"(version {settings.classifier_version})")
-            if not _text(items[0].get("CodeMeaning")):
+            meaning = _text(items[0].get("CodeMeaning"))
+            if not meaning:
                 reasons.append(f"procedure code {code!r} has no name (Code Meaning)")
+            elif code in settings.codes and not same_name(meaning, settings.codes[code]):
+                reasons.append(f"procedure code {code!r} is named {meaning!r} (Code Meaning), the regional "
+                               f"classifier (version {settings.classifier_version}) names it "
+                               f"{settings.codes[code]!r}")
     notes: list[str] = []
     if "report" in on:
         has_report = any(_text(s.tags.get("Modality")) in REPORT_MODALITIES

@@ -61,6 +61,8 @@ def test_only_the_report_missing_is_incomplete_and_never_blocks():
     (without("ProcedureCodeSequence"), None, "procedure code is missing"),
     (without("ProcedureCodeSequence", [{"CodeValue": "B99.99", "CodeMeaning": "x"}]), None, "not in the regional classifier"),
     (without("ProcedureCodeSequence", [{"CodeValue": "A06.09.005"}]), None, "no name"),
+    (without("ProcedureCodeSequence", [{"CodeValue": "A06.09.005", "CodeMeaning": "КТ ОГК"}]), None,
+     "the regional classifier (version 2026-01) names it"),
 ])
 def test_each_rule_quarantines_with_its_reason(image, syntax, word):
     v = evaluate(facts(image=image, syntax=syntax or "1.2.840.10008.1.2.1"), SETTINGS)
@@ -93,3 +95,18 @@ def test_configured_paths_replace_the_defaults():
     tags["OperatorIdentificationSequence"] = [{"PersonIdentificationCodeSequence": [{"CodeValue": "9"}]}]
     paths = {**Settings().paths, "physician_code": ["OperatorIdentificationSequence/PersonIdentificationCodeSequence"]}
     assert evaluate(facts(image=tags), Settings(paths=paths, codes=CODES)).state == "valid"
+
+
+@pytest.mark.parametrize("meaning", ["компьютерная томография органов грудной полости.",
+                                     "  Компьютерная  томография органов грудной полости",
+                                     "КОМПЬЮТЕРНАЯ ТОМОГРАФИЯ ОРГАНОВ ГРУДНОЙ ПОЛОСТИ"])
+def test_the_classifier_name_matches_but_for_case_spacing_and_a_full_stop(meaning):
+    tags = without("ProcedureCodeSequence", [{"CodeValue": "A06.09.005", "CodeMeaning": meaning}])
+    assert evaluate(facts(image=tags), SETTINGS).state == "valid"
+
+
+def test_yo_and_ye_are_one_letter_in_a_name():
+    s = Settings(classifier_version="1", codes={"A05.10.006": "Регистрация ЭКГ с нагрузкой, расшифровка и её описание"})
+    tags = without("ProcedureCodeSequence", [{"CodeValue": "A05.10.006",
+                                              "CodeMeaning": "Регистрация ЭКГ с нагрузкой, расшифровка и ее описание"}])
+    assert evaluate(facts(image=tags), s).state == "valid"
