@@ -1,0 +1,121 @@
+#!/usr/bin/env python3
+# SPDX-License-Identifier: AGPL-3.0-or-later
+"""HL7 throughput of kontur's HL7 service (issue 11): new orders (ORM^O01),
+each answered with its ACK after it is stored durably, over one MLLP
+connection and over several at once.
+
+    .venv/bin/python bench/hl7_orders.py [--orders 2000] [--connections 4]
+
+The service runs as on a node (Debian's python3 and python3-hl7) on
+loopback, its state on this machine's disk (sqlite3, synchronous=FULL: one
+fsync per message).  The MIS side is python-hl7's MLLP client.  Printed:
+orders/s with ACK, the median and 95th percentile of a message's round trip.
+Goal: at least 200 ORM/s.  The service is stopped by PID.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import hl7.client
+
+REPO = Path(__file__).resolve().parents[1]
+SITE = {"hospitals": [{"hospital": "onco", "facilities": ["ONCO"],
+                       "devices": [{"aet": "ONCO_CT1", "modality": "CT"}, {"aet": "ONCO_CT2", "modality": "CT"}]}]}
+
+
+def orm(n: int, tag: str) -> str:
+    acc = f"A{tag}{n:07d}"
+    return "\r".join([
+        f"MSH|^~\\&|MIS|ONCO|KONTUR|LAMI|20261201120000||ORM^O01|{tag}-{n}|P|2.5||||||UNICODE UTF-8",
+        f"PID|1||{100000 + n}^^^ONCO||Иванов^Пётр^Ильич||19700101|M",
+        f"ORC|NW|P-{acc}|{acc}||||^^^20261201130000^^R",
+        f"OBR|1|P-{acc}|{acc}|A06.09.005^КТ органов грудной полости^RU-804N||||||||||||||{acc}||||||CT",
+    ]) + "\r"
+
+
+def start(tmp: Path) -> tuple[subprocess.Popen, int]:
+    cfg = tmp / "hl7.json"
+    cfg.write_text(json.dumps({"listen": {"host": "127.0.0.1", "port": 0}, "state_dir": str(tmp / "state"),
+                               "site": SITE}, ensure_ascii=False))
+    proc = subprocess.Popen(["/usr/bin/python3", "-m", "kontur_hl7.server", "--config", str(cfg)],
+                            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
+                            env=dict(os.environ, PYTHONPATH=str(REPO / "services")))
+    for line in proc.stderr:
+        m = re.search(r"on \('127\.0\.0\.1', (\d+)\)", line)
+        if m:
+            threading.Thread(target=lambda: [None for _ in proc.stderr], daemon=True).start()
+            return proc, int(m.group(1))
+    raise SystemExit(f"the service did not start (exit {proc.wait()})")
+
+
+def run(port: int, orders: int, connections: int, tag: str) -> tuple[float, list[float]]:
+    per = orders // connections
+    rtts: list[float] = []
+    lock = threading.Lock()
+    failures: list[str] = []
+
+    def client(k: int) -> None:
+        mine = []
+        with hl7.client.MLLPClient("127.0.0.1", port) as c:
+            for i in range(per):
+                t = time.perf_counter()
+                answer = c.send_message(orm(k * per + i, tag))
+                mine.append(time.perf_counter() - t)
+                if b"MSA|AA|" not in answer:
+                    failures.append(answer.decode("utf-8", "replace"))
+        with lock:
+            rtts.extend(mine)
+
+    t0 = time.perf_counter()
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(connections)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    elapsed = time.perf_counter() - t0
+    if failures:
+        raise SystemExit(f"{len(failures)} orders not accepted, first: {failures[0]!r}")
+    return per * connections / elapsed, rtts
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--orders", type=int, default=2000)
+    ap.add_argument("--connections", type=int, default=4)
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory(prefix="kontur-bench-hl7-") as tmp:
+        proc, port = start(Path(tmp))
+        try:
+            rows = []
+            for conns, tag in ((1, "s"), (args.connections, "p")):
+                rate, rtts = run(port, args.orders, conns, tag)
+                rtts.sort()
+                rows.append((conns, rate, statistics.median(rtts) * 1000, rtts[int(len(rtts) * 0.95)] * 1000))
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+    print(f"\nORM^O01 with ACK, {args.orders} orders per run, state on disk (one fsync per message)")
+    print("| connections | orders/s | round trip median ms | p95 ms |")
+    print("| --- | --- | --- | --- |")
+    for conns, rate, med, p95 in rows:
+        print(f"| {conns} | {rate:.0f} | {med:.2f} | {p95:.2f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,219 @@
+# SPDX-License-Identifier: AGPL-3.0-or-later
+"""The service's durable state: every message received (accepted or not,
+its raw bytes and the ACK it got), the orders and their worklist items.
+
+sqlite3 in WAL mode with ``synchronous=FULL``: a message is acknowledged
+``AA`` only after the transaction that stores it has committed, so an
+acknowledged order survives ``kill -9`` and a power cut.  A message whose
+(MSH-4, MSH-10) was seen before is answered with the ACK it got then.
+Orthanc's plugin reads the items (read-only) to answer worklist C-FINDs.
+"""
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from .orders import Reject, Request
+from .worklist import Site, item, plan
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS messages (
+    id INTEGER PRIMARY KEY,
+    facility TEXT NOT NULL, control_id TEXT NOT NULL,
+    received_at REAL NOT NULL, peer TEXT, type TEXT, codec TEXT,
+    ack_code TEXT NOT NULL, reason TEXT, raw BLOB NOT NULL, ack BLOB NOT NULL,
+    UNIQUE (facility, control_id)
+);
+CREATE TABLE IF NOT EXISTS orders (
+    facility TEXT NOT NULL, accession TEXT NOT NULL,
+    hospital TEXT NOT NULL, status TEXT NOT NULL,
+    patient_id TEXT NOT NULL, urgent INTEGER NOT NULL DEFAULT 0,
+    study_uid TEXT, created_at REAL NOT NULL, updated_at REAL NOT NULL, message_id INTEGER,
+    PRIMARY KEY (facility, accession)
+);
+CREATE TABLE IF NOT EXISTS items (
+    facility TEXT NOT NULL, accession TEXT NOT NULL, aet TEXT NOT NULL,
+    status TEXT NOT NULL, patient_id TEXT NOT NULL, item TEXT NOT NULL, updated_at REAL NOT NULL,
+    PRIMARY KEY (facility, accession, aet)
+);
+CREATE INDEX IF NOT EXISTS items_by_aet ON items (aet, status);
+CREATE INDEX IF NOT EXISTS items_by_patient ON items (patient_id);
+CREATE TABLE IF NOT EXISTS audit (
+    id INTEGER PRIMARY KEY, at REAL NOT NULL, what TEXT NOT NULL, accession TEXT, details TEXT
+);
+"""
+#: item states offered on the worklist
+OFFERED = ("SCHEDULED",)
+
+
+class Store:
+    def __init__(self, path: str | Path):
+        self.path = str(path)
+        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        self._db.row_factory = sqlite3.Row
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        self._db.close()
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    # --- messages -----------------------------------------------------------------
+
+    def seen(self, facility: str, control_id: str) -> bytes | None:
+        """The ACK a message with this (MSH-4, MSH-10) got before, if any."""
+        if not control_id:
+            return None
+        with self._lock:
+            r = self._db.execute("SELECT ack FROM messages WHERE facility=? AND control_id=?",
+                                 (facility, control_id)).fetchone()
+        return bytes(r[0]) if r else None
+
+    def refuse(self, *, facility: str, control_id: str, raw: bytes, ack: bytes, code: str, reason: str,
+               peer: str, mtype: str = "", codec: str = "") -> None:
+        """Keep a message that was not accepted, with its reason (nothing is lost).
+        A message with no control ID is kept under a made-up one."""
+        control_id = control_id or f"(none)-{time.time_ns()}"
+        with self._tx() as c:
+            c.execute("INSERT OR IGNORE INTO messages(facility, control_id, received_at, peer, type, codec, "
+                      "ack_code, reason, raw, ack) VALUES(?,?,?,?,?,?,?,?,?,?)",
+                      (facility, control_id, time.time(), peer, mtype, codec, code, reason, raw, ack))
+
+    def accept(self, req: Request, site: Site, *, raw: bytes, codec: str, peer: str,
+               make_ack) -> bytes:
+        """Apply a parsed message and store it with its ACK in one transaction;
+        returns the ACK.  Raises :class:`Reject` (nothing applied) for an
+        order that cannot be applied: the caller keeps it with :meth:`refuse`."""
+        now = time.time()
+        with self._tx() as c:
+            applied = self._apply(c, req, site, now)
+            ack = make_ack(applied)
+            cur = c.execute("INSERT INTO messages(facility, control_id, received_at, peer, type, codec, ack_code, "
+                            "reason, raw, ack) VALUES(?,?,?,?,?,?,?,?,?,?)",
+                            (req.facility, req.control_id, now, peer, req.type, codec, "AA", applied, raw, ack))
+            c.execute("UPDATE orders SET message_id=? WHERE message_id=-1", (cur.lastrowid,))
+        return ack
+
+    # --- orders -> items --------------------------------------------------------------
+
+    def _apply(self, c: sqlite3.Connection, req: Request, site: Site, now: float) -> str:
+        if req.type in ("ADT^A08", "ADT^A40"):
+            return self._adt(c, req, now)
+        hospital, work = plan(req, site)
+        done = []
+        for order, devices in work:
+            key = (req.facility, order.accession)
+            row = c.execute("SELECT * FROM orders WHERE facility=? AND accession=?", key).fetchone()
+            if order.control == "new":
+                if row is not None and row["status"] != "CANCELLED":
+                    raise Reject("AE", 205, f"order {order.accession} exists already ({row['status']}); "
+                                            "a change is ORC-1 XO", "ORC^1^1")
+                c.execute("DELETE FROM items WHERE facility=? AND accession=?", key)
+                c.execute("INSERT OR REPLACE INTO orders(facility, accession, hospital, status, patient_id, urgent, "
+                          "study_uid, created_at, updated_at, message_id) VALUES(?,?,?,?,?,?,?,?,?,-1)",
+                          (*key, hospital.slug, "SCHEDULED", req.patient.id, int(order.urgent),
+                           None, now, now))
+                self._items(c, req, order, devices, now)
+                done.append(f"{order.accession}: scheduled on {', '.join(d.aet for d in devices)}")
+                continue
+            if row is None:
+                raise Reject("AE", 204, f"order {order.accession} is not known here: a {order.control} "
+                                        f"(ORC-1) needs its new order (NW) first", "ORC^1^1")
+            if order.control == "change":
+                c.execute("DELETE FROM items WHERE facility=? AND accession=? AND status IN ('SCHEDULED','HOLD')",
+                          key)
+                c.execute("UPDATE orders SET status='SCHEDULED', patient_id=?, urgent=?, updated_at=? "
+                          "WHERE facility=? AND accession=?", (req.patient.id, int(order.urgent), now, *key))
+                self._items(c, req, order, devices, now)
+                done.append(f"{order.accession}: changed")
+            else:
+                status = {"cancel": "CANCELLED", "hold": "HOLD", "release": "SCHEDULED"}[order.control]
+                c.execute("UPDATE orders SET status=?, updated_at=? WHERE facility=? AND accession=?",
+                          (status, now, *key))
+                c.execute("UPDATE items SET status=?, updated_at=? WHERE facility=? AND accession=? "
+                          "AND status IN ('SCHEDULED','HOLD')", (status, now, *key))
+                done.append(f"{order.accession}: {status.lower()}")
+            c.execute("INSERT INTO audit(at, what, accession, details) VALUES(?,?,?,?)",
+                      (now, f"order {order.control}", order.accession, req.control_id))
+        return "; ".join(done)
+
+    def _items(self, c, req: Request, order, devices, now: float) -> None:
+        for d in devices:
+            it = item(order, req.patient, d, req.facility)
+            c.execute("INSERT OR REPLACE INTO items(facility, accession, aet, status, patient_id, item, updated_at) "
+                      "VALUES(?,?,?,?,?,?,?)", (req.facility, order.accession, d.aet, "SCHEDULED",
+                                                 req.patient.id, json.dumps(it, ensure_ascii=False), now))
+        if devices:
+            c.execute("UPDATE orders SET study_uid=? WHERE facility=? AND accession=?",
+                      (item(order, req.patient, devices[0], req.facility)["study_uid"], req.facility, order.accession))
+
+    def _adt(self, c, req: Request, now: float) -> str:
+        """Demographics of pending items follow the MIS (A08); a merge (A40)
+        moves the merged-away record's items to the surviving one."""
+        p = req.patient
+        old_id = req.merged_from.id if req.merged_from else p.id
+        rows = c.execute("SELECT facility, accession, aet, item FROM items WHERE patient_id=? AND facility=? "
+                         "AND status IN ('SCHEDULED','HOLD')", (old_id, req.facility)).fetchall()
+        for r in rows:
+            it = json.loads(r["item"])
+            before = it["patient"]
+            it["patient"] = {"id": p.id, "issuer": p.issuer or before.get("issuer", ""),
+                             "name": p.name or before.get("name", ""),
+                             "birth_date": p.birth_date or before.get("birth_date", ""),
+                             "sex": p.sex or before.get("sex", "")}
+            c.execute("UPDATE items SET item=?, patient_id=?, updated_at=? WHERE facility=? AND accession=? AND aet=?",
+                      (json.dumps(it, ensure_ascii=False), p.id, now, r["facility"], r["accession"], r["aet"]))
+        if req.merged_from:
+            c.execute("UPDATE orders SET patient_id=?, updated_at=? WHERE patient_id=? AND facility=?",
+                      (p.id, now, old_id, req.facility))
+        what = "merged" if req.merged_from else "updated"
+        c.execute("INSERT INTO audit(at, what, accession, details) VALUES(?,?,?,?)",
+                  (now, f"patient {what}", None, json.dumps({"control_id": req.control_id, "items": len(rows)})))
+        return f"patient {what}: {len(rows)} pending worklist item(s)"
+
+    # --- reading ----------------------------------------------------------------------
+
+    def items(self, aet: str | None = None, *, offered_only: bool = True) -> list[dict]:
+        q, args = "SELECT status, item FROM items", []
+        where = []
+        if aet is not None:
+            where.append("aet=?")
+            args.append(aet)
+        if offered_only:
+            where.append("status IN (%s)" % ",".join("?" * len(OFFERED)))
+            args.extend(OFFERED)
+        if where:
+            q += " WHERE " + " AND ".join(where)
+        with self._lock:
+            rows = self._db.execute(q + " ORDER BY updated_at", args).fetchall()
+        return [dict(json.loads(r["item"]), status=r["status"]) for r in rows]
+
+    def messages(self) -> list[dict]:
+        with self._lock:
+            rows = self._db.execute("SELECT id, facility, control_id, type, codec, ack_code, reason, received_at "
+                                    "FROM messages ORDER BY id").fetchall()
+        return [dict(r) for r in rows]
+
+    def counts(self) -> dict:
+        with self._lock:
+            acks = dict(self._db.execute("SELECT ack_code, count(*) FROM messages GROUP BY ack_code").fetchall())
+            items = dict(self._db.execute("SELECT status, count(*) FROM items GROUP BY status").fetchall())
+        return {"messages": acks, "items": items}

@@ -1,0 +1,249 @@
+"""The HL7 service as a real process: Debian's python3 and python3-hl7, as on
+a node, on loopback.  The MIS side is libraries the service does not use for
+the job: python-hl7's MLLP client (the service frames MLLP itself) and hl7apy
+to read the ACKs (the service parses with python-hl7); raw sockets for what
+no library would send."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import sqlite3
+import subprocess
+import threading
+from pathlib import Path
+
+import hl7.client
+import pytest
+from hl7apy.parser import parse_message
+
+REPO = Path(__file__).resolve().parents[2]
+PYTHON = "/usr/bin/python3"
+VT, FS, CR = b"\x0b", b"\x1c", b"\x0d"
+SITE = {
+    "hospitals": [{"hospital": "onco", "facilities": ["ONCO"],
+                   "devices": [{"aet": "ONCO_CT1", "modality": "CT", "station_names": ["CT-1"]},
+                               {"aet": "ONCO_CT2", "modality": "CT"},
+                               {"aet": "ONCO_MR1", "modality": "MR"}]}],
+    "classifier": {"A06.09.005": "Компьютерная томография органов грудной полости"},
+    "classifier_version": "2026-01",
+}
+
+
+class Hl7Service:
+    def __init__(self, tmp: Path, idle: float = 30):
+        self.state = tmp / "state"
+        self.config = tmp / "hl7.json"
+        self.config.write_text(json.dumps({"listen": {"host": "127.0.0.1", "port": 0}, "state_dir": str(self.state),
+                                           "site": SITE, "idle_timeout_seconds": idle,
+                                           "max_message_bytes": 1024 * 1024}, ensure_ascii=False))
+        self.log = tmp / "hl7.log"
+        self.proc: subprocess.Popen | None = None
+        self.port = 0
+
+    def start(self) -> None:
+        env = dict(os.environ, PYTHONPATH=str(REPO / "services"))
+        self.proc = subprocess.Popen([PYTHON, "-m", "kontur_hl7.server", "--config", str(self.config)],
+                                     stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, env=env, text=True)
+        ready = threading.Event()
+
+        def pump():
+            with open(self.log, "a", encoding="utf-8") as out:
+                for line in self.proc.stderr:
+                    out.write(line)
+                    out.flush()
+                    m = re.search(r"listening for HL7 over MLLP on \('127\.0\.0\.1', (\d+)\)", line)
+                    if m:
+                        self.port = int(m.group(1))
+                        ready.set()
+            ready.set()
+        threading.Thread(target=pump, daemon=True).start()
+        ready.wait(30)
+        assert self.port, f"the service did not start:\n{self.log.read_text()}"
+
+    def stop(self, sig=signal.SIGTERM) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            self.proc.wait(30)
+        self.proc = None
+
+    def client(self, encoding="utf-8") -> hl7.client.MLLPClient:
+        return hl7.client.MLLPClient("127.0.0.1", self.port, encoding=encoding)
+
+    def db(self):
+        c = sqlite3.connect(f"file:{self.state / 'hl7.sqlite3'}?mode=ro", uri=True)
+        c.row_factory = sqlite3.Row
+        return c
+
+    def items(self, status=None) -> list[dict]:
+        with self.db() as c:
+            rows = c.execute("SELECT status, item FROM items ORDER BY aet").fetchall()
+        return [dict(json.loads(r["item"]), status=r["status"]) for r in rows
+                if status is None or r["status"] == status]
+
+
+@pytest.fixture
+def service(tmp_path):
+    s = Hl7Service(tmp_path)
+    s.start()
+    yield s
+    s.stop(signal.SIGKILL)
+
+
+def orm(control="NW", *, cid, msh18="UNICODE UTF-8", accession="ACC1", name="Иванов^Пётр^Ильич",
+        code="A06.09.005", pid="12345", obr24="CT", extra=""):
+    return "\r".join([
+        f"MSH|^~\\&|MIS|ONCO|KONTUR|LAMI|20261201120000||ORM^O01|{cid}|P|2.5||||||{msh18}",
+        f"PID|1||{pid}^^^ONCO||{name}||19700101|M",
+        f"ORC|{control}|P-{accession}|{accession}",
+        f"OBR|1|P-{accession}|{accession}|{code}^^RU-804N||||||||||||||{accession}||||||{obr24}",
+    ]) + "\r" + extra
+
+
+def unescape(er7: str) -> str:
+    """HL7's escapes (v2.5 §2.7) back to their characters."""
+    for seq, ch in (("\\F\\", "|"), ("\\S\\", "^"), ("\\T\\", "&"), ("\\R\\", "~"), ("\\E\\", "\\")):
+        er7 = er7.replace(seq, ch)
+    return er7
+
+
+def msa(answer) -> tuple[str, str, str]:
+    """(MSA-1, MSA-2, MSA-3) of an ACK, read by hl7apy."""
+    text = answer.decode("utf-8") if isinstance(answer, bytes) else answer
+    m = parse_message(text.strip("\x0b\x1c\r"), find_groups=False)
+    return (m.msa.msa_1.to_er7(), m.msa.msa_2.to_er7(), unescape(m.msa.msa_3.to_er7()) if m.msa.msa_3 else "")
+
+
+def framed(sock: socket.socket, data: bytes) -> bytes:
+    sock.sendall(data)
+    buf = b""
+    while not buf.endswith(FS + CR):
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        buf += chunk
+    return buf
+
+
+def test_an_order_becomes_worklist_items_on_every_device_of_its_type(service):
+    with service.client() as c:
+        code, control, text = msa(c.send_message(orm(cid="M1")))
+    assert (code, control) == ("AA", "M1") and "ONCO_CT1, ONCO_CT2" in text
+    items = service.items()
+    assert [i["aet"] for i in items] == ["ONCO_CT1", "ONCO_CT2"]
+    assert items[0]["patient"]["name"] == "Иванов^Пётр^Ильич"
+    assert items[0]["procedure_name"] == SITE["classifier"]["A06.09.005"]
+
+
+def test_the_same_message_twice_gets_the_first_ack_not_a_second_order(service):
+    with service.client() as c:
+        first = c.send_message(orm(cid="M1"))
+        again = c.send_message(orm(cid="M1"))
+    assert first == again and msa(first)[0] == "AA"
+    with service.db() as db:
+        assert db.execute("SELECT count(*) FROM messages").fetchone()[0] == 1
+        assert db.execute("SELECT count(*) FROM orders").fetchone()[0] == 1
+
+
+def test_a_change_before_its_order_is_refused_then_the_order_and_the_change_go(service):
+    with service.client() as c:
+        code, _, text = msa(c.send_message(orm("XO", cid="M1")))
+        assert code == "AE" and "order ACC1 is not known here" in text
+        assert msa(c.send_message(orm("NW", cid="M2")))[0] == "AA"
+        assert msa(c.send_message(orm("XO", cid="M3", obr24="MR")))[0] == "AA"
+    assert [i["aet"] for i in service.items("SCHEDULED")] == ["ONCO_MR1"]
+    with service.db() as db:                # the refused change is kept, with its reason
+        row = db.execute("SELECT ack_code, reason, raw FROM messages WHERE control_id='M1'").fetchone()
+    assert row["ack_code"] == "AE" and "not known" in row["reason"] and b"ORC|XO" in row["raw"]
+
+
+def test_cancel_removes_the_item_and_a_cancel_of_nothing_is_refused(service):
+    with service.client() as c:
+        code, _, text = msa(c.send_message(orm("CA", cid="M0", accession="NOPE")))
+        assert code == "AE" and "order NOPE is not known here" in text
+        c.send_message(orm(cid="M1"))
+        assert msa(c.send_message(orm("CA", cid="M2")))[0] == "AA"
+    assert service.items("SCHEDULED") == [] and {i["status"] for i in service.items()} == {"CANCELLED"}
+
+
+def test_a_cp1251_message_with_an_empty_charset_keeps_its_cyrillic(service):
+    with service.client(encoding="cp1251") as c:
+        answer = c.send_message(orm(cid="M1", msh18="").encode("cp1251"))
+    assert msa(answer.decode("cp1251").encode())[0] == "AA"
+    assert service.items()[0]["patient"]["name"] == "Иванов^Пётр^Ильич"
+
+
+def test_demographic_updates_and_merges_follow_the_mis(service):
+    a08 = "\r".join(["MSH|^~\\&|MIS|ONCO|KONTUR|LAMI|20261201120500||ADT^A08|M2|P|2.5||||||UNICODE UTF-8",
+                     "PID|1||12345^^^ONCO||Петрова^Анна^Ивановна||19700101|F"]) + "\r"
+    a40 = "\r".join(["MSH|^~\\&|MIS|ONCO|KONTUR|LAMI|20261201121000||ADT^A40^ADT_A39|M3|P|2.5||||||UNICODE UTF-8",
+                     "PID|1||777^^^ONCO||Петрова^Анна^Ивановна||19700101|F", "MRG|12345^^^ONCO"]) + "\r"
+    with service.client() as c:
+        c.send_message(orm(cid="M1"))
+        assert msa(c.send_message(a08))[0] == "AA"
+        assert {i["patient"]["name"] for i in service.items()} == {"Петрова^Анна^Ивановна"}
+        assert msa(c.send_message(a40))[0] == "AA"
+    assert {i["patient"]["id"] for i in service.items()} == {"777"}
+
+
+@pytest.mark.parametrize("message,ack_code,words", [
+    (b"PID|1||12345||X\r", "AR", "does not start with an MSH"),
+    (orm(cid="B1").replace("ORM^O01", "ORU^R01").encode(), "AR", "'ORU^R01' is not read here"),
+    # a PID cut mid-field, the rest of the message lost
+    (orm(cid="B2").split("PID|1||12345^^^ONCO||Иван")[0].encode() + "PID|1||12345^^^ONCO||Иван".encode(),
+     "AR", "no ORC segment"),
+    (orm(cid="B3", code="B99.99").encode(), "AE", "'B99.99' (OBR-4) is not in the regional classifier"),
+    (orm(cid="B4").encode("cp1251"), "AR", "not valid UNICODE UTF-8"),
+])
+def test_bad_messages_get_the_right_nak_and_the_next_message_is_answered(service, message, ack_code, words):
+    with socket.create_connection(("127.0.0.1", service.port), timeout=30) as s:
+        answer = framed(s, VT + message + FS + CR)
+        code, _, text = msa(answer.decode("utf-8", "replace"))
+        assert code == ack_code and words in text, text
+        assert msa(framed(s, VT + orm(cid="NEXT").encode() + FS + CR))[0] == "AA"
+    with service.db() as db:                # the bad message is kept with its reason
+        assert db.execute("SELECT count(*) FROM messages WHERE ack_code=?", (ack_code,)).fetchone()[0] == 1
+
+
+def test_bytes_outside_a_frame_are_dropped_and_the_stream_goes_on(service):
+    with socket.create_connection(("127.0.0.1", service.port), timeout=30) as s:
+        answer = framed(s, b"garbage with no frame\r" + VT + orm(cid="M1").encode() + FS + CR)
+    assert msa(answer)[:2] == ("AA", "M1")
+    assert "outside an MLLP frame" in service.log.read_text() or "before <VT> dropped" in service.log.read_text()
+
+
+def test_a_10_mb_message_is_refused_kept_and_the_connection_goes_on(service):
+    big = orm(cid="BIG").encode() + b"NTE|1||" + b"x" * (10 * 1024 * 1024) + b"\r"
+    with socket.create_connection(("127.0.0.1", service.port), timeout=60) as s:
+        code, control, text = msa(framed(s, VT + big + FS + CR))
+        assert (code, control) == ("AR", "BIG") and "at most 1048576" in text
+        assert msa(framed(s, VT + orm(cid="NEXT").encode() + FS + CR))[0] == "AA"
+    with service.db() as db:
+        assert len(db.execute("SELECT raw FROM messages WHERE control_id='BIG'").fetchone()[0]) == 64 * 1024
+
+
+def test_a_client_that_sends_nothing_is_disconnected_and_others_are_served(tmp_path):
+    s = Hl7Service(tmp_path, idle=1)
+    s.start()
+    try:
+        with socket.create_connection(("127.0.0.1", s.port), timeout=30) as silent:
+            assert silent.recv(10) == b""          # the service hung up on it
+        assert "nothing received for 1 s; disconnected" in s.log.read_text()
+        with s.client() as c:
+            assert msa(c.send_message(orm(cid="M1")))[0] == "AA"
+    finally:
+        s.stop(signal.SIGKILL)
+
+
+def test_an_acknowledged_order_survives_kill_9(service):
+    with service.client() as c:
+        assert msa(c.send_message(orm(cid="M1")))[0] == "AA"
+    service.stop(signal.SIGKILL)
+    service.start()
+    assert len(service.items("SCHEDULED")) == 2
+    with service.client() as c:                 # and its duplicate is still known
+        assert msa(c.send_message(orm(cid="M1")))[0] == "AA"
+    with service.db() as db:
+        assert db.execute("SELECT count(*) FROM messages").fetchone()[0] == 1
