@@ -44,6 +44,7 @@ from kontur_plugins.transfer import api as transfer_api  # noqa: E402
 from kontur_plugins.transfer import ingest  # noqa: E402
 from kontur_plugins.transfer.gate import TransferGate, ValidationStore, study_facts  # noqa: E402
 from kontur_plugins.transfer.config import TransferConfig, TransferError, parse_transfer  # noqa: E402
+from kontur_plugins.worklist import items as worklist_items  # noqa: E402
 
 PREFIX = "kontur"
 # Orthanc error codes: 17 UnknownResource is "no such resource"; 13 InexistentFile and
@@ -116,6 +117,7 @@ class Plugin:
         self.node = None
         self.outbox = None
         self.transfer = TransferConfig()
+        self.worklist_db = None      # the HL7 service's state, when this node answers the worklist
         self._audited = {}          # (study UID, original values) already in the audit trail
         # what the ingest stage did since Orthanc started (in /kontur/replication as "ingest")
         self.ingest_counts = {"seen": 0, "changed": 0, "unchanged": 0, "left_as_received": 0, "failed": 0}
@@ -130,6 +132,7 @@ class Plugin:
             orthanc.LogError(f"{PREFIX}: replication disabled: {self.disabled_reason}")
             return
         self.node = cfg.node
+        self._setup_worklist(path)
         try:
             outbox = Outbox(cfg.state_db)
         except Exception as exc:  # noqa: BLE001
@@ -178,7 +181,30 @@ class Plugin:
                                f"Issuer of Patient ID {self.transfer.issuer or '(not stamped)'}, "
                                f"patient key {self.transfer.patient_key}")
 
+    def _setup_worklist(self, path):
+        """The Modality Worklist: the HL7 service's items, where the policy says it keeps them."""
+        try:
+            with open(path, encoding="utf-8") as fh:
+                section = json.load(fh).get("worklist") or {}
+        except (OSError, ValueError):
+            return
+        if section.get("enabled") and section.get("db"):
+            self.worklist_db = str(section["db"])
+            orthanc.LogWarning(f"{PREFIX}: modality worklist on: items from {self.worklist_db}")
+
     # --- callbacks (never raise, never block) --------------------------------
+
+    def on_worklist(self, answers, query, issuer_aet, called_aet):
+        """Orthanc's worklist C-FIND callback: the calling device's scheduled
+        items that match the query's keys (Orthanc matches them)."""
+        try:
+            for item in worklist_items.scheduled(self.worklist_db, issuer_aet):
+                ds = worklist_items.dataset(item)
+                if query.WorklistIsMatch(ds):
+                    answers.WorklistAddAnswer(query, ds)
+        except Exception as exc:  # noqa: BLE001
+            orthanc.LogError(f"{PREFIX}: worklist C-FIND from {issuer_aet}: {exc!r}\n{traceback.format_exc()}")
+            raise
 
     def on_received(self, received_dicom, origin):
         """Orthanc's received-instance callback: the ingest stage.  Anything it
@@ -285,6 +311,8 @@ except Exception as _exc:  # noqa: BLE001 - never take Orthanc down with us
     PLUGIN.engine = None
     PLUGIN.disabled_reason = f"setup failed: {_exc!r}"
 orthanc.RegisterOnChangeCallback(PLUGIN.on_change)
+if PLUGIN.worklist_db:
+    orthanc.RegisterWorklistCallback(PLUGIN.on_worklist)
 if PLUGIN.transfer.enabled:
     orthanc.RegisterReceivedInstanceCallback(PLUGIN.on_received)
 orthanc.RegisterRestCallback(api.ROUTE_PATTERN, PLUGIN.on_rest)

@@ -171,6 +171,32 @@ def storescu(paths: list[str | Path], *, port: int, called_aet: str, calling_aet
     return res
 
 
+def findscu_worklist(directory: str | Path, *, port: int, called_aet: str, calling_aet: str,
+                     keys: list[str] | None = None, host: str = "127.0.0.1",
+                     timeout: float = 60) -> tuple[subprocess.CompletedProcess, list]:
+    """A Modality Worklist C-FIND with DCMTK ``findscu -W``, as a device sends
+    it; returns the run and the answers (pydicom datasets of the response files)."""
+    import pydicom  # noqa: PLC0415
+    if host.split(".")[0] != "127":
+        raise ValueError("tests query loopback only")
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    for old in d.glob("rsp*.dcm"):
+        old.unlink()
+    env = dict(os.environ, TCP_NODELAY="1")
+    cmd = ["findscu", "-W", "-aet", calling_aet, "-aec", called_aet, "-X", "-od", str(d)]
+    for k in keys if keys is not None else [
+            "PatientName", "PatientID", "PatientBirthDate", "PatientSex", "AccessionNumber", "StudyInstanceUID",
+            "RequestedProcedureDescription", "ScheduledProcedureStepSequence[0].Modality",
+            "ScheduledProcedureStepSequence[0].ScheduledStationAETitle",
+            "ScheduledProcedureStepSequence[0].ScheduledProcedureStepStartDate"]:
+        cmd += ["-k", k]
+    cmd += [host, str(port)]
+    res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
+    answers = [pydicom.dcmread(p) for p in sorted(d.glob("rsp*.dcm"))]
+    return res, answers
+
+
 def send_study(study: Study, directory: str | Path, *, port: int, called_aet: str,
                calling_aet: str = "TESTSCU", instances: list[Instance] | None = None) -> None:
     """C-STORE ``instances`` (default: all of ``study``) from files written under ``directory``."""

@@ -5,83 +5,16 @@ to read the ACKs (the service parses with python-hl7); raw sockets for what
 no library would send."""
 from __future__ import annotations
 
-import json
-import os
-import re
 import signal
 import socket
-import sqlite3
-import subprocess
-import threading
-from pathlib import Path
 
-import hl7.client
 import pytest
 from hl7apy.parser import parse_message
 
-REPO = Path(__file__).resolve().parents[2]
-PYTHON = "/usr/bin/python3"
+from kontur.testing.hl7 import SITE, Hl7Service, orm
+from kontur.testing.orthanc import wait_for
+
 VT, FS, CR = b"\x0b", b"\x1c", b"\x0d"
-SITE = {
-    "hospitals": [{"hospital": "onco", "facilities": ["ONCO"],
-                   "devices": [{"aet": "ONCO_CT1", "modality": "CT", "station_names": ["CT-1"]},
-                               {"aet": "ONCO_CT2", "modality": "CT"},
-                               {"aet": "ONCO_MR1", "modality": "MR"}]}],
-    "classifier": {"A06.09.005": "Компьютерная томография органов грудной полости"},
-    "classifier_version": "2026-01",
-}
-
-
-class Hl7Service:
-    def __init__(self, tmp: Path, idle: float = 30):
-        self.state = tmp / "state"
-        self.config = tmp / "hl7.json"
-        self.config.write_text(json.dumps({"listen": {"host": "127.0.0.1", "port": 0}, "state_dir": str(self.state),
-                                           "site": SITE, "idle_timeout_seconds": idle,
-                                           "max_message_bytes": 1024 * 1024}, ensure_ascii=False))
-        self.log = tmp / "hl7.log"
-        self.proc: subprocess.Popen | None = None
-        self.port = 0
-
-    def start(self) -> None:
-        env = dict(os.environ, PYTHONPATH=str(REPO / "services"))
-        self.proc = subprocess.Popen([PYTHON, "-m", "kontur_hl7.server", "--config", str(self.config)],
-                                     stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, env=env, text=True)
-        ready = threading.Event()
-
-        def pump():
-            with open(self.log, "a", encoding="utf-8") as out:
-                for line in self.proc.stderr:
-                    out.write(line)
-                    out.flush()
-                    m = re.search(r"listening for HL7 over MLLP on \('127\.0\.0\.1', (\d+)\)", line)
-                    if m:
-                        self.port = int(m.group(1))
-                        ready.set()
-            ready.set()
-        threading.Thread(target=pump, daemon=True).start()
-        ready.wait(30)
-        assert self.port, f"the service did not start:\n{self.log.read_text()}"
-
-    def stop(self, sig=signal.SIGTERM) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            self.proc.wait(30)
-        self.proc = None
-
-    def client(self, encoding="utf-8") -> hl7.client.MLLPClient:
-        return hl7.client.MLLPClient("127.0.0.1", self.port, encoding=encoding)
-
-    def db(self):
-        c = sqlite3.connect(f"file:{self.state / 'hl7.sqlite3'}?mode=ro", uri=True)
-        c.row_factory = sqlite3.Row
-        return c
-
-    def items(self, status=None) -> list[dict]:
-        with self.db() as c:
-            rows = c.execute("SELECT status, item FROM items ORDER BY aet").fetchall()
-        return [dict(json.loads(r["item"]), status=r["status"]) for r in rows
-                if status is None or r["status"] == status]
 
 
 @pytest.fixture
@@ -90,16 +23,6 @@ def service(tmp_path):
     s.start()
     yield s
     s.stop(signal.SIGKILL)
-
-
-def orm(control="NW", *, cid, msh18="UNICODE UTF-8", accession="ACC1", name="Иванов^Пётр^Ильич",
-        code="A06.09.005", pid="12345", obr24="CT", extra=""):
-    return "\r".join([
-        f"MSH|^~\\&|MIS|ONCO|KONTUR|LAMI|20261201120000||ORM^O01|{cid}|P|2.5||||||{msh18}",
-        f"PID|1||{pid}^^^ONCO||{name}||19700101|M",
-        f"ORC|{control}|P-{accession}|{accession}",
-        f"OBR|1|P-{accession}|{accession}|{code}^^RU-804N||||||||||||||{accession}||||||{obr24}",
-    ]) + "\r" + extra
 
 
 def unescape(er7: str) -> str:
@@ -211,7 +134,7 @@ def test_bytes_outside_a_frame_are_dropped_and_the_stream_goes_on(service):
     with socket.create_connection(("127.0.0.1", service.port), timeout=30) as s:
         answer = framed(s, b"garbage with no frame\r" + VT + orm(cid="M1").encode() + FS + CR)
     assert msa(answer)[:2] == ("AA", "M1")
-    assert "outside an MLLP frame" in service.log.read_text() or "before <VT> dropped" in service.log.read_text()
+    wait_for(lambda: "before <VT> dropped" in service.log.read_text(), 30, message="the dropped bytes logged")
 
 
 def test_a_10_mb_message_is_refused_kept_and_the_connection_goes_on(service):
@@ -230,7 +153,9 @@ def test_a_client_that_sends_nothing_is_disconnected_and_others_are_served(tmp_p
     try:
         with socket.create_connection(("127.0.0.1", s.port), timeout=30) as silent:
             assert silent.recv(10) == b""          # the service hung up on it
-        assert "nothing received for 1 s; disconnected" in s.log.read_text()
+        # the service's stderr reaches the file through the fixture's reader: wait for the line
+        wait_for(lambda: "nothing received for 1 s; disconnected" in s.log.read_text(), 30,
+                 message="the idle line in the service's log")
         with s.client() as c:
             assert msa(c.send_message(orm(cid="M1")))[0] == "AA"
     finally:

@@ -1,0 +1,95 @@
+"""The HL7 service (``services/kontur_hl7``) as a process for tests and
+benches: Debian's python3 and python3-hl7, as on a node, on loopback."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import sqlite3
+import subprocess
+import threading
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+PYTHON = "/usr/bin/python3"
+SITE = {
+    "hospitals": [{"hospital": "onco", "facilities": ["ONCO"],
+                   "devices": [{"aet": "ONCO_CT1", "modality": "CT", "station_names": ["CT-1"]},
+                               {"aet": "ONCO_CT2", "modality": "CT"},
+                               {"aet": "ONCO_MR1", "modality": "MR"}]}],
+    "classifier": {"A06.09.005": "Компьютерная томография органов грудной полости"},
+    "classifier_version": "2026-01",
+}
+
+
+class Hl7Service:
+    def __init__(self, tmp: Path, idle: float = 30, site: dict | None = None):
+        tmp.mkdir(parents=True, exist_ok=True)
+        self.state = tmp / "state"
+        self.config = tmp / "hl7.json"
+        self.config.write_text(json.dumps({"listen": {"host": "127.0.0.1", "port": 0}, "state_dir": str(self.state),
+                                           "site": site or SITE, "idle_timeout_seconds": idle,
+                                           "max_message_bytes": 1024 * 1024}, ensure_ascii=False))
+        self.log = tmp / "hl7.log"
+        self.proc: subprocess.Popen | None = None
+        self.port = 0
+
+    @property
+    def db_path(self) -> Path:
+        return self.state / "hl7.sqlite3"
+
+    def start(self) -> None:
+        env = dict(os.environ, PYTHONPATH=str(REPO / "services"))
+        self.proc = subprocess.Popen([PYTHON, "-m", "kontur_hl7.server", "--config", str(self.config)],
+                                     stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, env=env, text=True)
+        ready = threading.Event()
+        self.port = 0
+
+        def pump():
+            with open(self.log, "a", encoding="utf-8") as out:
+                for line in self.proc.stderr:
+                    out.write(line)
+                    out.flush()
+                    m = re.search(r"listening for HL7 over MLLP on \('127\.0\.0\.1', (\d+)\)", line)
+                    if m:
+                        self.port = int(m.group(1))
+                        ready.set()
+            ready.set()
+        threading.Thread(target=pump, daemon=True).start()
+        ready.wait(30)
+        if not self.port:
+            self.stop(signal.SIGKILL)
+            raise RuntimeError(f"the HL7 service did not start:\n{self.log.read_text()}")
+
+    def stop(self, sig=signal.SIGTERM) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            self.proc.wait(30)
+        self.proc = None
+
+    def client(self, encoding="utf-8"):
+        import hl7.client  # noqa: PLC0415 - python-hl7's MLLP client: the MIS side
+        return hl7.client.MLLPClient("127.0.0.1", self.port, encoding=encoding)
+
+    def db(self):
+        c = sqlite3.connect(f"file:{self.db_path}?mode=ro", uri=True)
+        c.row_factory = sqlite3.Row
+        return c
+
+    def items(self, status=None) -> list[dict]:
+        with self.db() as c:
+            rows = c.execute("SELECT status, item FROM items ORDER BY aet").fetchall()
+        return [dict(json.loads(r["item"]), status=r["status"]) for r in rows
+                if status is None or r["status"] == status]
+
+
+def orm(control="NW", *, cid, msh18="UNICODE UTF-8", accession="ACC1", name="Иванов^Пётр^Ильич",
+        code="A06.09.005", pid="12345", obr24="CT", extra="", facility="ONCO") -> str:
+    """An order as a MIS sends it (ORM^O01, HL7 v2.5)."""
+    return "\r".join([
+        f"MSH|^~\\&|MIS|{facility}|KONTUR|LAMI|20261201120000||ORM^O01|{cid}|P|2.5||||||{msh18}",
+        f"PID|1||{pid}^^^{facility}||{name}||19700101|M",
+        f"ORC|{control}|P-{accession}|{accession}",
+        f"OBR|1|P-{accession}|{accession}|{code}^^RU-804N||||||||||||||{accession}||||||{obr24}",
+    ]) + "\r" + extra

@@ -1,0 +1,96 @@
+# SPDX-License-Identifier: AGPL-3.0-or-later
+"""Worklist items for a C-FIND (issue 11): read from the HL7 service's
+state, made into the DICOM datasets Orthanc matches against the query.
+
+Why Orthanc answers the worklist, not a second DICOM server: the devices
+already know this node's AE title, address and port (they send their
+studies there), Orthanc checks the calling AE against the inventory's
+modalities as it does for C-STORE, and its worklist callback does the
+matching of the query's keys (``WorklistIsMatch``).  The HL7 service writes
+the items; this module only reads them (sqlite3, read-only, per query: a new
+order is on the worklist as soon as its ACK went out).
+
+The contract with ``services/kontur_hl7/store.py``: table ``items`` with
+``aet``, ``status`` (``SCHEDULED`` is offered) and ``item`` (JSON: the keys
+:func:`dataset` reads).  Pure but for the read.
+"""
+from __future__ import annotations
+
+import io
+import json
+import sqlite3
+from pathlib import Path
+
+OFFERED = ("SCHEDULED",)
+
+
+def scheduled(db_path: str | Path, aet: str) -> list[dict]:
+    """The items scheduled on the device ``aet`` ([] while the service has no state yet)."""
+    path = Path(db_path)
+    if not path.exists():
+        return []
+    con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
+    try:
+        rows = con.execute("SELECT item FROM items WHERE aet=? AND status IN (%s) ORDER BY updated_at"
+                           % ",".join("?" * len(OFFERED)), (aet, *OFFERED)).fetchall()
+    except sqlite3.OperationalError as exc:
+        if "no such table" in str(exc):
+            return []
+        raise
+    finally:
+        con.close()
+    return [json.loads(r[0]) for r in rows]
+
+
+def _split(ts: str) -> tuple[str, str]:
+    ts = (ts or "").ljust(14, "0") if ts else ""
+    return (ts[:8], ts[8:14]) if ts else ("", "")
+
+
+def dataset(item: dict) -> bytes:
+    """The worklist item as a DICOM file (UTF-8 text, ISO_IR 192)."""
+    from pydicom.dataset import Dataset, FileMetaDataset  # noqa: PLC0415 - Debian's python3-pydicom
+    from pydicom.uid import ExplicitVRLittleEndian  # noqa: PLC0415
+
+    p = item.get("patient") or {}
+    ds = Dataset()
+    ds.SpecificCharacterSet = "ISO_IR 192"
+    ds.PatientName = p.get("name", "")
+    ds.PatientID = p.get("id", "")
+    if p.get("issuer"):
+        ds.IssuerOfPatientID = p["issuer"]
+    ds.PatientBirthDate = p.get("birth_date", "")
+    ds.PatientSex = p.get("sex", "")
+    ds.AccessionNumber = item.get("accession", "")
+    ds.StudyInstanceUID = item.get("study_uid", "")
+    ds.RequestedProcedureID = item.get("requested_procedure_id", "")
+    ds.RequestedProcedureDescription = item.get("procedure_name", "")
+    ds.RequestedProcedurePriority = item.get("priority", "ROUTINE")
+    ds.ReferringPhysicianName = ""
+    if item.get("procedure_code"):
+        code = Dataset()
+        code.CodeValue = item["procedure_code"]
+        code.CodingSchemeDesignator = item.get("procedure_scheme") or "RU-804N"
+        code.CodeMeaning = item.get("procedure_name", "")
+        ds.RequestedProcedureCodeSequence = [code]
+    sps = Dataset()
+    sps.Modality = item.get("modality", "")
+    sps.ScheduledStationAETitle = item.get("aet", "")
+    sps.ScheduledProcedureStepStartDate, sps.ScheduledProcedureStepStartTime = _split(item.get("scheduled", ""))
+    sps.ScheduledProcedureStepID = item.get("sps_id", "")
+    sps.ScheduledProcedureStepDescription = item.get("procedure_name", "")
+    sps.ScheduledPerformingPhysicianName = ""
+    sps.ScheduledProcedureStepStatus = "SCHEDULED"
+    ds.ScheduledProcedureStepSequence = [sps]
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.31"       # Modality Worklist Information Model - FIND
+    meta.MediaStorageSOPInstanceUID = item.get("study_uid") or "2.25.0"
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta = meta
+    out = io.BytesIO()
+    try:
+        ds.save_as(out, enforce_file_format=True)           # pydicom 3
+    except TypeError:
+        ds.is_little_endian, ds.is_implicit_VR = True, False
+        ds.save_as(out, write_like_original=False)          # pydicom 2.3 (Debian 12)
+    return out.getvalue()
