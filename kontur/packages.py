@@ -2,6 +2,8 @@
 the region's mirror must carry all of them (and their dependencies)."""
 from __future__ import annotations
 
+from pathlib import Path
+
 from .model import Role
 
 #: every node
@@ -11,6 +13,23 @@ ORTHANC = ["orthanc", "orthanc-python", "orthanc-dicomweb", "orthanc-postgresql"
 #: Python modules kontur's plugins import beyond the standard library, and the
 #: Debian package of each (in ORTHANC): nothing else reaches a node
 PLUGIN_MODULES = {"pydicom": "python3-pydicom"}
+#: Python packages a node service needs that Debian 12 does not have: shipped
+#: by kontur from the control machine as pinned wheels (``./run`` fetches them
+#: into ``.wheels/`` with pip; the deploy uploads them), never fetched by a node
+NODE_WHEELS = {"pynetdicom": "2.0.2"}
+WHEEL_DIR = Path(__file__).resolve().parents[1] / ".wheels"
+
+
+def wheel_path(name: str) -> Path:
+    """The pinned wheel of ``name`` on this control machine; raises naming what is missing."""
+    version = NODE_WHEELS[name]
+    path = WHEEL_DIR / f"{name}-{version}-py3-none-any.whl"
+    if not path.is_file():
+        raise FileNotFoundError(f"the wheel {path.name} ({name} {version}, pinned in kontur/packages.py) is not in "
+                                f"{WHEEL_DIR}; ./run setup fetches it")
+    return path
+
+
 #: nodes whose index is in PostgreSQL
 POSTGRESQL = ["postgresql"]
 

@@ -13,9 +13,10 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 PYTHON = "/usr/bin/python3"
+MPPS_AET = "ONCO_MPPS"
 SITE = {
     "hospitals": [{"hospital": "onco", "facilities": ["ONCO"],
-                   "devices": [{"aet": "ONCO_CT1", "modality": "CT", "station_names": ["CT-1"]},
+                   "devices": [{"aet": "ONCO_CT1", "modality": "CT", "station_names": ["CT-1"], "host": "127.0.0.1"},
                                {"aet": "ONCO_CT2", "modality": "CT"},
                                {"aet": "ONCO_MR1", "modality": "MR"}]}],
     "classifier": {"A06.09.005": "Компьютерная томография органов грудной полости"},
@@ -24,23 +25,31 @@ SITE = {
 
 
 class Hl7Service:
-    def __init__(self, tmp: Path, idle: float = 30, site: dict | None = None):
+    def __init__(self, tmp: Path, idle: float = 30, site: dict | None = None, mpps: bool = False):
         tmp.mkdir(parents=True, exist_ok=True)
         self.state = tmp / "state"
         self.config = tmp / "hl7.json"
-        self.config.write_text(json.dumps({"listen": {"host": "127.0.0.1", "port": 0}, "state_dir": str(self.state),
-                                           "site": site or SITE, "idle_timeout_seconds": idle,
-                                           "max_message_bytes": 1024 * 1024}, ensure_ascii=False))
+        cfg = {"listen": {"host": "127.0.0.1", "port": 0}, "state_dir": str(self.state), "site": site or SITE,
+               "idle_timeout_seconds": idle, "max_message_bytes": 1024 * 1024}
+        if mpps:
+            cfg["mpps"] = {"host": "127.0.0.1", "port": 0, "ae_title": MPPS_AET}
+        self.config.write_text(json.dumps(cfg, ensure_ascii=False))
         self.log = tmp / "hl7.log"
         self.proc: subprocess.Popen | None = None
         self.port = 0
+        self.mpps_port = 0
+        self.wants_mpps = mpps
 
     @property
     def db_path(self) -> Path:
         return self.state / "hl7.sqlite3"
 
     def start(self) -> None:
-        env = dict(os.environ, PYTHONPATH=str(REPO / "services"))
+        path = [str(REPO / "services")]
+        if self.wants_mpps:
+            from kontur.packages import wheel_path  # noqa: PLC0415
+            path.append(str(wheel_path("pynetdicom")))    # as the node's unit puts it on the path
+        env = dict(os.environ, PYTHONPATH=":".join(path))
         self.proc = subprocess.Popen([PYTHON, "-m", "kontur_hl7.server", "--config", str(self.config)],
                                      stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, env=env, text=True)
         ready = threading.Event()
@@ -51,6 +60,9 @@ class Hl7Service:
                 for line in self.proc.stderr:
                     out.write(line)
                     out.flush()
+                    m = re.search(r"MPPS SCP \S+ listening on \('127\.0\.0\.1', (\d+)\)", line)
+                    if m:
+                        self.mpps_port = int(m.group(1))
                     m = re.search(r"listening for HL7 over MLLP on \('127\.0\.0\.1', (\d+)\)", line)
                     if m:
                         self.port = int(m.group(1))

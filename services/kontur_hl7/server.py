@@ -166,7 +166,18 @@ class Service:
         finally:
             writer.close()
 
+    def start_mpps(self):
+        """The MPPS SCP, when the configuration has an ``mpps`` section."""
+        m = self.cfg.get("mpps")
+        if not m:
+            return None
+        from . import mpps_scp  # noqa: PLC0415 - needs the shipped pynetdicom wheel
+        devices = {d.aet: d.host for h in self.site.hospitals for d in h.devices}
+        return mpps_scp.start(self.store, host=m.get("host", "0.0.0.0"), port=int(m.get("port", 0)),
+                              ae_title=m.get("ae_title", "KONTUR_MPPS"), devices=devices)
+
     async def serve(self, host: str, port: int, ready=None) -> None:
+        scp = self.start_mpps()
         server = await asyncio.start_server(self.connection, host, port, limit=1 << 20)
         where = ", ".join(str(s.getsockname()) for s in server.sockets)
         log.info("listening for HL7 over MLLP on %s", where)
@@ -178,6 +189,8 @@ class Service:
             loop.add_signal_handler(sig, stop.set)
         async with server:
             await stop.wait()
+        if scp is not None:
+            scp.shutdown()
         self.store.close()
 
 

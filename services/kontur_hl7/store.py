@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from . import mpps
 from .orders import Reject, Request
 from .worklist import Site, item, plan
 
@@ -43,6 +44,11 @@ CREATE TABLE IF NOT EXISTS items (
 );
 CREATE INDEX IF NOT EXISTS items_by_aet ON items (aet, status);
 CREATE INDEX IF NOT EXISTS items_by_patient ON items (patient_id);
+CREATE TABLE IF NOT EXISTS mpps (
+    sop_uid TEXT PRIMARY KEY, status TEXT NOT NULL, aet TEXT NOT NULL,
+    accession TEXT, study_uid TEXT, facility TEXT, linked INTEGER NOT NULL DEFAULT 0,
+    created_at REAL NOT NULL, updated_at REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS audit (
     id INTEGER PRIMARY KEY, at REAL NOT NULL, what TEXT NOT NULL, accession TEXT, details TEXT
 );
@@ -188,6 +194,76 @@ class Store:
         c.execute("INSERT INTO audit(at, what, accession, details) VALUES(?,?,?,?)",
                   (now, f"patient {what}", None, json.dumps({"control_id": req.control_id, "items": len(rows)})))
         return f"patient {what}: {len(rows)} pending worklist item(s)"
+
+    # --- MPPS ------------------------------------------------------------------------
+
+    def mpps_get(self, sop_uid: str) -> mpps.Step | None:
+        with self._lock:
+            r = self._db.execute("SELECT * FROM mpps WHERE sop_uid=?", (sop_uid,)).fetchone()
+        return None if r is None else mpps.Step(r["sop_uid"], r["status"], r["aet"], r["accession"] or "",
+                                                r["study_uid"] or "")
+
+    def _order_of(self, c, step: mpps.Step) -> tuple[str, str] | None:
+        """(facility, accession) of the order an MPPS performs, by the item on its device."""
+        for col, value in (("accession", step.accession), ("study_uid", step.study_uid)):
+            if not value:
+                continue
+            if col == "accession":
+                r = c.execute("SELECT facility, accession FROM items WHERE accession=? AND aet=?",
+                              (value, step.aet)).fetchone()
+            else:
+                r = c.execute("SELECT facility, accession FROM orders WHERE study_uid=?", (value,)).fetchone()
+            if r is not None:
+                return r["facility"], r["accession"]
+        return None
+
+    def mpps_create(self, step: mpps.Step) -> str:
+        """Record an IN PROGRESS step; returns what it did to the worklist."""
+        now = time.time()
+        with self._tx() as c:
+            if c.execute("SELECT 1 FROM mpps WHERE sop_uid=?", (step.sop_uid,)).fetchone():
+                raise mpps.MppsError(mpps.DUPLICATE_INSTANCE, f"MPPS {step.sop_uid} exists already")
+            order = self._order_of(c, step)
+            c.execute("INSERT INTO mpps(sop_uid, status, aet, accession, study_uid, facility, linked, created_at, "
+                      "updated_at) VALUES(?,?,?,?,?,?,?,?,?)",
+                      (step.sop_uid, step.status, step.aet, order[1] if order else step.accession,
+                       step.study_uid, order[0] if order else None, int(order is not None), now, now))
+            if order is None:
+                what = "no order known for it (an unscheduled procedure): kept, not linked"
+            else:
+                c.execute("UPDATE items SET status=CASE WHEN aet=? THEN 'IN PROGRESS' ELSE 'TAKEN' END, updated_at=? "
+                          "WHERE facility=? AND accession=? AND status IN ('SCHEDULED','HOLD')",
+                          (step.aet, now, *order))
+                c.execute("UPDATE orders SET status='IN PROGRESS', updated_at=? WHERE facility=? AND accession=?",
+                          (now, *order))
+                what = f"order {order[1]} in progress on {step.aet}"
+            c.execute("INSERT INTO audit(at, what, accession, details) VALUES(?,?,?,?)",
+                      (now, "mpps in progress", order[1] if order else None, step.sop_uid))
+        return what
+
+    def mpps_update(self, step: mpps.Step) -> str:
+        now = time.time()
+        with self._tx() as c:
+            c.execute("UPDATE mpps SET status=?, updated_at=? WHERE sop_uid=?", (step.status, now, step.sop_uid))
+            r = c.execute("SELECT facility, accession, linked FROM mpps WHERE sop_uid=?", (step.sop_uid,)).fetchone()
+            what = f"MPPS {step.status.lower()}"
+            if r is not None and r["linked"] and step.status in mpps.FINAL:
+                order = (r["facility"], r["accession"])
+                if step.status == "COMPLETED":
+                    c.execute("UPDATE items SET status='COMPLETED', updated_at=? WHERE facility=? AND accession=? "
+                              "AND status IN ('IN PROGRESS','TAKEN','SCHEDULED','HOLD')", (now, *order))
+                    c.execute("UPDATE orders SET status='COMPLETED', updated_at=? WHERE facility=? AND accession=?",
+                              (now, *order))
+                    what = f"order {order[1]} completed: off the worklist"
+                else:
+                    c.execute("UPDATE items SET status='SCHEDULED', updated_at=? WHERE facility=? AND accession=? "
+                              "AND status IN ('IN PROGRESS','TAKEN')", (now, *order))
+                    c.execute("UPDATE orders SET status='SCHEDULED', updated_at=? WHERE facility=? AND accession=?",
+                              (now, *order))
+                    what = f"order {order[1]} discontinued: offered again"
+            c.execute("INSERT INTO audit(at, what, accession, details) VALUES(?,?,?,?)",
+                      (now, f"mpps {step.status.lower()}", r["accession"] if r else None, step.sop_uid))
+        return what
 
     # --- reading ----------------------------------------------------------------------
 

@@ -24,6 +24,7 @@ class Device:
     aet: str
     modality: str
     station_names: tuple[str, ...] = ()
+    host: str | None = None              # its address (the MPPS SCP checks the caller's)
 
 
 @dataclass(frozen=True)
@@ -45,7 +46,7 @@ class Site:
     def from_policy(cls, data: dict) -> Site:
         hospitals = tuple(
             Hospital(h["hospital"], tuple(str(f) for f in h.get("facilities", [])),
-                     tuple(Device(d["aet"], d["modality"], tuple(d.get("station_names", [])))
+                     tuple(Device(d["aet"], d["modality"], tuple(d.get("station_names", [])), d.get("host"))
                            for d in h.get("devices", [])))
             for h in data.get("hospitals", []))
         return cls(hospitals, dict(data.get("classifier") or {}), str(data.get("classifier_version") or ""))

@@ -114,3 +114,20 @@ def test_the_ack_answers_the_sender_with_its_control_id_and_the_reason():
     assert msh[17] == "UNICODE UTF-8"                       # MSH-18: answered in the message's own charset
     assert msa[1:3] == ["AE", "X-42"] and msa[3] == "order ACC1 is not known \\F\\ here"
     assert err[3] == "204^Unknown key identifier^HL70357" and err[2] == "ORC^1^1"
+
+
+def test_mpps_steps_start_in_progress_and_final_is_final():
+    from kontur_hl7 import mpps
+    with pytest.raises(mpps.MppsError) as e:
+        mpps.created("1.2.3", {"status": "COMPLETED"}, "CT1")
+    assert e.value.status == mpps.INVALID_VALUE and "created IN PROGRESS" in e.value.text
+    step = mpps.created("1.2.3", {"status": "in progress", "accession": "A1"}, "CT1")
+    done = mpps.updated(step, "1.2.3", {"status": "COMPLETED"}, "CT1")
+    assert done.status == "COMPLETED" and done.accession == "A1"
+    with pytest.raises(mpps.MppsError, match="COMPLETED already"):
+        mpps.updated(done, "1.2.3", {"status": "DISCONTINUED"}, "CT1")
+    with pytest.raises(mpps.MppsError, match="created by CT1, not CT2"):
+        mpps.updated(step, "1.2.3", {"status": "COMPLETED"}, "CT2")
+    with pytest.raises(mpps.MppsError) as e:
+        mpps.updated(None, "9.9", {"status": "COMPLETED"}, "CT1")
+    assert e.value.status == mpps.NO_SUCH_INSTANCE
