@@ -10,11 +10,11 @@
 Stages, on every host, in this order:
 
 1. install    Base (package source, packages, directories)
-2. configure  Base (TLS, /etc/kontur), Firewall, PostgreSQL, Orthanc, nginx:
+2. configure  Base (TLS, /etc/kontur), Firewall, PostgreSQL, Orthanc, the HL7 service, nginx:
               every rendered file uploaded; each upload remembers which units
               it restarts or reloads
 3. activate   in the bundle's service order (nftables, PostgreSQL, Orthanc,
-              nginx): check the configuration, restart or reload only if one
+              the HL7 service, nginx): check the configuration, restart or reload only if one
               of that unit's files changed, then enabled and running
 """
 from __future__ import annotations
@@ -26,13 +26,14 @@ _ROOT = str(Path(__file__).resolve().parent.parent)
 if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
-from deploys import base, firewall, nginx, orthanc, postgresql  # noqa: E402
+from deploys import base, firewall, hl7, nginx, orthanc, postgresql  # noqa: E402
 from deploys.node import context  # noqa: E402
 
 ACTIVATE = {
     "nftables.service": firewall.activate,
     "postgresql.service": postgresql.activate,
     "orthanc.service": orthanc.activate,
+    "kontur-hl7.service": hl7.activate,
     "nginx.service": nginx.activate,
 }
 
@@ -45,6 +46,7 @@ def deploy_node() -> None:
     firewall.configure()
     postgresql.configure()
     orthanc.configure()
+    hl7.configure()
     nginx.configure()
     for unit in ctx.bundle.services:
         ACTIVATE[unit]()

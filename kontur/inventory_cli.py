@@ -272,7 +272,20 @@ def sheet(inventory, modality):
     t.add_row("  DICOM port", str(ports.dicom))
     t.add_row("  archive", f"{node} ({spec.role.value})")
     t.add_row("  verify", "C-ECHO from the modality to the archive must succeed")
-    t.add_row("WORKLIST (MWL) / MPPS", "not yet provided by kontur; configure later")
+    if hk in region.mis_hospitals(node):
+        t.add_row("WORKLIST (MWL, C-FIND)", "")
+        t.add_row("  AE title (called)", spec.aet or "—")
+        t.add_row("  IP address", spec.address)
+        t.add_row("  DICOM port", str(ports.dicom))
+        t.add_row("  answers", f"this modality's orders from the MIS ({h.mis.facility or hk.upper()}), "
+                              "UTF-8 (ISO_IR 192)" + (f"; station names {', '.join(m.station_names)}"
+                                                      if m.station_names else ""))
+        t.add_row("MPPS (N-CREATE / N-SET)", "")
+        t.add_row("  AE title (called)", spec.aet or "—")
+        t.add_row("  IP address", spec.address)
+        t.add_row("  port", str(ports.mpps))
+    else:
+        t.add_row("WORKLIST (MWL) / MPPS", f"none: {h.title} has no MIS in the inventory (hospitals.{hk}.mis)")
     if h.staff:
         p = h.staff[0]
         t.add_row("RESPONSIBLE ON SITE", f"{p.name}, {p.position}; work {p.work_phone}; mobile {p.mobile_phone}")

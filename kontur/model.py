@@ -127,6 +127,10 @@ class Ports(Strict):
     https: Port = 443
     postgresql: Port = 5432
     ssh: Port = 22
+    #: the HL7 service (LAMIs and gateways serving a hospital with a MIS): MLLP from the MIS
+    hl7: Port = 2575
+    #: its MPPS SCP, for the hospital's modalities
+    mpps: Port = 4243
 
 
 class PortsOverride(Strict):
@@ -135,6 +139,8 @@ class PortsOverride(Strict):
     https: Port | None = None
     postgresql: Port | None = None
     ssh: Port | None = None
+    hl7: Port | None = None
+    mpps: Port | None = None
 
 
 class Disk(Strict):
@@ -224,6 +230,8 @@ class Modality(Strict):
     studies_per_day: int = Field(0, ge=0, le=100000)
     #: a legacy device that cannot speak DICOM network drops files into a folder (R8)
     legacy_folder: bool = False
+    #: the names the hospital's MIS uses for this device in its orders (IPC-7), besides its AE title
+    station_names: list[str] = Field(default_factory=list)
 
     @field_validator("modality")
     @classmethod
@@ -396,6 +404,11 @@ class Region(Strict):
     def modalities_of(self, node: str) -> list[tuple[str, Modality]]:
         """(hospital, modality) pairs that send to ``node``."""
         return [(hk, m) for hk, h in self.hospitals.items() if h.node == node for m in h.modalities]
+
+    def mis_hospitals(self, node: str) -> list[str]:
+        """The hospitals whose MIS sends orders to ``node`` (its LAMI or gateway): the HL7 service runs there."""
+        return [hk for hk, h in self.hospitals.items() if h.node == node and h.mis is not None
+                and self.nodes.get(node) is not None and self.nodes[node].role in (Role.LAMI, Role.GATEWAY)]
 
     def dicom_senders(self, node: str) -> list[tuple[str, Modality]]:
         """The modalities that send to ``node`` over the DICOM network: every one

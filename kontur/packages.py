@@ -32,6 +32,8 @@ def wheel_path(name: str) -> Path:
 
 #: nodes whose index is in PostgreSQL
 POSTGRESQL = ["postgresql"]
+#: LAMIs and gateways running the HL7 service (a hospital with a MIS; kontur.render.hl7)
+HL7 = ["python3-hl7"]
 
 
 def packages_for(role: Role, index: str | None) -> list[str]:
@@ -44,4 +46,4 @@ def packages_for(role: Role, index: str | None) -> list[str]:
 
 
 #: the union, for building a lab repository or checking a mirror
-NODE_PACKAGES = sorted(set(BASE + ORTHANC + POSTGRESQL))
+NODE_PACKAGES = sorted(set(BASE + ORTHANC + POSTGRESQL + HL7))

@@ -150,6 +150,8 @@ def services_of(region: Region, node: str) -> list[tuple[str, int]]:
         out += [("dicom", p.dicom), ("http", p.http)]
         if region.index_of(node) == "postgresql":
             out.append(("postgresql", p.postgresql))
+        if region.mis_hospitals(node):
+            out += [("hl7", p.hl7), ("mpps", p.mpps)]
     return out
 
 
@@ -228,4 +230,33 @@ def unique_issuers(region: Region) -> Found:
         seen.setdefault(issuer, hk)
 
 
-RULES = [staff_named, unique_issuers, references, roles_present, routes, unique_aets, unique_endpoints, addresses_in_networks, users_unique]
+def mis_orders(region: Region) -> Found:
+    """Issue 11: the HL7 service recognises a hospital by its MIS's MSH-4
+    (facility) and a device by its AE title or station names: both must be
+    unambiguous, and the MIS must be a host of its own."""
+    facilities: dict[str, str] = {}
+    modality_hosts = {m.host: (hk, m.aet) for hk, h in region.hospitals.items() for m in h.modalities}
+    for hk, h in region.hospitals.items():
+        if h.mis is None:
+            continue
+        fac = h.mis.facility or hk.upper()
+        if fac in facilities:
+            yield ("hospitals", hk, "mis", "facility"), (
+                f"MSH-4 facility {fac!r} is also {facilities[fac]}'s MIS; each hospital's MIS needs its own, "
+                "or its orders are scheduled at the other hospital")
+        facilities.setdefault(fac, hk)
+        if h.mis.host in modality_hosts:
+            other_h, aet = modality_hosts[h.mis.host]
+            yield ("hospitals", hk, "mis", "host"), (
+                f"{h.mis.host} is the address of modality {aet} ({other_h}); the MIS is a host of its own")
+        names: dict[str, str] = {m.aet: m.aet for m in h.modalities}
+        for i, m in enumerate(h.modalities):
+            for n in m.station_names:
+                if n in names and names[n] != m.aet:
+                    yield ("hospitals", hk, "modalities", i, "station_names"), (
+                        f"station name {n!r} of {m.aet} is already {names[n]}'s; an order naming it would go "
+                        "to two devices")
+                names.setdefault(n, m.aet)
+
+
+RULES = [staff_named, unique_issuers, references, roles_present, routes, unique_aets, unique_endpoints, addresses_in_networks, users_unique, mis_orders]

@@ -43,7 +43,9 @@ POLICY_RC_D = "/usr/sbin/policy-rc.d"
 #: prefixes of files a component deploy claims; base uploads the rest
 COMPONENT_PREFIXES = ("/etc/apt/", "/etc/orthanc/", "/etc/systemd/system/orthanc.service.d/",
                       "/usr/lib/kontur/plugins/", "/usr/lib/kontur/lua/", "/usr/lib/kontur/bin/",
-                      "/etc/kontur/policy.json", "/etc/nginx/", "/etc/nftables.conf", "/etc/postgresql/")
+                      "/etc/kontur/policy.json", "/etc/nginx/", "/etc/nftables.conf", "/etc/postgresql/",
+                      "/usr/lib/kontur/services/", "/usr/lib/kontur/wheels/", "/etc/kontur/hl7.json",
+                      "/etc/systemd/system/kontur-hl7.service")
 
 
 # --- operations of our own ------------------------------------------------------

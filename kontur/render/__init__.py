@@ -20,6 +20,7 @@ from ..packages import packages_for
 from ..pki import ensure_ca, node_cert
 from ..rules import services_of
 from ..secrets import SecretStore
+from . import hl7
 from . import orthanc as oc
 from . import system
 from .bundle import Bundle, Directory, RenderedFile
@@ -91,6 +92,7 @@ def firewall_rules(region: Region, node: str) -> list[dict]:
         mods = sorted({m.host for _h, m in region.dicom_senders(node)}, key=ipaddress.IPv4Address)
         if mods:
             rules.append({"port": ports.dicom, "sources": mods, "why": "DICOM from the hospital's modalities"})
+    rules += hl7.firewall(region, node)
     return rules
 
 
@@ -213,6 +215,8 @@ def _render_orthanc(region: Region, node: str, store: SecretStore, bundle: Bundl
             "key_file": oc.KEY_FILE,
         }
     policy = policy_for(region, node, upstream)
+    if policy is not None and hl7.serves(region, node):
+        policy["worklist"] = hl7.worklist_policy()
     if policy is not None:
         bundle.files.append(RenderedFile(oc.POLICY_FILE, as_json(policy), "0600", "orthanc", "orthanc",
                                          restarts=restart, secret=True))
@@ -239,6 +243,7 @@ def _render_orthanc(region: Region, node: str, store: SecretStore, bundle: Bundl
         system.add_postgresql_conf(region, node, bundle, (PG_UNIT,))
         services.append(PG_UNIT)
     services.append(ORTHANC_UNIT)
+    services += hl7.add(region, node, bundle)
     return services
 
 

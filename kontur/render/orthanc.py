@@ -122,15 +122,18 @@ def dicom_config(region: Region, node: str) -> dict[str, Any]:
     spec = region.nodes[node]
     ports = region.ports(node)
     modalities: dict[str, Any] = {}
-    for _hospital, m in region.dicom_senders(node):
+    worklist = set(region.mis_hospitals(node))
+    for hospital, m in region.dicom_senders(node):
         modalities[m.key] = {
             "AET": m.aet,
             "Host": m.host,
             "Port": m.port,
-            # least privilege: a modality stores and echoes, nothing else
+            # least privilege: a modality stores and echoes, and asks for its worklist
+            # where the hospital's MIS sends orders (issue 11); nothing else
             "AllowEcho": True,
             "AllowStore": True,
             "AllowFind": False,
+            "AllowFindWorklist": hospital in worklist,
             "AllowMove": False,
             "AllowGet": False,
             "AllowStorageCommitment": False,

@@ -137,7 +137,7 @@ class Store:
                           "study_uid, created_at, updated_at, message_id) VALUES(?,?,?,?,?,?,?,?,?,-1)",
                           (*key, hospital.slug, "SCHEDULED", req.patient.id, int(order.urgent),
                            None, now, now))
-                self._items(c, req, order, devices, now)
+                self._items(c, req, order, devices, now, hospital.issuer)
                 done.append(f"{order.accession}: scheduled on {', '.join(d.aet for d in devices)}")
                 continue
             if row is None:
@@ -148,7 +148,7 @@ class Store:
                           key)
                 c.execute("UPDATE orders SET status='SCHEDULED', patient_id=?, urgent=?, updated_at=? "
                           "WHERE facility=? AND accession=?", (req.patient.id, int(order.urgent), now, *key))
-                self._items(c, req, order, devices, now)
+                self._items(c, req, order, devices, now, hospital.issuer)
                 done.append(f"{order.accession}: changed")
             else:
                 status = {"cancel": "CANCELLED", "hold": "HOLD", "release": "SCHEDULED"}[order.control]
@@ -161,15 +161,16 @@ class Store:
                       (now, f"order {order.control}", order.accession, req.control_id))
         return "; ".join(done)
 
-    def _items(self, c, req: Request, order, devices, now: float) -> None:
+    def _items(self, c, req: Request, order, devices, now: float, issuer: str = "") -> None:
         for d in devices:
-            it = item(order, req.patient, d, req.facility)
+            it = item(order, req.patient, d, req.facility, issuer)
             c.execute("INSERT OR REPLACE INTO items(facility, accession, aet, status, patient_id, item, updated_at) "
                       "VALUES(?,?,?,?,?,?,?)", (req.facility, order.accession, d.aet, "SCHEDULED",
                                                  req.patient.id, json.dumps(it, ensure_ascii=False), now))
         if devices:
             c.execute("UPDATE orders SET study_uid=? WHERE facility=? AND accession=?",
-                      (item(order, req.patient, devices[0], req.facility)["study_uid"], req.facility, order.accession))
+                      (item(order, req.patient, devices[0], req.facility, issuer)["study_uid"], req.facility,
+                       order.accession))
 
     def _adt(self, c, req: Request, now: float) -> str:
         """Demographics of pending items follow the MIS (A08); a merge (A40)

@@ -32,6 +32,7 @@ class Hospital:
     slug: str
     facilities: tuple[str, ...]          # MSH-4 values its MIS sends
     devices: tuple[Device, ...]
+    issuer: str = ""                     # Issuer of Patient ID of its patients (when PID-3.4 names none)
 
 
 @dataclass(frozen=True)
@@ -47,7 +48,7 @@ class Site:
         hospitals = tuple(
             Hospital(h["hospital"], tuple(str(f) for f in h.get("facilities", [])),
                      tuple(Device(d["aet"], d["modality"], tuple(d.get("station_names", [])), d.get("host"))
-                           for d in h.get("devices", [])))
+                           for d in h.get("devices", [])), str(h.get("issuer") or ""))
             for h in data.get("hospitals", []))
         return cls(hospitals, dict(data.get("classifier") or {}), str(data.get("classifier_version") or ""))
 
@@ -108,8 +109,9 @@ def study_uid(order: Order, facility: str) -> str:
     return f"2.25.{uuid.UUID(bytes=digest).int}"
 
 
-def item(order: Order, patient: Patient, device: Device, facility: str) -> dict:
+def item(order: Order, patient: Patient, device: Device, facility: str, issuer: str = "") -> dict:
     """The worklist item's facts (the MWL answer is built from these)."""
+    patient = Patient(**{**asdict(patient), "issuer": patient.issuer or issuer})
     return {
         "accession": order.accession, "aet": device.aet, "modality": device.modality,
         "study_uid": study_uid(order, facility), "requested_procedure_id": order.accession,

@@ -231,6 +231,119 @@ def test_the_pydicom_corpus_through_a_deployed_lami(lab, region):
           f"ingest {ingest}; validation {s}")
 
 
+_MIS_SEND = """
+import sys, hl7.client
+host, port = sys.argv[1], int(sys.argv[2])
+with hl7.client.MLLPClient(host, port) as c:
+    for msg in sys.stdin.read().split("\\n"):
+        if msg.strip():
+            print(c.send_message(msg.strip("\\n")).decode("utf-8", "replace").replace("\\r", " | "))
+"""
+
+_MPPS_SCU = """
+import sys
+from pydicom.dataset import Dataset
+from pydicom.uid import generate_uid
+from pynetdicom import AE
+from pynetdicom.sop_class import ModalityPerformedProcedureStep as MPPS
+aet, called, host, port, accession = sys.argv[1:6]
+ae = AE(ae_title=aet)
+ae.add_requested_context(MPPS)
+assoc = ae.associate(host, int(port), ae_title=called)
+assert assoc.is_established, "association refused"
+ds = Dataset()
+ds.PerformedProcedureStepStatus = "IN PROGRESS"
+ds.Modality, ds.PerformedStationAETitle, ds.PerformedProcedureStepID = "CT", aet, "PPS1"
+ssa = Dataset()
+ssa.AccessionNumber = accession
+ds.ScheduledStepAttributesSequence = [ssa]
+sop = generate_uid()
+st, _ = assoc.send_n_create(ds, MPPS, sop)
+print("N-CREATE", hex(st.Status))
+mod = Dataset()
+mod.PerformedProcedureStepStatus = "COMPLETED"
+st, _ = assoc.send_n_set(mod, MPPS, sop)
+print("N-SET", hex(st.Status))
+assoc.release()
+"""
+
+
+def _hl7(node_region, hk, lab, messages: list[str]) -> list[str]:
+    """Send ``messages`` from the hospital's MIS (its namespace, python-hl7's MLLP client); their ACKs."""
+    import sys
+    node = node_region.hospitals[hk].node
+    spec = node_region.nodes[node]
+    p = subprocess.run(["ip", "netns", "exec", lab.mis[hk].netns, sys.executable, "-c", _MIS_SEND, spec.address,
+                        str(node_region.ports(node).hl7)], input="\n".join(messages), text=True,
+                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=60)
+    assert p.returncode == 0, p.stdout
+    return p.stdout.strip().splitlines()
+
+
+def _worklist(lab, region, aet: str, node: str, tmp: Path):
+    from kontur.testing.dicom import findscu_worklist  # noqa: F401 (the keys it asks)
+    spec = region.nodes[node]
+    out = tmp / f"wl-{aet}"
+    out.mkdir(parents=True, exist_ok=True)
+    for old in out.glob("rsp*.dcm"):
+        old.unlink()
+    p = in_netns(lab.modalities[aet].netns, [
+        "findscu", "-W", "-aet", aet, "-aec", spec.aet, "-X", "-od", str(out),
+        "-k", "PatientName", "-k", "PatientID", "-k", "AccessionNumber", "-k", "RequestedProcedureDescription",
+        "-k", "ScheduledProcedureStepSequence[0].Modality",
+        "-k", "ScheduledProcedureStepSequence[0].ScheduledStationAETitle",
+        spec.address, str(region.ports(node).dicom)])
+    import pydicom
+    return p, [pydicom.dcmread(f) for f in sorted(out.glob("rsp*.dcm"))]
+
+
+def test_an_order_from_the_mis_reaches_the_devices_worklist_and_mpps_is_recorded(lab, region, tmp_path):
+    """Issue 11 in the lab: the hospital's simulated MIS sends an order; findscu
+    from the modality's namespace sees it with the Cyrillic name intact; MPPS
+    IN PROGRESS then COMPLETED is recorded; an ADT^A08 changes the name in the
+    worklist; a cancel removes the item.  Each from the host the inventory
+    names: the firewall admits nothing else."""
+    import sys
+
+    from kontur.testing.hl7 import orm
+    hk, node = "city", "city-lami"
+    aet = next(m.aet for m in region.hospitals[hk].modalities if m.modality == "CT")
+    facility = region.hospitals[hk].mis.facility
+    assert on_host(lab, node, "systemctl is-active kontur-hl7").stdout.strip() == "active"
+    acks = _hl7(region, hk, lab, [orm(cid="LAB-1", accession="LAB-ACC1", facility=facility, pid="L-100")])
+    assert "MSA|AA|LAB-1" in acks[0], acks
+    p, answers = _worklist(lab, region, aet, node, tmp_path)
+    assert [a.AccessionNumber for a in answers] == ["LAB-ACC1"], p.stdout
+    assert str(answers[0].PatientName) == "Иванов^Пётр^Ильич"
+    # the other modality of the hospital (DX) does not see a CT order
+    other = next(m.aet for m in region.hospitals[hk].modalities if m.modality != "CT")
+    assert _worklist(lab, region, other, node, tmp_path)[1] == []
+
+    a08 = "\r".join([f"MSH|^~\\&|MIS|{facility}|KONTUR|LAMI|20261201120500||ADT^A08|LAB-2|P|2.5||||||UNICODE UTF-8",
+                     f"PID|1||L-100^^^{facility}||Петров^Пётр^Ильич||19700101|M"]) + "\r"
+    assert "MSA|AA|LAB-2" in _hl7(region, hk, lab, [a08])[0]
+    assert [str(a.PatientName) for a in _worklist(lab, region, aet, node, tmp_path)[1]] == ["Петров^Пётр^Ильич"]
+
+    # MPPS from the device's namespace (pynetdicom as the device)
+    spec = region.nodes[node]
+    p = in_netns(lab.modalities[aet].netns, [sys.executable, "-c", _MPPS_SCU, aet, spec.aet, spec.address,
+                                             str(region.ports(node).mpps), "LAB-ACC1"])
+    assert "N-CREATE 0x0" in p.stdout and "N-SET 0x0" in p.stdout, p.stdout
+    logged = on_host(lab, node, "journalctl -u kontur-hl7 -o cat | grep 'MPPS N-SET' | tail -n 1")
+    assert "order LAB-ACC1 completed" in logged.stdout, logged.stdout + logged.stderr
+    assert _worklist(lab, region, aet, node, tmp_path)[1] == []           # done: off the worklist
+
+    # a second order, cancelled
+    assert "MSA|AA|" in _hl7(region, hk, lab, [orm(cid="LAB-3", accession="LAB-ACC2", facility=facility)])[0]
+    assert len(_worklist(lab, region, aet, node, tmp_path)[1]) == 1
+    assert "MSA|AA|" in _hl7(region, hk, lab, [orm("CA", cid="LAB-4", accession="LAB-ACC2", facility=facility)])[0]
+    assert _worklist(lab, region, aet, node, tmp_path)[1] == []
+
+    # MLLP from anywhere but the MIS is closed (the TsAMI's host tries)
+    probe = f"timeout 3 bash -c '</dev/tcp/{spec.address}/{region.ports(node).hl7}' && echo open || echo closed"
+    assert on_host(lab, "tsami", probe).stdout.strip() == "closed"
+
+
 def _curl(*args: str) -> tuple[str, str]:
     p = subprocess.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "5", *args],
                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=30)
@@ -273,8 +386,9 @@ def test_undeclared_ports_are_closed_from_another_host(lab, region):
     # a declared port, from a declared peer: open (the probe works)
     p = on_host(lab, "tsami", probe.format(target.address, ports.https))
     assert p.stdout.strip() == "open", p.stdout + p.stderr
-    # Orthanc's HTTP port (loopback behind nginx), PostgreSQL, DICOM (modalities only), port 80
-    for port in (ports.http, ports.postgresql, ports.dicom, 80):
+    # Orthanc's HTTP port (loopback behind nginx), PostgreSQL, DICOM (modalities only), HL7 (the MIS
+    # only), MPPS (modalities only), port 80
+    for port in (ports.http, ports.postgresql, ports.dicom, ports.hl7, ports.mpps, 80):
         p = on_host(lab, "tsami", probe.format(target.address, port))
         assert p.stdout.strip() == "closed", f"city-lami:{port} is reachable from tsami"
 

@@ -26,8 +26,12 @@ def region(tmp_path, processes):
     pp = tmp_path / "policy.json"
     pp.write_text(json.dumps(policy))
     cfg = node_config(pp, stable_age=3600)
-    cfg["DicomModalities"].update({aet.lower(): {"AET": aet, "Host": "127.0.0.1", "Port": port}
+    # the renderer's least privilege: a modality stores, echoes and asks for its worklist, nothing else
+    cfg["DicomModalities"].update({aet.lower(): {"AET": aet, "Host": "127.0.0.1", "Port": port,
+                                                 "AllowEcho": True, "AllowStore": True, "AllowFind": False,
+                                                 "AllowFindWorklist": True, "AllowMove": False, "AllowGet": False}
                                    for aet, port in DEVICES.items()})
+    cfg.update({"DicomAlwaysAllowFind": False, "DicomAlwaysAllowFindWorklist": False, "DicomCheckModalityHost": True})
     lami = OrthancProcess("lami", cfg, tmp_path / "lami", aet="ONCO_LAMI")
     processes.append(lami)
     lami.start()

@@ -1,0 +1,142 @@
+"""The HL7 integration service on a LAMI or gateway whose hospital has a MIS
+(issue 11): its code, the pinned wheel it needs, its configuration, its
+systemd unit, its state directory, and what Orthanc needs to answer the
+worklist from it.  One module: everything the renderer knows about the service.
+
+The service (``services/kontur_hl7``) listens for the MIS's MLLP on
+``ports.hl7`` and runs the MPPS SCP on ``ports.mpps``; Orthanc's DICOM port
+answers the worklist (kontur's plugin reads the service's state).  The
+firewall admits MLLP from the MIS's address only and MPPS from the
+hospital's modalities only (``firewall_rules``).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ..model import Region
+from ..packages import HL7 as PACKAGES
+from ..packages import NODE_WHEELS, wheel_path
+from .bundle import Bundle, Directory, RenderedFile
+
+UNIT = "kontur-hl7.service"
+SERVICES_SRC = Path(__file__).resolve().parents[2] / "services"
+SERVICE_DIR = "/usr/lib/kontur/services"
+WHEEL_DIR = "/usr/lib/kontur/wheels"
+CONFIG = "/etc/kontur/hl7.json"
+STATE_DIR = "/var/lib/kontur/hl7"
+DB = f"{STATE_DIR}/hl7.sqlite3"
+
+
+def serves(region: Region, node: str) -> bool:
+    return bool(region.mis_hospitals(node))
+
+
+def site(region: Region, node: str) -> dict[str, Any]:
+    """The hospitals whose MIS sends here, their devices, the regional classifier."""
+    hospitals = []
+    for hk in region.mis_hospitals(node):
+        h = region.hospitals[hk]
+        hospitals.append({
+            "hospital": hk,
+            "facilities": [h.mis.facility or hk.upper()],
+            "mis_host": h.mis.host,
+            "issuer": region.issuer_of(hk),
+            "devices": [{"aet": m.aet, "modality": m.modality, "station_names": list(m.station_names),
+                         "host": m.host} for m in h.modalities if not m.legacy_folder],
+        })
+    pkg = region.transfer.classifier
+    return {"hospitals": hospitals,
+            "classifier": dict(sorted(pkg.codes.items())) if pkg else {},
+            "classifier_version": pkg.version if pkg else ""}
+
+
+def config(region: Region, node: str) -> dict[str, Any]:
+    ports = region.ports(node)
+    return {
+        "listen": {"host": "0.0.0.0", "port": ports.hl7},
+        "state_dir": STATE_DIR,
+        "application": "KONTUR",
+        "max_message_bytes": 4 * 1024 * 1024,
+        "idle_timeout_seconds": 300,
+        "mpps": {"host": "0.0.0.0", "port": ports.mpps, "ae_title": region.nodes[node].aet},
+        "site": site(region, node),
+    }
+
+
+def unit(wheels: list[str]) -> bytes:
+    path = ":".join([SERVICE_DIR] + [f"{WHEEL_DIR}/{w}" for w in wheels])
+    return f"""# kontur: the HL7 integration service (orders from the MIS into the worklist, MPPS)
+[Unit]
+Description=kontur HL7 integration service (MLLP from the MIS, MPPS from the modalities)
+After=network-online.target
+Wants=network-online.target
+
+[Service]
+Type=simple
+User=orthanc
+Group=orthanc
+Environment=PYTHONPATH={path}
+Environment=PYTHONDONTWRITEBYTECODE=1
+ExecStart=/usr/bin/python3 -m kontur_hl7.server --config {CONFIG}
+Restart=always
+RestartSec=2
+NoNewPrivileges=yes
+ProtectSystem=strict
+ProtectHome=yes
+PrivateTmp=yes
+ReadWritePaths={STATE_DIR}
+
+[Install]
+WantedBy=multi-user.target
+""".encode()
+
+
+def worklist_policy() -> dict[str, Any]:
+    """The plugin's ``worklist`` section: where it reads the items."""
+    return {"enabled": True, "db": DB}
+
+
+def firewall(region: Region, node: str) -> list[dict]:
+    """MLLP from the MIS only; MPPS from the hospital's modalities only."""
+    if not serves(region, node):
+        return []
+    ports = region.ports(node)
+    s = site(region, node)
+    mis = sorted({h["mis_host"] for h in s["hospitals"]})
+    mods = sorted({d["host"] for h in s["hospitals"] for d in h["devices"]})
+    rules = [{"port": ports.hl7, "sources": mis, "why": "HL7 (MLLP) from the hospital's MIS"}]
+    if mods:
+        rules.append({"port": ports.mpps, "sources": mods, "why": "MPPS from the hospital's modalities"})
+    return rules
+
+
+def add(region: Region, node: str, bundle: Bundle) -> list[str]:
+    """Put the service into ``bundle``; returns its unit (to start after Orthanc)."""
+    if not serves(region, node):
+        return []
+    restart = (UNIT,)
+    for pkg in PACKAGES:
+        if pkg not in bundle.packages:
+            bundle.packages.append(pkg)
+    for f in sorted((SERVICES_SRC / "kontur_hl7").glob("*.py")):
+        bundle.files.append(RenderedFile(f"{SERVICE_DIR}/kontur_hl7/{f.name}", f.read_bytes(), "0644",
+                                         restarts=restart))
+    wheels = []
+    for name in sorted(NODE_WHEELS):
+        w = wheel_path(name)
+        wheels.append(w.name)
+        bundle.files.append(RenderedFile(f"{WHEEL_DIR}/{w.name}", w.read_bytes(), "0644", restarts=restart))
+    from . import as_json  # noqa: PLC0415 - the package's one JSON writer
+    bundle.files += [
+        RenderedFile(CONFIG, as_json(config(region, node)), "0640", "root", "orthanc", restarts=restart),
+        RenderedFile(f"/etc/systemd/system/{UNIT}", unit(wheels), "0644", restarts=restart),
+    ]
+    bundle.directories += [
+        Directory(SERVICE_DIR, "0755"),
+        Directory(f"{SERVICE_DIR}/kontur_hl7", "0755"),
+        Directory(WHEEL_DIR, "0755"),
+        Directory(STATE_DIR, "0750", "orthanc", "orthanc"),
+    ]
+    bundle.facts["hl7"] = {"unit": UNIT, "port": region.ports(node).hl7, "mpps_port": region.ports(node).mpps}
+    return [UNIT]

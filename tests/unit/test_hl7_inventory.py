@@ -1,0 +1,82 @@
+"""Issue 11 on the control side: the inventory's MIS endpoints and station
+names, and what the renderer makes of them (the HL7 service's configuration,
+unit, firewall rules, the worklist right of each modality)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from kontur.inventory import InventoryError, load
+from kontur.render import firewall_rules, hl7, render_node
+from kontur.secrets import SecretStore
+
+REPO = Path(__file__).resolve().parents[2]
+EXAMPLE = REPO / "inventory" / "example" / "region.yaml"
+
+
+def example_text() -> str:
+    return EXAMPLE.read_text(encoding="utf-8").replace("classifier/procedures.csv",
+                                                       str(EXAMPLE.parent / "classifier" / "procedures.csv"))
+
+
+def problems(tmp_path, text: str) -> list[str]:
+    p = tmp_path / "region.yaml"
+    p.write_text(text, encoding="utf-8")
+    with pytest.raises(InventoryError) as err:
+        load(p)
+    return [f"{x.path}: {x.message}" for x in err.value.problems]
+
+
+def test_two_hospitals_with_one_mis_facility_are_refused(tmp_path):
+    found = problems(tmp_path, example_text().replace("      facility: GKB3\n", "      facility: ONCO\n"))
+    assert any("mis.facility" in p and "'ONCO'" in p and "onco" in p for p in found), found
+
+
+def test_a_station_name_of_two_devices_is_refused(tmp_path):
+    text = example_text().replace("        model: Ingenia 1.5T\n", "        model: Ingenia 1.5T\n        station_names: [ONCO_CT1]\n")
+    found = problems(tmp_path, text)
+    assert any("station_names" in p and "ONCO_CT1" in p and "two devices" in p for p in found), found
+
+
+def test_the_hl7_port_cannot_be_a_port_the_node_already_uses(tmp_path):
+    text = example_text().replace("hospitals:\n", "hospitals:\n", 1)
+    text = text.replace("  onco-lami:\n", "  onco-lami:\n    ports:\n      hl7: 4242\n", 1)
+    found = problems(tmp_path, text)
+    assert any("4242" in p and "already taken" in p for p in found), found
+
+
+@pytest.fixture
+def store(tmp_path):
+    return SecretStore(tmp_path / "secrets")
+
+
+def test_a_lami_with_a_mis_gets_the_service_and_a_gateway_without_one_does_not(store):
+    region = load(EXAMPLE)
+    b = render_node(region, "onco-lami", store)
+    assert "kontur-hl7.service" in b.services and "python3-hl7" in b.packages
+    cfg = json.loads(b.file(hl7.CONFIG).content)
+    onco = cfg["site"]["hospitals"][0]
+    assert onco["facilities"] == ["ONCO"] and onco["issuer"] == "42-ONCO"
+    assert {d["aet"] for d in onco["devices"]} >= {"ONCO_CT1", "ONCO_MR1"}
+    assert "A06.09.005" in cfg["site"]["classifier"]
+    unit = b.file(f"/etc/systemd/system/{hl7.UNIT}").text
+    assert "User=orthanc" in unit and "pynetdicom-2.0.2-py3-none-any.whl" in unit
+    assert any(f.path.endswith("pynetdicom-2.0.2-py3-none-any.whl") for f in b.files)
+    policy = json.loads(b.file("/etc/kontur/policy.json").content)
+    assert policy["worklist"] == {"enabled": True, "db": hl7.DB}
+    dicom = json.loads(b.file("/etc/orthanc/dicom.json").content)
+    assert all(m["AllowFindWorklist"] and not m["AllowFind"] for m in dicom["DicomModalities"].values())
+    crb = region.hospital_of("crb-gw")
+    if region.hospitals[crb].mis is None:
+        g = render_node(region, "crb-gw", store)
+        assert "kontur-hl7.service" not in g.services
+
+
+def test_the_firewall_admits_mllp_from_the_mis_only_and_mpps_from_the_modalities():
+    region = load(EXAMPLE)
+    rules = {r["port"]: r for r in firewall_rules(region, "onco-lami")}
+    ports = region.ports("onco-lami")
+    assert rules[ports.hl7]["sources"] == [region.hospitals["onco"].mis.host]
+    assert set(rules[ports.mpps]["sources"]) == {m.host for m in region.hospitals["onco"].modalities}
