@@ -25,8 +25,10 @@ def wheel_path(name: str) -> Path:
     version = NODE_WHEELS[name]
     path = WHEEL_DIR / f"{name}-{version}-py3-none-any.whl"
     if not path.is_file():
-        raise FileNotFoundError(f"the wheel {path.name} ({name} {version}, pinned in kontur/packages.py) is not in "
-                                f"{WHEEL_DIR}; ./run setup fetches it")
+        from .errors import OperationFailed  # noqa: PLC0415
+        raise OperationFailed(f"the wheel {path.name} ({name} {version}, pinned in kontur/packages.py) that the "
+                              f"nodes' HL7 service needs is not on this control machine ({WHEEL_DIR})",
+                              hint="./run setup fetches it (pip download, through the package registry)")
     return path
 
 

@@ -80,3 +80,12 @@ def test_the_firewall_admits_mllp_from_the_mis_only_and_mpps_from_the_modalities
     ports = region.ports("onco-lami")
     assert rules[ports.hl7]["sources"] == [region.hospitals["onco"].mis.host]
     assert set(rules[ports.mpps]["sources"]) == {m.host for m in region.hospitals["onco"].modalities}
+
+
+def test_a_missing_wheel_fails_the_render_naming_it_and_the_fix(store, tmp_path, monkeypatch):
+    from kontur import packages
+    from kontur.errors import OperationFailed
+    monkeypatch.setattr(packages, "WHEEL_DIR", tmp_path / "no-wheels")
+    with pytest.raises(OperationFailed) as e:
+        render_node(load(EXAMPLE), "onco-lami", store)
+    assert "pynetdicom-2.0.2-py3-none-any.whl" in e.value.message and "./run setup" in e.value.hint
