@@ -25,6 +25,7 @@ import base64
 import json
 import os
 import sys
+import threading
 import time
 import traceback
 
@@ -45,6 +46,7 @@ from kontur_plugins.transfer import ingest  # noqa: E402
 from kontur_plugins.transfer.gate import TransferGate, ValidationStore, study_facts  # noqa: E402
 from kontur_plugins.transfer.config import TransferConfig, TransferError, parse_transfer  # noqa: E402
 from kontur_plugins.worklist import items as worklist_items  # noqa: E402
+from kontur_plugins.worklist import updates as worklist_updates  # noqa: E402
 
 PREFIX = "kontur"
 # Orthanc error codes: 17 UnknownResource is "no such resource"; 13 InexistentFile and
@@ -118,6 +120,9 @@ class Plugin:
         self.outbox = None
         self.transfer = TransferConfig()
         self.worklist_db = None      # the HL7 service's state, when this node answers the worklist
+        self._adt_stop = threading.Event()
+        self._adt_thread = None
+        self.adt_counts = {"applied": 0, "patients_modified": 0, "failed": 0}
         self._audited = {}          # (study UID, original values) already in the audit trail
         # what the ingest stage did since Orthanc started (in /kontur/replication as "ingest")
         self.ingest_counts = {"seen": 0, "changed": 0, "unchanged": 0, "left_as_received": 0, "failed": 0}
@@ -164,6 +169,9 @@ class Plugin:
             return
         if self.transfer.enabled:
             self.engine.extra_status["ingest"] = lambda: dict(self.ingest_counts)
+        if self.worklist_db:
+            self.engine.extra_status["adt"] = lambda: {
+                **self.adt_counts, "applied_through": int(self.outbox.get_meta("adt_applied") or 0)}
         orthanc.LogWarning(f"{PREFIX}: replication enabled on {cfg.node}: {self.engine.describe()}")
 
     def _setup_transfer(self, path):
@@ -191,6 +199,51 @@ class Plugin:
         if section.get("enabled") and section.get("db"):
             self.worklist_db = str(section["db"])
             orthanc.LogWarning(f"{PREFIX}: modality worklist on: items from {self.worklist_db}")
+
+    # --- the MIS's patient updates on stored studies (issue 11) ---------------
+
+    def start_adt(self):
+        if not self.worklist_db or self.outbox is None or self._adt_thread is not None:
+            return
+        self._adt_thread = threading.Thread(target=self._adt_loop, name="kontur-adt", daemon=True)
+        self._adt_thread.start()
+
+    def stop_adt(self):
+        self._adt_stop.set()
+
+    def _adt_loop(self):
+        while not self._adt_stop.wait(2.0):
+            try:
+                self.apply_adt()
+            except Exception as exc:  # noqa: BLE001 - retried on the next round
+                self.adt_counts["failed"] += 1
+                orthanc.LogError(f"{PREFIX}: applying the MIS's patient updates: {exc!r}\n{traceback.format_exc()}")
+
+    def apply_adt(self) -> int:
+        """Apply the HL7 service's recorded ADTs, in order, to the studies stored here."""
+        regional = self.transfer.enabled and self.transfer.patient_key == "regional"
+        after = int(self.outbox.get_meta("adt_applied") or 0)
+        done = 0
+        for u in worklist_updates.pending(self.worklist_db, after):
+            key = worklist_updates.stored_id(u["old_id"], u["issuer"], regional)
+            found = json.loads(orthanc.RestApiPost("/tools/find", json.dumps(
+                {"Level": "Patient", "Query": {"PatientID": key}, "Expand": False})))
+            level = worklist_updates.level(u)
+            body = json.dumps(worklist_updates.modify_request(u, regional))
+            for pid in found:
+                targets = ([pid] if level == "patients" else
+                           [s["ID"] for s in json.loads(orthanc.RestApiGet(f"/patients/{pid}/studies"))])
+                for rid in targets:
+                    res = json.loads(orthanc.RestApiPost(f"/{level}/{rid}/modify", body))
+                    self.outbox.audit(time.time(), "mis", f"{'study' if level == 'studies' else 'patient'} "
+                                      "modified", rid, worklist_updates.describe(u),
+                                      {"update": u["id"], "modified": res.get("ID")})
+                self.adt_counts["patients_modified"] += 1
+            self.outbox.set_meta("adt_applied", u["id"])
+            self.adt_counts["applied"] += 1
+            orthanc.LogWarning(f"{PREFIX}: {worklist_updates.describe(u)}: {len(found)} stored patient(s) modified")
+            done += 1
+        return done
 
     # --- callbacks (never raise, never block) --------------------------------
 
@@ -251,7 +304,9 @@ class Plugin:
                 self.engine.notify_deleted(_LEVELS.get(int(level), str(level)), resource_id)
             elif change_type == orthanc.ChangeType.ORTHANC_STARTED:
                 self.engine.start()
+                self.start_adt()
             elif change_type == orthanc.ChangeType.ORTHANC_STOPPED:
+                self.stop_adt()
                 self.engine.stop()
         except Exception as exc:  # noqa: BLE001
             orthanc.LogError(f"{PREFIX}: change callback ({change_type}, {resource_id}): {exc!r}")

@@ -146,12 +146,15 @@ def new_node(base: Path, name: str, upstream_url: str, processes: list, *, stabl
 
 def make_policy(upstream_url: str, state_dir: Path, *, mode: str = "all", gateway: bool = False,
                 windows=(), bandwidth_mbit=None, retention_days=None, tuning=None, tls=None,
-                transfer: dict | None = None) -> dict:
-    """A policy like the renderer's (``transfer``: the ingest stage's section, off by default)."""
+                transfer: dict | None = None, worklist: dict | None = None) -> dict:
+    """A policy like the renderer's (``transfer``: the ingest stage's section, off by default;
+    ``worklist``: where the HL7 service keeps its items, none by default)."""
     up = {"name": "tsami", "aet": "TSAMI", "url": upstream_url, "username": PEER_USER,
           "password": PEER_PASSWORD, "ca_file": None, "cert_file": None, "key_file": None}
     up.update(tls or {})
+    extra = {"worklist": worklist} if worklist else {}
     return {
+        **extra,
         "schema": 1, "node": "gateway" if gateway else "lami", "role": "gateway" if gateway else "lami",
         "hospital": "test", "timezone": TZ, "state_dir": str(state_dir),
         "transfer": transfer or {"enabled": False, "reason": "off in this test"},

@@ -44,6 +44,11 @@ CREATE TABLE IF NOT EXISTS items (
 );
 CREATE INDEX IF NOT EXISTS items_by_aet ON items (aet, status);
 CREATE INDEX IF NOT EXISTS items_by_patient ON items (patient_id);
+CREATE TABLE IF NOT EXISTS patient_updates (
+    id INTEGER PRIMARY KEY, at REAL NOT NULL, facility TEXT NOT NULL, issuer TEXT NOT NULL,
+    kind TEXT NOT NULL, old_id TEXT NOT NULL, new_id TEXT NOT NULL,
+    name TEXT, birth_date TEXT, sex TEXT, control_id TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS mpps (
     sop_uid TEXT PRIMARY KEY, status TEXT NOT NULL, aet TEXT NOT NULL,
     accession TEXT, study_uid TEXT, facility TEXT, linked INTEGER NOT NULL DEFAULT 0,
@@ -122,7 +127,7 @@ class Store:
 
     def _apply(self, c: sqlite3.Connection, req: Request, site: Site, now: float) -> str:
         if req.type in ("ADT^A08", "ADT^A40"):
-            return self._adt(c, req, now)
+            return self._adt(c, req, site, now)
         hospital, work = plan(req, site)
         done = []
         for order, devices in work:
@@ -172,9 +177,13 @@ class Store:
                       (item(order, req.patient, devices[0], req.facility, issuer)["study_uid"], req.facility,
                        order.accession))
 
-    def _adt(self, c, req: Request, now: float) -> str:
+    def _adt(self, c, req: Request, site: Site, now: float) -> str:
         """Demographics of pending items follow the MIS (A08); a merge (A40)
-        moves the merged-away record's items to the surviving one."""
+        moves the merged-away record's items to the surviving one.  Either is
+        also kept in ``patient_updates`` for the studies already stored: the
+        node's Orthanc plugin applies them (Orthanc's modify) and the
+        replication's correction path carries them to the TsAMI's copy."""
+        hospital = site.hospital(req.facility)
         p = req.patient
         old_id = req.merged_from.id if req.merged_from else p.id
         rows = c.execute("SELECT facility, accession, aet, item FROM items WHERE patient_id=? AND facility=? "
@@ -182,7 +191,7 @@ class Store:
         for r in rows:
             it = json.loads(r["item"])
             before = it["patient"]
-            it["patient"] = {"id": p.id, "issuer": p.issuer or before.get("issuer", ""),
+            it["patient"] = {"id": p.id, "issuer": hospital.issuer or p.issuer or before.get("issuer", ""),
                              "name": p.name or before.get("name", ""),
                              "birth_date": p.birth_date or before.get("birth_date", ""),
                              "sex": p.sex or before.get("sex", "")}
@@ -192,6 +201,11 @@ class Store:
             c.execute("UPDATE orders SET patient_id=?, updated_at=? WHERE patient_id=? AND facility=?",
                       (p.id, now, old_id, req.facility))
         what = "merged" if req.merged_from else "updated"
+        c.execute("INSERT INTO patient_updates(at, facility, issuer, kind, old_id, new_id, name, birth_date, sex, "
+                  "control_id) VALUES(?,?,?,?,?,?,?,?,?,?)",
+                  (now, req.facility, hospital.issuer or (req.merged_from.issuer if req.merged_from else p.issuer),
+                   "merge" if req.merged_from else "update", old_id, p.id, p.name, p.birth_date, p.sex,
+                   req.control_id))
         c.execute("INSERT INTO audit(at, what, accession, details) VALUES(?,?,?,?)",
                   (now, f"patient {what}", None, json.dumps({"control_id": req.control_id, "items": len(rows)})))
         return f"patient {what}: {len(rows)} pending worklist item(s)"

@@ -111,7 +111,9 @@ def study_uid(order: Order, facility: str) -> str:
 
 def item(order: Order, patient: Patient, device: Device, facility: str, issuer: str = "") -> dict:
     """The worklist item's facts (the MWL answer is built from these)."""
-    patient = Patient(**{**asdict(patient), "issuer": patient.issuer or issuer})
+    # the inventory's issuer is the region's name for the hospital's patients (the ingest stage
+    # stamps it and keys the TsAMI's patients by it); the MIS's assigning authority (PID-3.4) is not
+    patient = Patient(**{**asdict(patient), "issuer": issuer or patient.issuer})
     return {
         "accession": order.accession, "aet": device.aet, "modality": device.modality,
         "study_uid": study_uid(order, facility), "requested_procedure_id": order.accession,

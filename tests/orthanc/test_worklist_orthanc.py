@@ -89,3 +89,43 @@ def test_a_device_not_in_the_inventory_gets_no_worklist(region, tmp_path):
     res, answers = ask(tmp_path, lami, "XRAY9")
     # Orthanc refuses an AE title its DicomModalities does not list (findscu still exits 0)
     assert answers == [] and ("Peer aborted Association" in res.stderr or "Association Rejected" in res.stderr)
+
+
+def _names_of_patients_studies(o: OrthancProcess, patient_id: str) -> list[str]:
+    """The patient name of each study of ``patient_id`` (one entry per study)."""
+    found = o.post("/tools/find", {"Level": "Study", "Query": {"PatientID": patient_id}, "Expand": True})
+    return sorted(s["PatientMainDicomTags"].get("PatientName", "") for s in found)
+
+
+def test_an_adt_update_renames_the_stored_study_here_and_at_the_tsami(tmp_path, processes, make_node, tsami):
+    """ADT^A08 for a patient whose study is stored and already at the TsAMI:
+    Orthanc's modify here (by the plugin, audited), and through the correction
+    path one copy at the TsAMI, under the new name (the old one retired)."""
+    from kontur.testing.dicom import make_study
+    from kontur.testing.hl7 import SITE
+    from kontur.testing.orthanc import wait_for
+    from kontur.testing.replication import wait_delivered
+
+    site = json.loads(json.dumps(SITE))
+    site["hospitals"][0]["issuer"] = "42-ONCO"
+    hl7 = Hl7Service(tmp_path / "hl7", site=site)
+    hl7.start()
+    try:
+        node = make_node(mode="all", worklist={"enabled": True, "db": str(hl7.db_path)})
+        study = make_study(3, patient_id="12345", patient_name="Иванов^Пётр^Ильич")
+        node.store(study)
+        wait_delivered(tsami, study)
+        a08 = "\r".join(["MSH|^~\\&|MIS|ONCO|KONTUR|LAMI|20261201120500||ADT^A08|U1|P|2.5||||||UNICODE UTF-8",
+                         "PID|1||12345^^^ONCO||Петров^Пётр^Ильич||19700101|M"]) + "\r"
+        with hl7.client() as c:
+            assert b"MSA|AA|U1" in c.send_message(a08)
+        # Orthanc 1.10's modify copies the study (new UIDs) and deletes the source
+        wait_for(lambda: _names_of_patients_studies(node.orthanc, "12345") == ["Петров^Пётр^Ильич"], 60,
+                 message="the stored study renamed here")
+        # the TsAMI ends with one copy, under the new name: the old one retired by the correction path
+        wait_for(lambda: _names_of_patients_studies(tsami, "12345") == ["Петров^Пётр^Ильич"], 180,
+                 message="the TsAMI's copy superseded by the renamed study")
+        assert len(tsami.get("/studies")) == 1
+        assert node.status()["adt"]["applied_through"] == 1
+    finally:
+        hl7.stop(signal.SIGKILL)
