@@ -22,6 +22,7 @@ nodes that replicate to it -- the TsAMI, whose own replication is disabled,
 included.
 """
 import base64
+import datetime
 import json
 import os
 import sys
@@ -120,6 +121,8 @@ class Plugin:
         self.outbox = None
         self.transfer = TransferConfig()
         self.worklist_db = None      # the HL7 service's state, when this node answers the worklist
+        self.worklist_expire_days = worklist_items.EXPIRE_DAYS
+        self._worklist_cache = {}    # item (JSON) -> its DICOM dataset, built once
         self._adt_stop = threading.Event()
         self._adt_thread = None
         self.adt_counts = {"applied": 0, "patients_modified": 0, "failed": 0}
@@ -198,6 +201,7 @@ class Plugin:
             return
         if section.get("enabled") and section.get("db"):
             self.worklist_db = str(section["db"])
+            self.worklist_expire_days = int(section.get("expire_days", worklist_items.EXPIRE_DAYS))
             orthanc.LogWarning(f"{PREFIX}: modality worklist on: items from {self.worklist_db}")
 
     # --- the MIS's patient updates on stored studies (issue 11) ---------------
@@ -247,12 +251,30 @@ class Plugin:
 
     # --- callbacks (never raise, never block) --------------------------------
 
+    @staticmethod
+    def _stored(study_id: str) -> bool:
+        try:
+            orthanc.RestApiGet(f"/studies/{study_id}")
+            return True
+        except orthanc.OrthancException:
+            return False
+
     def on_worklist(self, answers, query, issuer_aet, called_aet):
         """Orthanc's worklist C-FIND callback: the calling device's scheduled
         items that match the query's keys (Orthanc matches them)."""
         try:
-            for item in worklist_items.scheduled(self.worklist_db, issuer_aet):
-                ds = worklist_items.dataset(item)
+            items = worklist_items.offered(worklist_items.scheduled(self.worklist_db, issuer_aet),
+                                           datetime.date.today(), self.worklist_expire_days)
+            for item in items:
+                if any(self._stored(sid) for sid in worklist_items.study_ids(item)):
+                    continue                    # performed: its study is here
+                key = json.dumps(item, sort_keys=True)
+                ds = self._worklist_cache.get(key)
+                if ds is None:
+                    ds = worklist_items.dataset(item)
+                    self._worklist_cache[key] = ds
+                    while len(self._worklist_cache) > 5000:
+                        self._worklist_cache.pop(next(iter(self._worklist_cache)))
                 if query.WorklistIsMatch(ds):
                     answers.WorklistAddAnswer(query, ds)
         except Exception as exc:  # noqa: BLE001

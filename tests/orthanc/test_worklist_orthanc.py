@@ -129,3 +129,18 @@ def test_an_adt_update_renames_the_stored_study_here_and_at_the_tsami(tmp_path, 
         assert node.status()["adt"]["applied_through"] == 1
     finally:
         hl7.stop(signal.SIGKILL)
+
+
+def test_an_item_whose_study_is_stored_leaves_the_worklist(region, tmp_path):
+    """A device without MPPS: the study it made from the item (the item's
+    Study Instance UID) arriving here is what takes the item off."""
+    from kontur.testing.dicom import make_study, send_study
+    hl7, lami = region
+    with hl7.client() as c:
+        c.send_message(orm(cid="M1"))
+    item = ask(tmp_path, lami, "ONCO_CT1")[1][0]
+    study = make_study(2, patient_id=item.PatientID, study_uid=item.StudyInstanceUID,
+                       patient_name=str(item.PatientName))
+    send_study(study, tmp_path / "files", port=lami.dicom_port, called_aet=lami.aet, calling_aet="ONCO_CT1")
+    assert ask(tmp_path, lami, "ONCO_CT1")[1] == []
+    assert ask(tmp_path, lami, "ONCO_CT2")[1] == []       # the other CT's copy of the order too

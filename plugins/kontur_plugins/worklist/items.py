@@ -16,12 +16,17 @@ The contract with ``services/kontur_hl7/store.py``: table ``items`` with
 """
 from __future__ import annotations
 
+import datetime as dt
 import io
 import json
 import sqlite3
 from pathlib import Path
 
+from ..replication.reconcile import orthanc_study_id
+
 OFFERED = ("SCHEDULED",)
+#: an item scheduled this many days ago and never performed is no longer offered
+EXPIRE_DAYS = 7
 
 
 def scheduled(db_path: str | Path, aet: str) -> list[dict]:
@@ -40,6 +45,25 @@ def scheduled(db_path: str | Path, aet: str) -> list[dict]:
     finally:
         con.close()
     return [json.loads(r[0]) for r in rows]
+
+
+def offered(items: list[dict], today: dt.date, expire_days: int = EXPIRE_DAYS) -> list[dict]:
+    """Items still on the worklist: not scheduled before ``expire_days`` ago
+    (an order never performed, e.g. the patient did not come)."""
+    cutoff = (today - dt.timedelta(days=expire_days)).strftime("%Y%m%d")
+    return [i for i in items if not i.get("scheduled") or i["scheduled"][:8] >= cutoff]
+
+
+def study_ids(item: dict) -> list[str]:
+    """Orthanc IDs the item's study has once stored here (with the hospital's own
+    Patient ID, or under the regional key ``ISSUER:ID`` of the ingest stage):
+    an item whose study is stored is done and leaves the worklist."""
+    p = item.get("patient") or {}
+    uid = item.get("study_uid")
+    if not uid or not p.get("id"):
+        return []
+    keys = [p["id"]] + ([f"{p['issuer']}:{p['id']}"] if p.get("issuer") else [])
+    return [orthanc_study_id(k, uid) for k in keys]
 
 
 def _split(ts: str) -> tuple[str, str]:

@@ -34,3 +34,19 @@ def test_the_stored_patient_id_follows_the_regions_patient_key():
 def test_a_log_line_names_the_update_not_the_patient():
     line = updates.describe(UPDATE)
     assert "U1" in line and "#7" in line and "Петров" not in line and "12345" not in line
+
+
+def test_an_item_scheduled_long_ago_is_no_longer_offered():
+    import datetime as dt
+
+    from kontur_plugins.worklist import items
+    today = dt.date(2026, 12, 1)
+    old, recent, undated = ({"scheduled": "20261120090000"}, {"scheduled": "20261125090000"}, {"scheduled": ""})
+    assert items.offered([old, recent, undated], today, expire_days=7) == [recent, undated]
+
+
+def test_the_items_study_ids_cover_the_hospitals_and_the_regional_patient_id():
+    from kontur_plugins.replication.reconcile import orthanc_study_id
+    from kontur_plugins.worklist import items
+    it = {"study_uid": "1.2.3", "patient": {"id": "12345", "issuer": "42-ONCO"}}
+    assert items.study_ids(it) == [orthanc_study_id("12345", "1.2.3"), orthanc_study_id("42-ONCO:12345", "1.2.3")]
