@@ -128,6 +128,10 @@ def test_bad_messages_get_the_right_nak_and_the_next_message_is_answered(service
         assert msa(framed(s, VT + orm(cid="NEXT").encode() + FS + CR))[0] == "AA"
     with service.db() as db:                # the bad message is kept with its reason
         assert db.execute("SELECT count(*) FROM messages WHERE ack_code=?", (ack_code,)).fetchone()[0] == 1
+    # and logged with its control ID (and nothing of the patient)
+    control = message.split(b"|")[9].decode() if message.startswith(b"MSH") else "(no control ID)"
+    wait_for(lambda: f"message {control} from" in service.log.read_text(), 30, message="the refusal logged")
+    assert "Иван" not in service.log.read_text()
 
 
 def test_bytes_outside_a_frame_are_dropped_and_the_stream_goes_on(service):
