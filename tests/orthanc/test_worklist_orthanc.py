@@ -144,3 +144,39 @@ def test_an_item_whose_study_is_stored_leaves_the_worklist(region, tmp_path):
     send_study(study, tmp_path / "files", port=lami.dicom_port, called_aet=lami.aet, calling_aet="ONCO_CT1")
     assert ask(tmp_path, lami, "ONCO_CT1")[1] == []
     assert ask(tmp_path, lami, "ONCO_CT2")[1] == []       # the other CT's copy of the order too
+
+
+def test_a_stat_order_sends_its_study_in_the_urgent_lane_under_every_policy(tmp_path, processes, make_node, tsami):
+    """An order the MIS marks STAT (TQ1-9 / ORC-7.6 "S"): its study goes upstream
+    at once, outside the node's transfer window and under the pathology policy;
+    a routine one waits."""
+    import datetime as dt
+    import zoneinfo
+
+    from kontur.testing.dicom import make_study
+    from kontur.testing.replication import TZ, wait_delivered
+
+    now = dt.datetime.now(zoneinfo.ZoneInfo(TZ))
+    start = (now + dt.timedelta(hours=2)).replace(second=0, microsecond=0)
+    closed = f"{start:%H:%M}-{start + dt.timedelta(hours=1):%H:%M}"
+    hl7 = Hl7Service(tmp_path / "hl7")
+    hl7.start()
+    try:
+        node = make_node(mode="pathology", windows=[closed], worklist={"enabled": True, "db": str(hl7.db_path)})
+        stat = orm(cid="M1", accession="STAT1", pid="111").replace("ORC|NW|P-STAT1|STAT1",
+                                                                   "ORC|NW|P-STAT1|STAT1||||^^^^^S")
+        with hl7.client() as c:
+            assert b"MSA|AA|" in c.send_message(stat)
+            assert b"MSA|AA|" in c.send_message(orm(cid="M2", accession="ROUT1", pid="222"))
+        uid = {i["accession"]: i["study_uid"] for i in hl7.items()}
+        urgent = make_study(2, patient_id="111", study_uid=uid["STAT1"])
+        routine = make_study(2, patient_id="222", study_uid=uid["ROUT1"])
+        node.store(routine)
+        node.store(urgent)
+        wait_delivered(tsami, urgent)
+        node.wait_processed(routine)
+        assert routine.orthanc_id() not in tsami.study_ids()
+        st = node.status()
+        assert st["window_open"] is False
+    finally:
+        hl7.stop(signal.SIGKILL)

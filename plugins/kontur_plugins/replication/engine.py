@@ -79,8 +79,11 @@ class Replicator:
     def __init__(self, cfg: ReplicationConfig, local: LocalArchive, outbox: Outbox, *,
                  upstream_factory: Callable[[Pacer | None], Any] | None = None, stable_age: float = 60.0,
                  log: Log | None = None, clock: Callable[[], float] = time.time,
-                 gates: list[Gate] | None = None):
+                 gates: list[Gate] | None = None, urgent_of: Callable[[dict], str | None] | None = None):
         self.cfg = cfg
+        #: a study's urgency from outside replication (the MIS's STAT order it was made for): the
+        #: reason to send it in the urgent lane under every policy, or None
+        self.urgent_of = urgent_of
         self.local = local
         self.outbox = outbox
         self.stable_age = float(stable_age)
@@ -327,6 +330,10 @@ class Replicator:
         if row["state"] == "parked":
             return "parked"
         inherited = self.corrections.on_ready(study_id, row)
+        urgent = self._urgent_reason(row)
+        if urgent:
+            return self.admit(row, urgent if source == "stable" else f"{urgent} ({source})", urgent=True,
+                              source=source)
         d = decisions.on_ready(self.cfg.mode, self.cfg.gateway, bool(row["selected"]) or inherited,
                                self.outbox.is_flagged(row.get("study_uid")))
         if not d.send:
@@ -334,6 +341,15 @@ class Replicator:
         why = d.reason if not inherited or row["selected"] else "a correction of a study sent upstream"
         why = why if source == "stable" else f"{why} ({source})"
         return self.admit(row, why, urgent=False, source=source)
+
+    def _urgent_reason(self, row: dict) -> str | None:
+        if self.urgent_of is None or not row.get("study_uid"):
+            return None
+        try:
+            return self.urgent_of(row)
+        except Exception as exc:  # noqa: BLE001 - never lose the study over its urgency
+            self.log.warning(f"kontur replication: study {row['study_id']}: its order's priority is unknown: {exc!r}")
+            return None
 
     def admit(self, row: dict, reason: str, *, urgent: bool, source: str, unpark: bool = False) -> str:
         """Gates, then the outbox."""

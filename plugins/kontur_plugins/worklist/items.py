@@ -66,6 +66,24 @@ def study_ids(item: dict) -> list[str]:
     return [orthanc_study_id(k, uid) for k in keys]
 
 
+def urgent_order(db_path: str | Path, study_uid: str) -> str | None:
+    """Why the study of ``study_uid`` is urgent -- a STAT or ASAP order of the
+    MIS it was made for (the worklist's Study Instance UID) -- or None."""
+    path = Path(db_path)
+    if not study_uid or not path.exists():
+        return None
+    con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
+    try:
+        r = con.execute("SELECT accession FROM orders WHERE study_uid=? AND urgent=1", (study_uid,)).fetchone()
+    except sqlite3.OperationalError as exc:
+        if "no such table" in str(exc):
+            return None
+        raise
+    finally:
+        con.close()
+    return f"an urgent order of the MIS (accession {r[0]})" if r else None
+
+
 def _split(ts: str) -> tuple[str, str]:
     ts = (ts or "").ljust(14, "0") if ts else ""
     return (ts[:8], ts[8:14]) if ts else ("", "")
