@@ -227,6 +227,24 @@ class Plugin:
                 self.adt_counts["failed"] += 1
                 orthanc.LogError(f"{PREFIX}: applying the MIS's patient updates: {exc!r}\n{traceback.format_exc()}")
 
+    def _modify(self, uri: str, body: str) -> dict:
+        """Orthanc's modify as a job, waited for here.  Not the synchronous call:
+        the job stores the new instances through this plugin's received-instance
+        callback, which needs the interpreter a synchronous RestApiPost would
+        hold for the whole job (a deadlock)."""
+        job = json.loads(orthanc.RestApiPost(uri, json.dumps({**json.loads(body), "Asynchronous": True})))
+        deadline = time.monotonic() + 3600
+        while not self._adt_stop.wait(0.2):
+            info = json.loads(orthanc.RestApiGet(f"/jobs/{job['ID']}"))
+            if info.get("State") == "Success":
+                return info.get("Content") or {}
+            if info.get("State") == "Failure":
+                raise RuntimeError(f"Orthanc's modify job {job['ID']} failed: {info.get('ErrorDescription')} "
+                                   f"{info.get('ErrorDetails', '')}".strip())
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"Orthanc's modify job {job['ID']} did not finish in an hour")
+        raise RuntimeError("Orthanc is stopping")
+
     def apply_adt(self) -> int:
         """Apply the HL7 service's recorded ADTs, in order, to the studies stored here."""
         regional = self.transfer.enabled and self.transfer.patient_key == "regional"
@@ -242,7 +260,7 @@ class Plugin:
                 targets = ([pid] if level == "patients" else
                            [s["ID"] for s in json.loads(orthanc.RestApiGet(f"/patients/{pid}/studies"))])
                 for rid in targets:
-                    res = json.loads(orthanc.RestApiPost(f"/{level}/{rid}/modify", body))
+                    res = self._modify(f"/{level}/{rid}/modify", body)
                     self.outbox.audit(time.time(), "mis", f"{'study' if level == 'studies' else 'patient'} "
                                       "modified", rid, worklist_updates.describe(u),
                                       {"update": u["id"], "modified": res.get("ID")})

@@ -240,34 +240,6 @@ with hl7.client.MLLPClient(host, port) as c:
             print(c.send_message(msg.strip("\\n")).decode("utf-8", "replace").replace("\\r", " | "))
 """
 
-_MPPS_SCU = """
-import sys
-from pydicom.dataset import Dataset
-from pydicom.uid import generate_uid
-from pynetdicom import AE
-from pynetdicom.sop_class import ModalityPerformedProcedureStep as MPPS
-aet, called, host, port, accession = sys.argv[1:6]
-ae = AE(ae_title=aet)
-ae.add_requested_context(MPPS)
-assoc = ae.associate(host, int(port), ae_title=called)
-assert assoc.is_established, "association refused"
-ds = Dataset()
-ds.PerformedProcedureStepStatus = "IN PROGRESS"
-ds.Modality, ds.PerformedStationAETitle, ds.PerformedProcedureStepID = "CT", aet, "PPS1"
-ssa = Dataset()
-ssa.AccessionNumber = accession
-ds.ScheduledStepAttributesSequence = [ssa]
-sop = generate_uid()
-st, _ = assoc.send_n_create(ds, MPPS, sop)
-print("N-CREATE", hex(st.Status))
-mod = Dataset()
-mod.PerformedProcedureStepStatus = "COMPLETED"
-st, _ = assoc.send_n_set(mod, MPPS, sop)
-print("N-SET", hex(st.Status))
-assoc.release()
-"""
-
-
 def _hl7(node_region, hk, lab, messages: list[str]) -> list[str]:
     """Send ``messages`` from the hospital's MIS (its namespace, python-hl7's MLLP client); their ACKs."""
     import sys
@@ -319,16 +291,37 @@ def test_an_order_from_the_mis_reaches_the_devices_worklist_and_mpps_is_recorded
     other = next(m.aet for m in region.hospitals[hk].modalities if m.modality != "CT")
     assert _worklist(lab, region, other, node, tmp_path)[1] == []
 
+    # an earlier study of the same patient, stored on the LAMI from the CT
+    from kontur import nodeapi
+    from kontur.testing.dicom import make_study
+    from kontur.testing.orthanc import wait_for
+    earlier = make_study(1, patient_id="L-100", patient_name="Иванов^Пётр^Ильич")
+    f = tmp_path / "earlier.dcm"
+    f.write_bytes(earlier.instances[0].data)
+    spec = region.nodes[node]
+    assert _store_scu(lab.modalities[aet].netns, aet, spec.aet, spec.address, region.ports(node).dicom,
+                      f).returncode == 0
+    client = nodeapi.client_for(load(SMALL), node, lab=True)
+
+    def stored_names():
+        found = client.post("tools/find", {"Level": "Study", "Query": {"PatientID": "L-100"}, "Expand": True})
+        return sorted(s["PatientMainDicomTags"].get("PatientName", "") for s in found)
+    wait_for(lambda: stored_names() == ["Иванов^Пётр^Ильич"], 60, message="the earlier study on the LAMI")
+
     a08 = "\r".join([f"MSH|^~\\&|MIS|{facility}|KONTUR|LAMI|20261201120500||ADT^A08|LAB-2|P|2.5||||||UNICODE UTF-8",
                      f"PID|1||L-100^^^{facility}||Петров^Пётр^Ильич||19700101|M"]) + "\r"
     assert "MSA|AA|LAB-2" in _hl7(region, hk, lab, [a08])[0]
     assert [str(a.PatientName) for a in _worklist(lab, region, aet, node, tmp_path)[1]] == ["Петров^Пётр^Ильич"]
+    # and the stored study (Orthanc's modify by the plugin)
+    wait_for(lambda: stored_names() == ["Петров^Пётр^Ильич"], 60, message="the stored study renamed")
 
     # MPPS from the device's namespace (pynetdicom as the device)
-    spec = region.nodes[node]
-    p = in_netns(lab.modalities[aet].netns, [sys.executable, "-c", _MPPS_SCU, aet, spec.aet, spec.address,
-                                             str(region.ports(node).mpps), "LAB-ACC1"])
-    assert "N-CREATE 0x0" in p.stdout and "N-SET 0x0" in p.stdout, p.stdout
+    from kontur.testing import mpps_scu
+    ns = ["ip", "netns", "exec", lab.modalities[aet].netns]
+    mpps = [aet, spec.aet, spec.address, str(region.ports(node).mpps)]
+    status, sop = mpps_scu.run(*mpps, "create", "LAB-ACC1", "IN PROGRESS", prefix=ns)
+    assert status == 0x0000
+    assert mpps_scu.run(*mpps, "set", sop, "COMPLETED", prefix=ns)[0] == 0x0000
     logged = on_host(lab, node, "journalctl -u kontur-hl7 -o cat | grep 'MPPS N-SET' | tail -n 1")
     assert "order LAB-ACC1 completed" in logged.stdout, logged.stdout + logged.stderr
     assert _worklist(lab, region, aet, node, tmp_path)[1] == []           # done: off the worklist

@@ -111,7 +111,10 @@ def test_an_adt_update_renames_the_stored_study_here_and_at_the_tsami(tmp_path, 
     hl7 = Hl7Service(tmp_path / "hl7", site=site)
     hl7.start()
     try:
-        node = make_node(mode="all", worklist={"enabled": True, "db": str(hl7.db_path)})
+        # the ingest stage on, as on every deployed LAMI: Orthanc's modify stores the new instances through
+        # the plugin's received-instance callback, so the plugin must not hold the interpreter while it waits
+        node = make_node(mode="all", worklist={"enabled": True, "db": str(hl7.db_path)},
+                         transfer={"enabled": True, "repair_text": True, "issuer": "42-ONCO"})
         study = make_study(3, patient_id="12345", patient_name="Иванов^Пётр^Ильич")
         node.store(study)
         wait_delivered(tsami, study)

@@ -1,16 +1,15 @@
 """MPPS (issue 11): the HL7 service's SCP (pynetdicom 2.0, the wheel kontur
 ships to nodes, under Debian's python3) asked by pynetdicom's SCU as a device
-asks: N-CREATE IN PROGRESS, N-SET COMPLETED / DISCONTINUED."""
+asks (``kontur.testing.mpps_scu``, a process of its own): N-CREATE IN
+PROGRESS, N-SET COMPLETED / DISCONTINUED."""
 from __future__ import annotations
 
 import signal
 
 import pytest
-from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
-from pynetdicom import AE
-from pynetdicom.sop_class import ModalityPerformedProcedureStep as MPPS
 
+from kontur.testing import mpps_scu
 from kontur.testing.hl7 import MPPS_AET, Hl7Service, orm
 
 
@@ -22,45 +21,17 @@ def service(tmp_path):
     s.stop(signal.SIGKILL)
 
 
-def associate(svc, aet, bind=None):
-    ae = AE(ae_title=aet)
-    ae.add_requested_context(MPPS)
-    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
-    return ae.associate("127.0.0.1", svc.mpps_port, ae_title=MPPS_AET, bind_address=bind or ("127.0.0.1", 0))
+def create(svc, aet, accession, *, status="IN PROGRESS", sop=None, bind=None) -> tuple[int | None, str]:
+    args = [aet, MPPS_AET, "127.0.0.1", str(svc.mpps_port), "create", accession, status]
+    if sop:
+        args.append(sop)
+    if bind:
+        args += ["--bind", bind]
+    return mpps_scu.run(*args)
 
 
-def create(svc, aet, accession, *, status="IN PROGRESS", sop=None, bind=None) -> tuple[int, str]:
-    assoc = associate(svc, aet, bind)
-    assert assoc.is_established, f"association from {aet} refused"
-    ds = Dataset()
-    ds.PerformedProcedureStepStatus = status
-    ds.Modality = "CT"
-    ds.PerformedStationAETitle = aet
-    ds.PerformedProcedureStepID = "PPS1"
-    ds.PerformedProcedureStepStartDate, ds.PerformedProcedureStepStartTime = "20261201", "130000"
-    ssa = Dataset()
-    ssa.AccessionNumber = accession
-    ssa.StudyInstanceUID = generate_uid()
-    ds.ScheduledStepAttributesSequence = [ssa]
-    sop = sop or generate_uid()
-    try:
-        st, _ = assoc.send_n_create(ds, MPPS, sop)
-    finally:
-        assoc.release()
-    return int(st.Status), sop
-
-
-def set_status(svc, aet, sop, status) -> int:
-    assoc = associate(svc, aet)
-    assert assoc.is_established
-    mod = Dataset()
-    mod.PerformedProcedureStepStatus = status
-    mod.PerformedProcedureStepEndDate, mod.PerformedProcedureStepEndTime = "20261201", "131500"
-    try:
-        st, _ = assoc.send_n_set(mod, MPPS, sop)
-    finally:
-        assoc.release()
-    return int(st.Status)
+def set_status(svc, aet, sop, status) -> int | None:
+    return mpps_scu.run(aet, MPPS_AET, "127.0.0.1", str(svc.mpps_port), "set", sop, status)[0]
 
 
 def statuses(svc) -> dict[str, str]:
@@ -113,8 +84,8 @@ def test_an_unscheduled_procedure_is_kept_unlinked(service):
 
 
 def test_only_the_inventorys_devices_from_their_addresses(service):
-    assert not associate(service, "XRAY9").is_established                          # unknown AE title
+    assert create(service, "XRAY9", "ACC1")[0] is None                              # unknown AE title: refused
     order(service)
     # ONCO_CT1 is at 127.0.0.1 in the inventory; the same AE title from another address is refused
-    assert create(service, "ONCO_CT1", "ACC1", bind=("127.0.0.2", 0))[0] == 0x0110
+    assert create(service, "ONCO_CT1", "ACC1", bind="127.0.0.2")[0] == 0x0110
     assert statuses(service)["ONCO_CT1"] == "SCHEDULED"
