@@ -46,13 +46,9 @@ HOSPITAL, NODE = "city", "city-lami"
 SENDER = r"""
 import json, sys, threading, time, hl7.client
 host, port, n, conns, tag, facility, modality = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5], sys.argv[6], sys.argv[7]
+from kontur.testing.hl7 import orm as _orm
 def orm(i):
-    acc = f"B{tag}{i:07d}"
-    return "\r".join([
-        f"MSH|^~\\&|MIS|{facility}|KONTUR|LAMI|20261201120000||ORM^O01|{tag}-{i}|P|2.5||||||UNICODE UTF-8",
-        f"PID|1||{200000 + i}^^^{facility}||Иванов^Пётр^Ильич||19700101|M",
-        f"ORC|NW|P-{acc}|{acc}",
-        f"OBR|1|P-{acc}|{acc}|A06.09.005^^RU-804N||||||||||||||{acc}||||||{modality}"]) + "\r"
+    return _orm(cid=f"{tag}-{i}", accession=f"B{tag}{i:07d}", pid=str(200000 + i), facility=facility, obr24=modality)
 bad = []
 def run(k):
     per = n // conns

@@ -15,12 +15,7 @@ Goal: at least 200 ORM/s.  The service is stopped by PID.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import re
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -30,33 +25,14 @@ from pathlib import Path
 import hl7.client
 
 REPO = Path(__file__).resolve().parents[1]
-SITE = {"hospitals": [{"hospital": "onco", "facilities": ["ONCO"],
-                       "devices": [{"aet": "ONCO_CT1", "modality": "CT"}, {"aet": "ONCO_CT2", "modality": "CT"}]}]}
+sys.path.insert(0, str(REPO))
+
+from kontur.testing.hl7 import Hl7Service  # noqa: E402
+from kontur.testing.hl7 import orm as _orm  # noqa: E402
 
 
 def orm(n: int, tag: str) -> str:
-    acc = f"A{tag}{n:07d}"
-    return "\r".join([
-        f"MSH|^~\\&|MIS|ONCO|KONTUR|LAMI|20261201120000||ORM^O01|{tag}-{n}|P|2.5||||||UNICODE UTF-8",
-        f"PID|1||{100000 + n}^^^ONCO||Иванов^Пётр^Ильич||19700101|M",
-        f"ORC|NW|P-{acc}|{acc}||||^^^20261201130000^^R",
-        f"OBR|1|P-{acc}|{acc}|A06.09.005^КТ органов грудной полости^RU-804N||||||||||||||{acc}||||||CT",
-    ]) + "\r"
-
-
-def start(tmp: Path) -> tuple[subprocess.Popen, int]:
-    cfg = tmp / "hl7.json"
-    cfg.write_text(json.dumps({"listen": {"host": "127.0.0.1", "port": 0}, "state_dir": str(tmp / "state"),
-                               "site": SITE}, ensure_ascii=False))
-    proc = subprocess.Popen(["/usr/bin/python3", "-m", "kontur_hl7.server", "--config", str(cfg)],
-                            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
-                            env=dict(os.environ, PYTHONPATH=str(REPO / "services")))
-    for line in proc.stderr:
-        m = re.search(r"on \('127\.0\.0\.1', (\d+)\)", line)
-        if m:
-            threading.Thread(target=lambda: [None for _ in proc.stderr], daemon=True).start()
-            return proc, int(m.group(1))
-    raise SystemExit(f"the service did not start (exit {proc.wait()})")
+    return _orm(cid=f"{tag}-{n}", accession=f"A{tag}{n:07d}", pid=str(100000 + n))
 
 
 def run(port: int, orders: int, connections: int, tag: str) -> tuple[float, list[float]]:
@@ -95,20 +71,16 @@ def main() -> int:
     ap.add_argument("--connections", type=int, default=4)
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="kontur-bench-hl7-") as tmp:
-        proc, port = start(Path(tmp))
+        service = Hl7Service(Path(tmp))            # as on a node: Debian's python3 and python3-hl7
+        service.start()
         try:
             rows = []
             for conns, tag in ((1, "s"), (args.connections, "p")):
-                rate, rtts = run(port, args.orders, conns, tag)
+                rate, rtts = run(service.port, args.orders, conns, tag)
                 rtts.sort()
                 rows.append((conns, rate, statistics.median(rtts) * 1000, rtts[int(len(rtts) * 0.95)] * 1000))
         finally:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            service.stop()
     print(f"\nORM^O01 with ACK, {args.orders} orders per run, state on disk (one fsync per message)")
     print("| connections | orders/s | round trip median ms | p95 ms |")
     print("| --- | --- | --- | --- |")

@@ -38,42 +38,36 @@ def start(store, *, host: str, port: int, ae_title: str, devices: dict[str, str 
             return f"{aet} called from {address}, the inventory puts it at {want}"
         return None
 
-    def on_create(event):
+    def handle(event, what: str, sop: str, dataset, apply):
+        """The checks and the log lines both requests share; ``apply(aet)`` does the work."""
         aet, address = caller(event)
-        sop = _text(event.request.AffectedSOPInstanceUID)
         refused = allowed(aet, address)
         if refused:
-            log.warning("MPPS N-CREATE %s refused: %s", sop, refused)
+            log.warning("MPPS %s %s refused: %s", what, sop, refused)
             return mpps.PROCESSING_FAILURE, None
+        try:
+            done = apply(aet)
+        except mpps.MppsError as exc:
+            log.warning("MPPS %s %s from %s: 0x%04X %s", what, sop, aet, exc.status, exc.text)
+            return exc.status, None
+        log.info("MPPS %s %s from %s: %s", what, sop, aet, done)
+        return 0x0000, dataset
+
+    def on_create(event):
+        sop = _text(event.request.AffectedSOPInstanceUID)
         ds = event.attribute_list
         ssa = (ds.get("ScheduledStepAttributesSequence") or [None])[0]
         attrs = {"status": _text(ds.get("PerformedProcedureStepStatus")),
                  "accession": _text(ssa.get("AccessionNumber")) if ssa is not None else "",
                  "study_uid": _text(ssa.get("StudyInstanceUID")) if ssa is not None else ""}
-        try:
-            what = store.mpps_create(mpps.created(sop, attrs, aet))
-        except mpps.MppsError as exc:
-            log.warning("MPPS N-CREATE %s from %s: 0x%04X %s", sop, aet, exc.status, exc.text)
-            return exc.status, None
-        log.info("MPPS N-CREATE %s from %s: %s", sop, aet, what)
-        return 0x0000, ds
+        return handle(event, "N-CREATE", sop, ds, lambda aet: store.mpps_create(mpps.created(sop, attrs, aet)))
 
     def on_set(event):
-        aet, address = caller(event)
         sop = _text(event.request.RequestedSOPInstanceUID)
-        refused = allowed(aet, address)
-        if refused:
-            log.warning("MPPS N-SET %s refused: %s", sop, refused)
-            return mpps.PROCESSING_FAILURE, None
         mod = event.modification_list
         attrs = {"status": _text(mod.get("PerformedProcedureStepStatus"))}
-        try:
-            what = store.mpps_update(mpps.updated(store.mpps_get(sop), sop, attrs, aet))
-        except mpps.MppsError as exc:
-            log.warning("MPPS N-SET %s from %s: 0x%04X %s", sop, aet, exc.status, exc.text)
-            return exc.status, None
-        log.info("MPPS N-SET %s from %s: %s", sop, aet, what)
-        return 0x0000, mod
+        return handle(event, "N-SET", sop, mod,
+                      lambda aet: store.mpps_update(mpps.updated(store.mpps_get(sop), sop, attrs, aet)))
 
     ae = AE(ae_title)
     ae.add_supported_context(ModalityPerformedProcedureStep)

@@ -253,20 +253,11 @@ def _hl7(node_region, hk, lab, messages: list[str]) -> list[str]:
 
 
 def _worklist(lab, region, aet: str, node: str, tmp: Path):
-    from kontur.testing.dicom import findscu_worklist  # noqa: F401 (the keys it asks)
+    """findscu -W from the device's namespace to its node, as the device asks."""
+    from kontur.testing.dicom import findscu_worklist
     spec = region.nodes[node]
-    out = tmp / f"wl-{aet}"
-    out.mkdir(parents=True, exist_ok=True)
-    for old in out.glob("rsp*.dcm"):
-        old.unlink()
-    p = in_netns(lab.modalities[aet].netns, [
-        "findscu", "-W", "-aet", aet, "-aec", spec.aet, "-X", "-od", str(out),
-        "-k", "PatientName", "-k", "PatientID", "-k", "AccessionNumber", "-k", "RequestedProcedureDescription",
-        "-k", "ScheduledProcedureStepSequence[0].Modality",
-        "-k", "ScheduledProcedureStepSequence[0].ScheduledStationAETitle",
-        spec.address, str(region.ports(node).dicom)])
-    import pydicom
-    return p, [pydicom.dcmread(f) for f in sorted(out.glob("rsp*.dcm"))]
+    return findscu_worklist(tmp / f"wl-{aet}", port=region.ports(node).dicom, called_aet=spec.aet, calling_aet=aet,
+                            host=spec.address, netns=lab.modalities[aet].netns)
 
 
 def test_an_order_from_the_mis_reaches_the_devices_worklist_and_mpps_is_recorded(lab, region, tmp_path):
@@ -285,7 +276,7 @@ def test_an_order_from_the_mis_reaches_the_devices_worklist_and_mpps_is_recorded
     acks = _hl7(region, hk, lab, [orm(cid="LAB-1", accession="LAB-ACC1", facility=facility, pid="L-100")])
     assert "MSA|AA|LAB-1" in acks[0], acks
     p, answers = _worklist(lab, region, aet, node, tmp_path)
-    assert [a.AccessionNumber for a in answers] == ["LAB-ACC1"], p.stdout
+    assert [a.AccessionNumber for a in answers] == ["LAB-ACC1"], p.stdout + p.stderr
     assert str(answers[0].PatientName) == "Иванов^Пётр^Ильич"
     # the other modality of the hospital (DX) does not see a CT order
     other = next(m.aet for m in region.hospitals[hk].modalities if m.modality != "CT")

@@ -19,10 +19,10 @@ from __future__ import annotations
 import datetime as dt
 import io
 import json
-import sqlite3
 from pathlib import Path
 
 from ..replication.reconcile import orthanc_study_id
+from . import state
 
 OFFERED = ("SCHEDULED",)
 #: an item scheduled this many days ago and never performed is no longer offered
@@ -31,19 +31,8 @@ EXPIRE_DAYS = 7
 
 def scheduled(db_path: str | Path, aet: str) -> list[dict]:
     """The items scheduled on the device ``aet`` ([] while the service has no state yet)."""
-    path = Path(db_path)
-    if not path.exists():
-        return []
-    con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
-    try:
-        rows = con.execute("SELECT item FROM items WHERE aet=? AND status IN (%s) ORDER BY updated_at"
-                           % ",".join("?" * len(OFFERED)), (aet, *OFFERED)).fetchall()
-    except sqlite3.OperationalError as exc:
-        if "no such table" in str(exc):
-            return []
-        raise
-    finally:
-        con.close()
+    rows = state.read(db_path, "SELECT item FROM items WHERE aet=? AND status IN (%s) ORDER BY updated_at"
+                      % ",".join("?" * len(OFFERED)), (aet, *OFFERED))
     return [json.loads(r[0]) for r in rows]
 
 
@@ -69,19 +58,10 @@ def study_ids(item: dict) -> list[str]:
 def urgent_order(db_path: str | Path, study_uid: str) -> str | None:
     """Why the study of ``study_uid`` is urgent -- a STAT or ASAP order of the
     MIS it was made for (the worklist's Study Instance UID) -- or None."""
-    path = Path(db_path)
-    if not study_uid or not path.exists():
+    if not study_uid:
         return None
-    con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
-    try:
-        r = con.execute("SELECT accession FROM orders WHERE study_uid=? AND urgent=1", (study_uid,)).fetchone()
-    except sqlite3.OperationalError as exc:
-        if "no such table" in str(exc):
-            return None
-        raise
-    finally:
-        con.close()
-    return f"an urgent order of the MIS (accession {r[0]})" if r else None
+    rows = state.read(db_path, "SELECT accession FROM orders WHERE study_uid=? AND urgent=1", (study_uid,))
+    return f"an urgent order of the MIS (accession {rows[0][0]})" if rows else None
 
 
 def _split(ts: str) -> tuple[str, str]:

@@ -17,26 +17,15 @@ modify request.
 """
 from __future__ import annotations
 
-import sqlite3
 from pathlib import Path
+
+from . import state
 
 
 def pending(db_path: str | Path, after: int, limit: int = 50) -> list[dict]:
     """Updates after position ``after``, oldest first ([] while there is no table yet)."""
-    path = Path(db_path)
-    if not path.exists():
-        return []
-    con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
-    con.row_factory = sqlite3.Row
-    try:
-        rows = con.execute("SELECT * FROM patient_updates WHERE id>? ORDER BY id LIMIT ?", (after, limit)).fetchall()
-    except sqlite3.OperationalError as exc:
-        if "no such table" in str(exc):
-            return []
-        raise
-    finally:
-        con.close()
-    return [dict(r) for r in rows]
+    return [dict(r) for r in state.read(db_path, "SELECT * FROM patient_updates WHERE id>? ORDER BY id LIMIT ?",
+                                        (after, limit))]
 
 
 def stored_id(patient_id: str, issuer: str, regional: bool) -> str:
