@@ -176,6 +176,8 @@ def _error_text(exc: BaseException) -> str:
     inner = getattr(exc, "__cause__", None) or getattr(exc, "__context__", None)
     if inner and str(inner) and str(inner) not in text:
         text += f": {inner}"
+    if getattr(exc, "hint", None):          # a KonturError says what to do
+        text += f"\nhint: {exc.hint}"
     return text
 
 
@@ -279,7 +281,8 @@ def run_deploy(inventory: str | None = None, *, lab: bool = False, limit: list[s
             try:
                 deploy_node()
             except Exception as exc:  # anything, so one broken host does not stop the others
-                current = h.current_deploy_name or "prepare"
+                # before its first step a host's failure is its rendering (deploys.node.context)
+                current = h.current_deploy_name or "render"
                 fail(h.name, f"{current} (planning)", _error_text(exc))
                 return False
         return True

@@ -47,6 +47,7 @@ from kontur_plugins.transfer import ingest  # noqa: E402
 from kontur_plugins.transfer.gate import TransferGate, ValidationStore, study_facts  # noqa: E402
 from kontur_plugins.transfer.config import TransferConfig, TransferError, parse_transfer  # noqa: E402
 from kontur_plugins.worklist import items as worklist_items  # noqa: E402
+from kontur_plugins.worklist import state as worklist_state  # noqa: E402
 from kontur_plugins.worklist import updates as worklist_updates  # noqa: E402
 
 PREFIX = "kontur"
@@ -204,9 +205,10 @@ class Plugin:
         except (OSError, ValueError):
             return
         if section.get("enabled") and section.get("db"):
-            self.worklist_db = str(section["db"])
+            self.worklist_db = section["db"]
             self.worklist_expire_days = int(section.get("expire_days", worklist_items.EXPIRE_DAYS))
-            orthanc.LogWarning(f"{PREFIX}: modality worklist on: items from {self.worklist_db}")
+            orthanc.LogWarning(f"{PREFIX}: modality worklist on: items from "
+                               f"{worklist_state.describe(self.worklist_db)}")
 
     # --- the MIS's patient updates on stored studies (issue 11) ---------------
 

@@ -6,7 +6,8 @@ configure  upload the rendered server settings (loopback only, the
 activate   restart the cluster only when they changed; the cluster enabled
            and running; Orthanc's role (password from the secrets store, sent
            as a SCRAM verifier: the password itself never leaves this
-           machine) and its database owned by that role
+           machine) and its database owned by that role; the databases of
+           kontur's services on the node (the HL7 service's state) likewise
 """
 from __future__ import annotations
 
@@ -98,7 +99,10 @@ def activate() -> None:
     ctx.restarts.setdefault("orthanc.service", []).extend(started)
     password = ctx.store.password(facts["password_key"])
     verifier = scram_verifier(password, facts["user"], int(host.data.get("postgresql_scram_iterations", 4096)))
-    name = f"PostgreSQL: role {facts['user']} and database {facts['database']}"
-    ctx.record(name, role_and_database(name=name, user=facts["user"], database=facts["database"],
-                                       verifier=verifier, port=port))
+    # Orthanc's index, then the databases of kontur's services on the node
+    # (the HL7 service's state), owned by the same role
+    for database in [facts["database"], *facts.get("databases", [])]:
+        name = f"PostgreSQL: role {facts['user']} and database {database}"
+        ctx.record(name, role_and_database(name=name, user=facts["user"], database=database,
+                                           verifier=verifier, port=port))
 

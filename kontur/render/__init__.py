@@ -216,7 +216,7 @@ def _render_orthanc(region: Region, node: str, store: SecretStore, bundle: Bundl
         }
     policy = policy_for(region, node, upstream)
     if policy is not None and hl7.serves(region, node):
-        policy["worklist"] = hl7.worklist_policy()
+        policy["worklist"] = hl7.worklist_policy(region, node)
     if policy is not None:
         bundle.files.append(RenderedFile(oc.POLICY_FILE, as_json(policy), "0600", "orthanc", "orthanc",
                                          restarts=restart, secret=True))

@@ -26,6 +26,12 @@ WHEEL_DIR = "/usr/lib/kontur/wheels"
 CONFIG = "/etc/kontur/hl7.json"
 STATE_DIR = "/var/lib/kontur/hl7"
 DB = f"{STATE_DIR}/hl7.sqlite3"
+#: the service's own database in the node's PostgreSQL (beside Orthanc's index)
+PG_DATABASE = "kontur_hl7"
+#: both the service and Orthanc run as this system user: peer authentication
+#: on the local socket to the role of the same name (Orthanc's index role)
+PG_ROLE = "orthanc"
+PG_SOCKET_DIR = "/var/run/postgresql"
 
 
 def serves(region: Region, node: str) -> bool:
@@ -51,11 +57,22 @@ def site(region: Region, node: str) -> dict[str, Any]:
             "classifier_version": pkg.version if pkg else ""}
 
 
+def database(region: Region, node: str) -> dict[str, Any]:
+    """Where the service keeps its state (``services/kontur_hl7/db.py``): the
+    node's PostgreSQL where it has one (backed up and watched with the index),
+    else SQLite in the state directory.  The service writes it, the plugin reads it."""
+    if region.index_of(node) == "postgresql":
+        return {"postgresql": {"host": PG_SOCKET_DIR, "port": region.ports(node).postgresql,
+                               "dbname": PG_DATABASE, "user": PG_ROLE}}
+    return {"sqlite": DB}
+
+
 def config(region: Region, node: str) -> dict[str, Any]:
     ports = region.ports(node)
     return {
         "listen": {"host": "0.0.0.0", "port": ports.hl7},
         "state_dir": STATE_DIR,
+        "database": database(region, node),
         "application": "KONTUR",
         "max_message_bytes": 4 * 1024 * 1024,
         "idle_timeout_seconds": 300,
@@ -64,12 +81,13 @@ def config(region: Region, node: str) -> dict[str, Any]:
     }
 
 
-def unit(wheels: list[str]) -> bytes:
+def unit(wheels: list[str], postgresql: bool = False) -> bytes:
     path = ":".join([SERVICE_DIR] + [f"{WHEEL_DIR}/{w}" for w in wheels])
+    after = "network-online.target postgresql.service" if postgresql else "network-online.target"
     return f"""# kontur: the HL7 integration service (orders from the MIS into the worklist, MPPS)
 [Unit]
 Description=kontur HL7 integration service (MLLP from the MIS, MPPS from the modalities)
-After=network-online.target
+After={after}
 Wants=network-online.target
 
 [Service]
@@ -92,9 +110,9 @@ WantedBy=multi-user.target
 """.encode()
 
 
-def worklist_policy() -> dict[str, Any]:
+def worklist_policy(region: Region, node: str) -> dict[str, Any]:
     """The plugin's ``worklist`` section: where it reads the items."""
-    return {"enabled": True, "db": DB}
+    return {"enabled": True, "db": database(region, node)}
 
 
 def firewall(region: Region, node: str) -> list[dict]:
@@ -116,6 +134,7 @@ def add(region: Region, node: str, bundle: Bundle) -> list[str]:
     if not serves(region, node):
         return []
     restart = (UNIT,)
+    on_pg = "postgresql" in database(region, node)
     for pkg in PACKAGES:
         if pkg not in bundle.packages:
             bundle.packages.append(pkg)
@@ -124,13 +143,13 @@ def add(region: Region, node: str, bundle: Bundle) -> list[str]:
                                          restarts=restart))
     wheels = []
     for name in sorted(NODE_WHEELS):
-        w = wheel_path(name)
+        w = wheel_path(name, where=f"{node}, step 'HL7 service: configure' (uploads it to the node)")
         wheels.append(w.name)
         bundle.files.append(RenderedFile(f"{WHEEL_DIR}/{w.name}", w.read_bytes(), "0644", restarts=restart))
     from . import as_json  # noqa: PLC0415 - the package's one JSON writer
     bundle.files += [
         RenderedFile(CONFIG, as_json(config(region, node)), "0640", "root", "orthanc", restarts=restart),
-        RenderedFile(f"/etc/systemd/system/{UNIT}", unit(wheels), "0644", restarts=restart),
+        RenderedFile(f"/etc/systemd/system/{UNIT}", unit(wheels, on_pg), "0644", restarts=restart),
     ]
     bundle.directories += [
         Directory(SERVICE_DIR, "0755"),
@@ -139,4 +158,6 @@ def add(region: Region, node: str, bundle: Bundle) -> list[str]:
         Directory(STATE_DIR, "0750", "orthanc", "orthanc"),
     ]
     bundle.facts["hl7"] = {"unit": UNIT, "port": region.ports(node).hl7, "mpps_port": region.ports(node).mpps}
+    if on_pg:       # the deploy creates it, owned by the role Orthanc and the service log in as
+        bundle.facts.setdefault("postgresql", {}).setdefault("databases", []).append(PG_DATABASE)
     return [UNIT]

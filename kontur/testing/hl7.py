@@ -9,6 +9,7 @@ import signal
 import sqlite3
 import subprocess
 import threading
+from contextlib import contextmanager
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -25,12 +26,23 @@ SITE = {
 
 
 class Hl7Service:
-    def __init__(self, tmp: Path, idle: float = 30, site: dict | None = None, mpps: bool = False):
+    def __init__(self, tmp: Path, idle: float = 30, site: dict | None = None, mpps: bool = False,
+                 postgres=None):
+        """``postgres``: a started :class:`kontur.testing.postgres.PostgresProcess`
+        to keep the state in (a database of its own in it), as on a LAMI;
+        SQLite in ``tmp`` without one, as on a gateway."""
         tmp.mkdir(parents=True, exist_ok=True)
         self.state = tmp / "state"
         self.config = tmp / "hl7.json"
+        if postgres is not None:
+            name = f"hl7_{abs(hash(str(tmp))) % 10**8}"
+            postgres.create_database(name)
+            self.database = {"postgresql": {"host": str(postgres.workdir), "port": postgres.port, "dbname": name,
+                                            "user": postgres.user}}
+        else:
+            self.database = {"sqlite": str(self.state / "hl7.sqlite3")}
         cfg = {"listen": {"host": "127.0.0.1", "port": 0}, "state_dir": str(self.state), "site": site or SITE,
-               "idle_timeout_seconds": idle, "max_message_bytes": 1024 * 1024}
+               "idle_timeout_seconds": idle, "max_message_bytes": 1024 * 1024, "database": self.database}
         if mpps:
             cfg["mpps"] = {"host": "127.0.0.1", "port": 0, "ae_title": MPPS_AET}
         self.config.write_text(json.dumps(cfg, ensure_ascii=False))
@@ -39,10 +51,6 @@ class Hl7Service:
         self.port = 0
         self.mpps_port = 0
         self.wants_mpps = mpps
-
-    @property
-    def db_path(self) -> Path:
-        return self.state / "hl7.sqlite3"
 
     def start(self) -> None:
         path = [str(REPO / "services")]
@@ -84,10 +92,32 @@ class Hl7Service:
         import hl7.client  # noqa: PLC0415 - python-hl7's MLLP client: the MIS side
         return hl7.client.MLLPClient("127.0.0.1", self.port, encoding=encoding)
 
+    @contextmanager
     def db(self):
-        c = sqlite3.connect(f"file:{self.db_path}?mode=ro", uri=True)
-        c.row_factory = sqlite3.Row
-        return c
+        """A read connection to the service's state: ``execute(sql with ?, args)``
+        returns a cursor whose rows answer ``row[0]`` and ``row["column"]``."""
+        if "sqlite" in self.database:
+            c = sqlite3.connect(f"file:{self.database['sqlite']}?mode=ro", uri=True)
+            c.row_factory = sqlite3.Row
+            try:
+                yield c
+            finally:
+                c.close()
+            return
+        import psycopg2  # noqa: PLC0415
+        import psycopg2.extras  # noqa: PLC0415
+        conn = psycopg2.connect(**self.database["postgresql"])
+        conn.autocommit = True
+        try:
+            with conn.cursor(cursor_factory=psycopg2.extras.DictCursor) as cur:
+                class Reader:
+                    @staticmethod
+                    def execute(sql, args=()):
+                        cur.execute(sql.replace("?", "%s"), tuple(args))
+                        return cur
+                yield Reader()
+        finally:
+            conn.close()
 
     def items(self, status=None) -> list[dict]:
         with self.db() as c:

@@ -34,7 +34,7 @@ def original(raw: bytes) -> dict:
     f = msh_fields(raw) or []
 
     def at(n: int) -> str:          # MSH-n
-        return f[n].decode("latin-1").strip() if len(f) > n else ""
+        return f[n].decode("latin-1").replace("\x00", "").strip() if len(f) > n else ""
     trigger = at(9).split("^")[1] if "^" in at(9) else ""
     return {"sending_app": at(3), "sending_facility": at(4), "receiving_app": at(5),
             "receiving_facility": at(6), "control_id": at(10), "processing": at(11) or "P",

@@ -51,6 +51,9 @@ def msh_fields(raw: bytes) -> list[bytes] | None:
 
 def decode(raw: bytes) -> Decoded:
     """The message's text; raises :class:`CodecError` naming what MSH-18 said."""
+    nul = raw.find(b"\x00")
+    if nul >= 0:        # no HL7 character set has it; no database text column takes it
+        raise CodecError(f"the message has a NUL byte (0x00) at offset {nul}: not HL7 text")
     fields = msh_fields(raw)
     declared = ""
     if fields is not None and len(fields) > 18:

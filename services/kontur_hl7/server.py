@@ -29,6 +29,7 @@ import traceback
 from pathlib import Path
 
 from . import ack, codec, orders
+from .db import DatabaseError, describe
 from .store import Store
 from .worklist import Site
 
@@ -37,11 +38,17 @@ KEEP_OVERSIZE = 64 * 1024
 log = logging.getLogger("kontur-hl7")
 
 
+def database(cfg: dict) -> dict:
+    """The configuration's ``database`` (:mod:`.db`); SQLite in ``state_dir`` without one."""
+    return cfg.get("database") or {"sqlite": str(Path(cfg["state_dir"]) / "hl7.sqlite3")}
+
+
 class Service:
     def __init__(self, cfg: dict):
         self.cfg = cfg
         self.site = Site.from_policy(cfg.get("site") or {})
-        self.store = Store(Path(cfg["state_dir"]) / "hl7.sqlite3")
+        self.database = database(cfg)
+        self.store = Store(self.database)
         self.max_bytes = int(cfg.get("max_message_bytes", 4 * 1024 * 1024))
         self.idle = float(cfg.get("idle_timeout_seconds", 60))
         self.application = str(cfg.get("application", "KONTUR"))
@@ -49,7 +56,7 @@ class Service:
     # --- one message -----------------------------------------------------------------
 
     def process(self, raw: bytes, peer: str, oversize: int = 0) -> bytes:
-        """The ACK for one framed message (blocking: sqlite and fsync)."""
+        """The ACK for one framed message (blocking: the database's commit)."""
         o = ack.original(raw)
         control, facility = o["control_id"], o["sending_facility"]
         try:
@@ -95,17 +102,24 @@ class Service:
 
     def _internal(self, raw: bytes, control: str, exc: Exception, *, store: bool = True, codec_name: str = "utf-8",
                   peer: str = "", facility: str = "") -> bytes:
-        log.error("message %s: %s\n%s", control or "(no control ID)", type(exc).__name__, traceback.format_exc())
-        text = ("the service could not store the message; it was not accepted -- send it again"
-                if not store else f"internal error ({type(exc).__name__}); the message is kept, not applied")
-        answer = ack.build(raw, "AE", text=text, error=207, codec=codec_name, application=self.application)
+        """AE for a message the service failed on: kept with the failure when
+        the database takes it, else "not accepted -- send it again"."""
+        if isinstance(exc, DatabaseError):      # the database, not the message: no traceback to read
+            log.error("message %s: not stored: %s", control or "(no control ID)", exc)
+            store = False
+        else:
+            log.error("message %s: %s\n%s", control or "(no control ID)", type(exc).__name__, traceback.format_exc())
         if store:
+            text = f"internal error ({type(exc).__name__}); the message is kept, not applied"
+            answer = ack.build(raw, "AE", text=text, error=207, codec=codec_name, application=self.application)
             try:
                 self.store.refuse(facility=facility, control_id=control, raw=raw, ack=answer, code="AE",
                                   reason=f"{text}: {exc!r}", peer=peer)
-            except Exception:  # noqa: BLE001
-                pass
-        return answer
+                return answer
+            except Exception as again:  # noqa: BLE001 - then it is not kept: say so
+                log.error("message %s: not stored either: %s", control or "(no control ID)", again)
+        text = "the service could not store the message; it was not accepted -- send it again"
+        return ack.build(raw, "AE", text=text, error=207, codec=codec_name, application=self.application)
 
     # --- a connection ----------------------------------------------------------------
 
@@ -180,7 +194,7 @@ class Service:
         scp = self.start_mpps()
         server = await asyncio.start_server(self.connection, host, port, limit=1 << 20)
         where = ", ".join(str(s.getsockname()) for s in server.sockets)
-        log.info("listening for HL7 over MLLP on %s", where)
+        log.info("listening for HL7 over MLLP on %s; state in %s", where, describe(self.database))
         if ready is not None:
             ready(server)
         stop = asyncio.Event()
@@ -203,6 +217,9 @@ def main(argv: list[str] | None = None) -> int:
         cfg = json.loads(Path(args.config).read_text(encoding="utf-8"))
         listen = cfg["listen"]
         service = Service(cfg)
+    except DatabaseError as exc:
+        print(f"kontur-hl7: no state, so no message can be accepted: {exc}", file=sys.stderr)
+        return 3
     except (OSError, ValueError, KeyError, TypeError) as exc:
         print(f"kontur-hl7: cannot use {args.config}: {exc}", file=sys.stderr)
         return 2

@@ -2,60 +2,57 @@
 """The service's durable state: every message received (accepted or not,
 its raw bytes and the ACK it got), the orders and their worklist items.
 
-sqlite3 in WAL mode with ``synchronous=FULL``: a message is acknowledged
-``AA`` only after the transaction that stores it has committed, so an
-acknowledged order survives ``kill -9`` and a power cut.  A message whose
+The node's PostgreSQL where it has one, else SQLite in WAL mode with
+``synchronous=FULL`` (:mod:`.db`): a message is acknowledged ``AA`` only
+after the transaction that stores it has committed, so an acknowledged order
+survives ``kill -9`` and a power cut.  A message whose
 (MSH-4, MSH-10) was seen before is answered with the ACK it got then.
 Orthanc's plugin reads the items (read-only) to answer worklist C-FINDs.
 """
 from __future__ import annotations
 
 import json
-import sqlite3
-import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from pathlib import Path
 
 from . import mpps
+from .db import open_db
 from .orders import Reject, Request
 from .worklist import Site, item, plan
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS messages (
-    id INTEGER PRIMARY KEY,
+    id {id},
     facility TEXT NOT NULL, control_id TEXT NOT NULL,
-    received_at REAL NOT NULL, peer TEXT, type TEXT, codec TEXT,
-    ack_code TEXT NOT NULL, reason TEXT, raw BLOB NOT NULL, ack BLOB NOT NULL,
+    received_at DOUBLE PRECISION NOT NULL, peer TEXT, type TEXT, codec TEXT,
+    ack_code TEXT NOT NULL, reason TEXT, raw {blob} NOT NULL, ack {blob} NOT NULL,
     UNIQUE (facility, control_id)
 );
 CREATE TABLE IF NOT EXISTS orders (
     facility TEXT NOT NULL, accession TEXT NOT NULL,
     hospital TEXT NOT NULL, status TEXT NOT NULL,
     patient_id TEXT NOT NULL, urgent INTEGER NOT NULL DEFAULT 0,
-    study_uid TEXT, created_at REAL NOT NULL, updated_at REAL NOT NULL, message_id INTEGER,
+    study_uid TEXT, created_at DOUBLE PRECISION NOT NULL, updated_at DOUBLE PRECISION NOT NULL, message_id BIGINT,
     PRIMARY KEY (facility, accession)
 );
 CREATE TABLE IF NOT EXISTS items (
     facility TEXT NOT NULL, accession TEXT NOT NULL, aet TEXT NOT NULL,
-    status TEXT NOT NULL, patient_id TEXT NOT NULL, item TEXT NOT NULL, updated_at REAL NOT NULL,
+    status TEXT NOT NULL, patient_id TEXT NOT NULL, item TEXT NOT NULL, updated_at DOUBLE PRECISION NOT NULL,
     PRIMARY KEY (facility, accession, aet)
 );
 CREATE INDEX IF NOT EXISTS items_by_aet ON items (aet, status);
 CREATE INDEX IF NOT EXISTS items_by_patient ON items (patient_id);
 CREATE TABLE IF NOT EXISTS patient_updates (
-    id INTEGER PRIMARY KEY, at REAL NOT NULL, facility TEXT NOT NULL, issuer TEXT NOT NULL,
+    id {id}, at DOUBLE PRECISION NOT NULL, facility TEXT NOT NULL, issuer TEXT NOT NULL,
     kind TEXT NOT NULL, old_id TEXT NOT NULL, new_id TEXT NOT NULL,
     name TEXT, birth_date TEXT, sex TEXT, control_id TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS mpps (
     sop_uid TEXT PRIMARY KEY, status TEXT NOT NULL, aet TEXT NOT NULL,
     accession TEXT, study_uid TEXT, facility TEXT, linked INTEGER NOT NULL DEFAULT 0,
-    created_at REAL NOT NULL, updated_at REAL NOT NULL
+    created_at DOUBLE PRECISION NOT NULL, updated_at DOUBLE PRECISION NOT NULL
 );
 CREATE TABLE IF NOT EXISTS audit (
-    id INTEGER PRIMARY KEY, at REAL NOT NULL, what TEXT NOT NULL, accession TEXT, details TEXT
+    id {id}, at DOUBLE PRECISION NOT NULL, what TEXT NOT NULL, accession TEXT, details TEXT
 );
 """
 #: item states offered on the worklist
@@ -63,29 +60,16 @@ OFFERED = ("SCHEDULED",)
 
 
 class Store:
-    def __init__(self, path: str | Path):
-        self.path = str(path)
-        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        self._lock = threading.Lock()
-        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        self._db.row_factory = sqlite3.Row
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(SCHEMA)
+    def __init__(self, spec: dict):
+        """``spec``: the database (:func:`.db.open_db`)."""
+        self.db = open_db(spec)
+        self.db.schema(SCHEMA)
 
     def close(self) -> None:
-        self._db.close()
+        self.db.close()
 
-    @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+    def _tx(self):
+        return self.db.tx()
 
     # --- messages -----------------------------------------------------------------
 
@@ -93,10 +77,8 @@ class Store:
         """The ACK a message with this (MSH-4, MSH-10) got before, if any."""
         if not control_id:
             return None
-        with self._lock:
-            r = self._db.execute("SELECT ack FROM messages WHERE facility=? AND control_id=?",
-                                 (facility, control_id)).fetchone()
-        return bytes(r[0]) if r else None
+        rows = self.db.query("SELECT ack FROM messages WHERE facility=? AND control_id=?", (facility, control_id))
+        return bytes(rows[0][0]) if rows else None
 
     def refuse(self, *, facility: str, control_id: str, raw: bytes, ack: bytes, code: str, reason: str,
                peer: str, mtype: str = "", codec: str = "") -> None:
@@ -104,8 +86,8 @@ class Store:
         A message with no control ID is kept under a made-up one."""
         control_id = control_id or f"(none)-{time.time_ns()}"
         with self._tx() as c:
-            c.execute("INSERT OR IGNORE INTO messages(facility, control_id, received_at, peer, type, codec, "
-                      "ack_code, reason, raw, ack) VALUES(?,?,?,?,?,?,?,?,?,?)",
+            c.execute("INSERT INTO messages(facility, control_id, received_at, peer, type, codec, "
+                      "ack_code, reason, raw, ack) VALUES(?,?,?,?,?,?,?,?,?,?) ON CONFLICT DO NOTHING",
                       (facility, control_id, time.time(), peer, mtype, codec, code, reason, raw, ack))
 
     def accept(self, req: Request, site: Site, *, raw: bytes, codec: str, peer: str,
@@ -118,14 +100,14 @@ class Store:
             applied = self._apply(c, req, site, now)
             ack = make_ack(applied)
             cur = c.execute("INSERT INTO messages(facility, control_id, received_at, peer, type, codec, ack_code, "
-                            "reason, raw, ack) VALUES(?,?,?,?,?,?,?,?,?,?)",
+                            "reason, raw, ack) VALUES(?,?,?,?,?,?,?,?,?,?) RETURNING id",
                             (req.facility, req.control_id, now, peer, req.type, codec, "AA", applied, raw, ack))
-            c.execute("UPDATE orders SET message_id=? WHERE message_id=-1", (cur.lastrowid,))
+            c.execute("UPDATE orders SET message_id=? WHERE message_id=-1", (cur.fetchone()[0],))
         return ack
 
     # --- orders -> items --------------------------------------------------------------
 
-    def _apply(self, c: sqlite3.Connection, req: Request, site: Site, now: float) -> str:
+    def _apply(self, c, req: Request, site: Site, now: float) -> str:
         if req.type in ("ADT^A08", "ADT^A40"):
             return self._adt(c, req, site, now)
         hospital, work = plan(req, site)
@@ -138,8 +120,12 @@ class Store:
                     raise Reject("AE", 205, f"order {order.accession} exists already ({row['status']}); "
                                             "a change is ORC-1 XO", "ORC^1^1")
                 c.execute("DELETE FROM items WHERE facility=? AND accession=?", key)
-                c.execute("INSERT OR REPLACE INTO orders(facility, accession, hospital, status, patient_id, urgent, "
-                          "study_uid, created_at, updated_at, message_id) VALUES(?,?,?,?,?,?,?,?,?,-1)",
+                c.execute("INSERT INTO orders(facility, accession, hospital, status, patient_id, urgent, "
+                          "study_uid, created_at, updated_at, message_id) VALUES(?,?,?,?,?,?,?,?,?,-1) "
+                          "ON CONFLICT (facility, accession) DO UPDATE SET hospital=excluded.hospital, "
+                          "status=excluded.status, patient_id=excluded.patient_id, urgent=excluded.urgent, "
+                          "study_uid=excluded.study_uid, created_at=excluded.created_at, "
+                          "updated_at=excluded.updated_at, message_id=excluded.message_id",
                           (*key, hospital.slug, "SCHEDULED", req.patient.id, int(order.urgent),
                            None, now, now))
                 self._items(c, req, order, devices, now, hospital.issuer)
@@ -169,8 +155,10 @@ class Store:
     def _items(self, c, req: Request, order, devices, now: float, issuer: str = "") -> None:
         for d in devices:
             it = item(order, req.patient, d, req.facility, issuer)
-            c.execute("INSERT OR REPLACE INTO items(facility, accession, aet, status, patient_id, item, updated_at) "
-                      "VALUES(?,?,?,?,?,?,?)", (req.facility, order.accession, d.aet, "SCHEDULED",
+            c.execute("INSERT INTO items(facility, accession, aet, status, patient_id, item, updated_at) "
+                      "VALUES(?,?,?,?,?,?,?) ON CONFLICT (facility, accession, aet) DO UPDATE SET "
+                      "status=excluded.status, patient_id=excluded.patient_id, item=excluded.item, "
+                      "updated_at=excluded.updated_at", (req.facility, order.accession, d.aet, "SCHEDULED",
                                                  req.patient.id, json.dumps(it, ensure_ascii=False), now))
         if devices:
             c.execute("UPDATE orders SET study_uid=? WHERE facility=? AND accession=?",
@@ -213,8 +201,8 @@ class Store:
     # --- MPPS ------------------------------------------------------------------------
 
     def mpps_get(self, sop_uid: str) -> mpps.Step | None:
-        with self._lock:
-            r = self._db.execute("SELECT * FROM mpps WHERE sop_uid=?", (sop_uid,)).fetchone()
+        rows = self.db.query("SELECT * FROM mpps WHERE sop_uid=?", (sop_uid,))
+        r = rows[0] if rows else None
         return None if r is None else mpps.Step(r["sop_uid"], r["status"], r["aet"], r["accession"] or "",
                                                 r["study_uid"] or "")
 
@@ -293,18 +281,15 @@ class Store:
             args.extend(OFFERED)
         if where:
             q += " WHERE " + " AND ".join(where)
-        with self._lock:
-            rows = self._db.execute(q + " ORDER BY updated_at", args).fetchall()
+        rows = self.db.query(q + " ORDER BY updated_at", args)
         return [dict(json.loads(r["item"]), status=r["status"]) for r in rows]
 
     def messages(self) -> list[dict]:
-        with self._lock:
-            rows = self._db.execute("SELECT id, facility, control_id, type, codec, ack_code, reason, received_at "
-                                    "FROM messages ORDER BY id").fetchall()
+        rows = self.db.query("SELECT id, facility, control_id, type, codec, ack_code, reason, received_at "
+                             "FROM messages ORDER BY id")
         return [dict(r) for r in rows]
 
     def counts(self) -> dict:
-        with self._lock:
-            acks = dict(self._db.execute("SELECT ack_code, count(*) FROM messages GROUP BY ack_code").fetchall())
-            items = dict(self._db.execute("SELECT status, count(*) FROM items GROUP BY status").fetchall())
+        acks = {r[0]: r[1] for r in self.db.query("SELECT ack_code, count(*) FROM messages GROUP BY ack_code")}
+        items = {r[0]: r[1] for r in self.db.query("SELECT status, count(*) FROM items GROUP BY status")}
         return {"messages": acks, "items": items}

@@ -328,6 +328,27 @@ def test_an_order_from_the_mis_reaches_the_devices_worklist_and_mpps_is_recorded
     assert on_host(lab, "tsami", probe).stdout.strip() == "closed"
 
 
+def test_a_wheel_missing_on_the_control_machine_fails_the_deploy_naming_host_step_and_wheel(
+        lab, inventories, region, tmp_path, monkeypatch):
+    """The HL7 service's pinned pynetdicom wheel is not where this control
+    machine keeps the nodes' wheels: the deploy fails on the host that needs
+    it (the LAMI with the MIS), naming the step and the wheel, before changing
+    anything there; the hosts without the service deploy."""
+    from kontur.packages import NODE_WHEELS
+    monkeypatch.setenv("KONTUR_WHEEL_DIR", str(tmp_path / "no-wheels"))
+    before = unit_stamp(lab, "city-lami", ("orthanc.service", "kontur-hl7.service"))
+    r = deploy(inventories["work"])
+    assert r.rc == 1 and r.failed == 1, r.out
+    assert "city-lami: FAILED at render" in r.out, r.out
+    cause = "\n".join(r.lines("city-lami"))
+    wheel = f"pynetdicom-{NODE_WHEELS['pynetdicom']}-py3-none-any.whl"
+    assert "step 'HL7 service: configure'" in cause and wheel in cause and "./run setup" in r.out, r.out
+    assert "Traceback" not in r.out
+    for other in ("tsami", "research"):
+        assert any(ln.startswith(f"{other}: done") for ln in r.lines(other)), r.out
+    assert unit_stamp(lab, "city-lami", ("orthanc.service", "kontur-hl7.service")) == before
+
+
 def _curl(*args: str) -> tuple[str, str]:
     p = subprocess.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "5", *args],
                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=30)

@@ -18,11 +18,11 @@ DEVICES = {"ONCO_CT1": 11201, "ONCO_CT2": 11202, "ONCO_MR1": 11203}
 
 
 @pytest.fixture
-def region(tmp_path, processes):
-    hl7 = Hl7Service(tmp_path / "hl7")
+def region(tmp_path, processes, backend):
+    hl7 = Hl7Service(tmp_path / "hl7", **backend)
     hl7.start()
     policy = make_policy("http://127.0.0.1:9/", tmp_path / "lami-state")
-    policy["worklist"] = {"enabled": True, "db": str(hl7.db_path)}
+    policy["worklist"] = {"enabled": True, "db": hl7.database}
     pp = tmp_path / "policy.json"
     pp.write_text(json.dumps(policy))
     cfg = node_config(pp, stable_age=3600)
@@ -97,7 +97,8 @@ def _names_of_patients_studies(o: OrthancProcess, patient_id: str) -> list[str]:
     return sorted(s["PatientMainDicomTags"].get("PatientName", "") for s in found)
 
 
-def test_an_adt_update_renames_the_stored_study_here_and_at_the_tsami(tmp_path, processes, make_node, tsami):
+def test_an_adt_update_renames_the_stored_study_here_and_at_the_tsami(tmp_path, processes, make_node, tsami,
+                                                                     backend):
     """ADT^A08 for a patient whose study is stored and already at the TsAMI:
     Orthanc's modify here (by the plugin, audited), and through the correction
     path one copy at the TsAMI, under the new name (the old one retired)."""
@@ -108,12 +109,12 @@ def test_an_adt_update_renames_the_stored_study_here_and_at_the_tsami(tmp_path, 
 
     site = json.loads(json.dumps(SITE))
     site["hospitals"][0]["issuer"] = "42-ONCO"
-    hl7 = Hl7Service(tmp_path / "hl7", site=site)
+    hl7 = Hl7Service(tmp_path / "hl7", site=site, **backend)
     hl7.start()
     try:
         # the ingest stage on, as on every deployed LAMI: Orthanc's modify stores the new instances through
         # the plugin's received-instance callback, so the plugin must not hold the interpreter while it waits
-        node = make_node(mode="all", worklist={"enabled": True, "db": str(hl7.db_path)},
+        node = make_node(mode="all", worklist={"enabled": True, "db": hl7.database},
                          transfer={"enabled": True, "repair_text": True, "issuer": "42-ONCO"})
         study = make_study(3, patient_id="12345", patient_name="Иванов^Пётр^Ильич")
         node.store(study)
@@ -149,7 +150,8 @@ def test_an_item_whose_study_is_stored_leaves_the_worklist(region, tmp_path):
     assert ask(tmp_path, lami, "ONCO_CT2")[1] == []       # the other CT's copy of the order too
 
 
-def test_a_stat_order_sends_its_study_in_the_urgent_lane_under_every_policy(tmp_path, processes, make_node, tsami):
+def test_a_stat_order_sends_its_study_in_the_urgent_lane_under_every_policy(tmp_path, processes, make_node, tsami,
+                                                                            backend):
     """An order the MIS marks STAT (TQ1-9 / ORC-7.6 "S"): its study goes upstream
     at once, outside the node's transfer window and under the pathology policy;
     a routine one waits."""
@@ -162,10 +164,10 @@ def test_a_stat_order_sends_its_study_in_the_urgent_lane_under_every_policy(tmp_
     now = dt.datetime.now(zoneinfo.ZoneInfo(TZ))
     start = (now + dt.timedelta(hours=2)).replace(second=0, microsecond=0)
     closed = f"{start:%H:%M}-{start + dt.timedelta(hours=1):%H:%M}"
-    hl7 = Hl7Service(tmp_path / "hl7")
+    hl7 = Hl7Service(tmp_path / "hl7", **backend)
     hl7.start()
     try:
-        node = make_node(mode="pathology", windows=[closed], worklist={"enabled": True, "db": str(hl7.db_path)})
+        node = make_node(mode="pathology", windows=[closed], worklist={"enabled": True, "db": hl7.database})
         stat = orm(cid="M1", accession="STAT1", pid="111").replace("ORC|NW|P-STAT1|STAT1",
                                                                    "ORC|NW|P-STAT1|STAT1||||^^^^^S")
         with hl7.client() as c:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import signal
 import socket
+from pathlib import Path
 
 import pytest
 from hl7apy.parser import parse_message
@@ -18,8 +19,8 @@ VT, FS, CR = b"\x0b", b"\x1c", b"\x0d"
 
 
 @pytest.fixture
-def service(tmp_path):
-    s = Hl7Service(tmp_path)
+def service(tmp_path, backend):
+    s = Hl7Service(tmp_path, **backend)
     s.start()
     yield s
     s.stop(signal.SIGKILL)
@@ -79,7 +80,7 @@ def test_a_change_before_its_order_is_refused_then_the_order_and_the_change_go(s
     assert [i["aet"] for i in service.items("SCHEDULED")] == ["ONCO_MR1"]
     with service.db() as db:                # the refused change is kept, with its reason
         row = db.execute("SELECT ack_code, reason, raw FROM messages WHERE control_id='M1'").fetchone()
-    assert row["ack_code"] == "AE" and "not known" in row["reason"] and b"ORC|XO" in row["raw"]
+    assert row["ack_code"] == "AE" and "not known" in row["reason"] and b"ORC|XO" in bytes(row["raw"])
 
 
 def test_cancel_removes_the_item_and_a_cancel_of_nothing_is_refused(service):
@@ -119,6 +120,8 @@ def test_demographic_updates_and_merges_follow_the_mis(service):
      "AR", "no ORC segment"),
     (orm(cid="B3", code="B99.99").encode(), "AE", "'B99.99' (OBR-4) is not in the regional classifier"),
     (orm(cid="B4").encode("cp1251"), "AR", "not valid UNICODE UTF-8"),
+    # a NUL byte: no HL7 character set has it, and PostgreSQL's text refuses it
+    (orm(cid="B5", name="Иванов\x00^Пётр").encode(), "AR", "NUL byte (0x00) at offset"),
 ])
 def test_bad_messages_get_the_right_nak_and_the_next_message_is_answered(service, message, ack_code, words):
     with socket.create_connection(("127.0.0.1", service.port), timeout=30) as s:
@@ -176,3 +179,34 @@ def test_an_acknowledged_order_survives_kill_9(service):
         assert msa(c.send_message(orm(cid="M1")))[0] == "AA"
     with service.db() as db:
         assert db.execute("SELECT count(*) FROM messages").fetchone()[0] == 1
+
+
+def test_a_message_while_postgresql_is_down_is_not_acknowledged_and_goes_when_it_is_back(tmp_path):
+    """The state in PostgreSQL (a LAMI): with the server stopped a message is
+    answered AE "not accepted -- send it again" (never AA); once the server
+    is back, the service reconnects by itself and the same message goes."""
+    import os
+    import shutil
+    import tempfile
+
+    from kontur.testing.postgres import PostgresProcess
+    where = Path(tempfile.mkdtemp(prefix="kontur-hl7-pgdown-"))
+    os.chmod(where, 0o711)
+    pg = PostgresProcess(where / "pg").start()
+    s = Hl7Service(tmp_path, postgres=pg)
+    try:
+        s.start()
+        with s.client() as c:
+            assert msa(c.send_message(orm(cid="D1", accession="ACC1")))[0] == "AA"
+            pg.stop()
+            code, _, text = msa(c.send_message(orm(cid="D2", accession="ACC2")))
+            assert code == "AE" and "not accepted -- send it again" in text, text
+            pg.start()
+            assert msa(c.send_message(orm(cid="D2", accession="ACC2")))[0] == "AA"
+        assert sorted({i["accession"] for i in s.items("SCHEDULED")}) == ["ACC1", "ACC2"]
+        assert "Traceback" not in s.log.read_text()
+        assert "not stored: PostgreSQL database" in s.log.read_text()
+    finally:
+        s.stop(signal.SIGKILL)
+        pg.remove()
+        shutil.rmtree(where, ignore_errors=True)

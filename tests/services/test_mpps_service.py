@@ -14,8 +14,8 @@ from kontur.testing.hl7 import MPPS_AET, Hl7Service, orm
 
 
 @pytest.fixture
-def service(tmp_path):
-    s = Hl7Service(tmp_path, mpps=True)
+def service(tmp_path, backend):
+    s = Hl7Service(tmp_path, mpps=True, **backend)
     s.start()
     yield s
     s.stop(signal.SIGKILL)

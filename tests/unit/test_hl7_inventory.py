@@ -65,7 +65,16 @@ def test_a_lami_with_a_mis_gets_the_service_and_a_gateway_without_one_does_not(s
     assert "User=orthanc" in unit and "pynetdicom-2.0.2-py3-none-any.whl" in unit
     assert any(f.path.endswith("pynetdicom-2.0.2-py3-none-any.whl") for f in b.files)
     policy = json.loads(b.file("/etc/kontur/policy.json").content)
-    assert policy["worklist"] == {"enabled": True, "db": hl7.DB}
+    # the state in the LAMI's PostgreSQL (its own database, beside the index), which the plugin reads:
+    # through the local socket as the orthanc user, so no password in either file
+    pg = {"postgresql": {"host": "/var/run/postgresql", "port": region.ports("onco-lami").postgresql,
+                         "dbname": "kontur_hl7", "user": "orthanc"}}
+    assert policy["worklist"] == {"enabled": True, "db": pg} and cfg["database"] == pg
+    assert "python3-psycopg2" in b.packages and "After=network-online.target postgresql.service" in unit
+    assert b.facts["postgresql"]["databases"] == ["kontur_hl7"]
+    assert "password" not in json.dumps(cfg).lower()
+    # a gateway (no PostgreSQL) keeps it in SQLite
+    assert hl7.database(region, "crb-gw") == {"sqlite": hl7.DB}
     dicom = json.loads(b.file("/etc/orthanc/dicom.json").content)
     assert all(m["AllowFindWorklist"] and not m["AllowFind"] for m in dicom["DicomModalities"].values())
     crb = region.hospital_of("crb-gw")
@@ -89,3 +98,5 @@ def test_a_missing_wheel_fails_the_render_naming_it_and_the_fix(store, tmp_path,
     with pytest.raises(OperationFailed) as e:
         render_node(load(EXAMPLE), "onco-lami", store)
     assert "pynetdicom-2.0.2-py3-none-any.whl" in e.value.message and "./run setup" in e.value.hint
+    # the host and the step that need it, like a package missing from the mirror
+    assert e.value.message.startswith("onco-lami, step 'HL7 service: configure'")
