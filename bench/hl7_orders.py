@@ -7,14 +7,16 @@ connection and over several at once.
     .venv/bin/python bench/hl7_orders.py [--orders 2000] [--connections 4]
 
 The service runs as on a node (Debian's python3 and python3-hl7) on
-loopback, its state on this machine's disk (sqlite3, synchronous=FULL: one
-fsync per message).  The MIS side is python-hl7's MLLP client.  Printed:
+loopback, its state where a node keeps it: SQLite (synchronous=FULL: one
+fsync per message, as on a gateway) and a PostgreSQL 15 server on this
+machine (fsync on, as on a LAMI).  The MIS side is python-hl7's MLLP client.  Printed:
 orders/s with ACK, the median and 95th percentile of a message's round trip.
 Goal: at least 200 ORM/s.  The service is stopped by PID.
 """
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import tempfile
@@ -29,6 +31,7 @@ sys.path.insert(0, str(REPO))
 
 from kontur.testing.hl7 import Hl7Service  # noqa: E402
 from kontur.testing.hl7 import orm as _orm  # noqa: E402
+from kontur.testing.postgres import PostgresProcess  # noqa: E402
 
 
 def orm(n: int, tag: str) -> str:
@@ -70,24 +73,32 @@ def main() -> int:
     ap.add_argument("--orders", type=int, default=2000)
     ap.add_argument("--connections", type=int, default=4)
     args = ap.parse_args()
+    rows = []
     with tempfile.TemporaryDirectory(prefix="kontur-bench-hl7-") as tmp:
-        service = Hl7Service(Path(tmp))            # as on a node: Debian's python3 and python3-hl7
-        service.start()
+        where = Path(tmp)
+        os.chmod(where, 0o711)                      # PostgreSQL runs as its own user
+        pg = PostgresProcess(where / "pg").start()  # durable: fsync and synchronous_commit on
         try:
-            rows = []
-            for conns, tag in ((1, "s"), (args.connections, "p")):
-                rate, rtts = run(service.port, args.orders, conns, tag)
-                rtts.sort()
-                rows.append((conns, rate, statistics.median(rtts) * 1000, rtts[int(len(rtts) * 0.95)] * 1000))
+            for label, kw in (("SQLite (a gateway)", {}), ("PostgreSQL (a LAMI)", {"postgres": pg})):
+                # as on a node: Debian's python3, python3-hl7 (and python3-psycopg2)
+                service = Hl7Service(where / label.split()[0].lower(), **kw)
+                service.start()
+                try:
+                    for conns, tag in ((1, "s"), (args.connections, "p")):
+                        rate, rtts = run(service.port, args.orders, conns, tag)
+                        rtts.sort()
+                        rows.append((label, conns, rate, statistics.median(rtts) * 1000,
+                                     rtts[int(len(rtts) * 0.95)] * 1000))
+                finally:
+                    service.stop()
         finally:
-            service.stop()
-    print(f"\nORM^O01 with ACK, {args.orders} orders per run, state on disk (one fsync per message)")
-    print("| connections | orders/s | round trip median ms | p95 ms |")
-    print("| --- | --- | --- | --- |")
-    for conns, rate, med, p95 in rows:
-        print(f"| {conns} | {rate:.0f} | {med:.2f} | {p95:.2f} |")
+            pg.remove()
+    print(f"\nORM^O01 with ACK, {args.orders} orders per run, each committed durably before its ACK")
+    print("| state | connections | orders/s | round trip median ms | p95 ms |")
+    print("| --- | --- | --- | --- | --- |")
+    for label, conns, rate, med, p95 in rows:
+        print(f"| {label} | {conns} | {rate:.0f} | {med:.2f} | {p95:.2f} |")
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -92,13 +92,20 @@ class Sqlite:
 
 
 class _PgCursor:
-    """The store's view of a psycopg2 cursor: ``execute`` with ``?``."""
+    """The store's view of a psycopg2 cursor: ``execute`` with ``?``.  The
+    transaction's ``BEGIN`` travels with its first statement (psycopg2 binds
+    the arguments on this side, so one string may hold both): one round trip
+    less per message."""
 
     def __init__(self, cur):
         self._cur = cur
+        self.begun = False
 
     def execute(self, sql: str, args: tuple | list = ()):
-        self._cur.execute(sql.replace("?", "%s"), tuple(args))
+        sql = sql.replace("?", "%s")
+        if not self.begun:
+            sql, self.begun = "BEGIN; " + sql, True
+        self._cur.execute(sql, tuple(args))
         return self._cur
 
 
@@ -146,14 +153,15 @@ class Postgres:
             conn = self._connection()
             try:
                 with conn.cursor(cursor_factory=self._cursor_factory) as cur:
-                    cur.execute("BEGIN")
+                    c = _PgCursor(cur)
                     try:
-                        yield _PgCursor(cur)
+                        yield c
                     except BaseException:
-                        if not conn.closed:
+                        if c.begun and not conn.closed:
                             cur.execute("ROLLBACK")
                         raise
-                    cur.execute("COMMIT")
+                    if c.begun:
+                        cur.execute("COMMIT")
             except (self._pg.OperationalError, self._pg.InterfaceError) as exc:
                 self._lost(exc)
                 raise DatabaseError(f"{describe({'postgresql': self.params})}: {str(exc).strip()}") from exc

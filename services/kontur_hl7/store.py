@@ -31,7 +31,7 @@ CREATE TABLE IF NOT EXISTS orders (
     facility TEXT NOT NULL, accession TEXT NOT NULL,
     hospital TEXT NOT NULL, status TEXT NOT NULL,
     patient_id TEXT NOT NULL, urgent INTEGER NOT NULL DEFAULT 0,
-    study_uid TEXT, created_at DOUBLE PRECISION NOT NULL, updated_at DOUBLE PRECISION NOT NULL, message_id BIGINT,
+    study_uid TEXT, created_at DOUBLE PRECISION NOT NULL, updated_at DOUBLE PRECISION NOT NULL, control_id TEXT,
     PRIMARY KEY (facility, accession)
 );
 CREATE TABLE IF NOT EXISTS items (
@@ -99,10 +99,9 @@ class Store:
         with self._tx() as c:
             applied = self._apply(c, req, site, now)
             ack = make_ack(applied)
-            cur = c.execute("INSERT INTO messages(facility, control_id, received_at, peer, type, codec, ack_code, "
-                            "reason, raw, ack) VALUES(?,?,?,?,?,?,?,?,?,?) RETURNING id",
-                            (req.facility, req.control_id, now, peer, req.type, codec, "AA", applied, raw, ack))
-            c.execute("UPDATE orders SET message_id=? WHERE message_id=-1", (cur.fetchone()[0],))
+            c.execute("INSERT INTO messages(facility, control_id, received_at, peer, type, codec, ack_code, "
+                      "reason, raw, ack) VALUES(?,?,?,?,?,?,?,?,?,?)",
+                      (req.facility, req.control_id, now, peer, req.type, codec, "AA", applied, raw, ack))
         return ack
 
     # --- orders -> items --------------------------------------------------------------
@@ -119,16 +118,17 @@ class Store:
                 if row is not None and row["status"] != "CANCELLED":
                     raise Reject("AE", 205, f"order {order.accession} exists already ({row['status']}); "
                                             "a change is ORC-1 XO", "ORC^1^1")
-                c.execute("DELETE FROM items WHERE facility=? AND accession=?", key)
+                if row is not None:         # a cancelled order ordered again: its old items go
+                    c.execute("DELETE FROM items WHERE facility=? AND accession=?", key)
+                study_uid = self._items(c, req, order, devices, now, hospital.issuer)
                 c.execute("INSERT INTO orders(facility, accession, hospital, status, patient_id, urgent, "
-                          "study_uid, created_at, updated_at, message_id) VALUES(?,?,?,?,?,?,?,?,?,-1) "
+                          "study_uid, created_at, updated_at, control_id) VALUES(?,?,?,?,?,?,?,?,?,?) "
                           "ON CONFLICT (facility, accession) DO UPDATE SET hospital=excluded.hospital, "
                           "status=excluded.status, patient_id=excluded.patient_id, urgent=excluded.urgent, "
                           "study_uid=excluded.study_uid, created_at=excluded.created_at, "
-                          "updated_at=excluded.updated_at, message_id=excluded.message_id",
+                          "updated_at=excluded.updated_at, control_id=excluded.control_id",
                           (*key, hospital.slug, "SCHEDULED", req.patient.id, int(order.urgent),
-                           None, now, now))
-                self._items(c, req, order, devices, now, hospital.issuer)
+                           study_uid, now, now, req.control_id))
                 done.append(f"{order.accession}: scheduled on {', '.join(d.aet for d in devices)}")
                 continue
             if row is None:
@@ -137,9 +137,10 @@ class Store:
             if order.control == "change":
                 c.execute("DELETE FROM items WHERE facility=? AND accession=? AND status IN ('SCHEDULED','HOLD')",
                           key)
-                c.execute("UPDATE orders SET status='SCHEDULED', patient_id=?, urgent=?, updated_at=? "
-                          "WHERE facility=? AND accession=?", (req.patient.id, int(order.urgent), now, *key))
-                self._items(c, req, order, devices, now, hospital.issuer)
+                study_uid = self._items(c, req, order, devices, now, hospital.issuer)
+                c.execute("UPDATE orders SET status='SCHEDULED', patient_id=?, urgent=?, updated_at=?, "
+                          "control_id=?, study_uid=COALESCE(study_uid, ?) WHERE facility=? AND accession=?",
+                          (req.patient.id, int(order.urgent), now, req.control_id, study_uid, *key))
                 done.append(f"{order.accession}: changed")
             else:
                 status = {"cancel": "CANCELLED", "hold": "HOLD", "release": "SCHEDULED"}[order.control]
@@ -152,18 +153,20 @@ class Store:
                       (now, f"order {order.control}", order.accession, req.control_id))
         return "; ".join(done)
 
-    def _items(self, c, req: Request, order, devices, now: float, issuer: str = "") -> None:
-        for d in devices:
-            it = item(order, req.patient, d, req.facility, issuer)
-            c.execute("INSERT INTO items(facility, accession, aet, status, patient_id, item, updated_at) "
-                      "VALUES(?,?,?,?,?,?,?) ON CONFLICT (facility, accession, aet) DO UPDATE SET "
-                      "status=excluded.status, patient_id=excluded.patient_id, item=excluded.item, "
-                      "updated_at=excluded.updated_at", (req.facility, order.accession, d.aet, "SCHEDULED",
-                                                 req.patient.id, json.dumps(it, ensure_ascii=False), now))
-        if devices:
-            c.execute("UPDATE orders SET study_uid=? WHERE facility=? AND accession=?",
-                      (item(order, req.patient, devices[0], req.facility, issuer)["study_uid"], req.facility,
-                       order.accession))
+    def _items(self, c, req: Request, order, devices, now: float, issuer: str = "") -> str | None:
+        """The order's items, one per device, in one statement; returns its
+        Study Instance UID (the same on every device: one study per order)."""
+        its = [item(order, req.patient, d, req.facility, issuer) for d in devices]
+        if not its:
+            return None
+        rows = [(req.facility, order.accession, d.aet, "SCHEDULED", req.patient.id,
+                 json.dumps(it, ensure_ascii=False), now) for d, it in zip(devices, its)]
+        c.execute("INSERT INTO items(facility, accession, aet, status, patient_id, item, updated_at) VALUES "
+                  + ",".join(["(?,?,?,?,?,?,?)"] * len(rows))
+                  + " ON CONFLICT (facility, accession, aet) DO UPDATE SET status=excluded.status, "
+                  "patient_id=excluded.patient_id, item=excluded.item, updated_at=excluded.updated_at",
+                  [v for r in rows for v in r])
+        return its[0]["study_uid"]
 
     def _adt(self, c, req: Request, site: Site, now: float) -> str:
         """Demographics of pending items follow the MIS (A08); a merge (A40)
