@@ -163,12 +163,14 @@ class Plugin:
             if self.transfer.enabled and self.transfer.validation is not None:
                 gates = [TransferGate(self.transfer.validation, lambda sid: study_facts(local, sid),
                                       ValidationStore(outbox), time.time)]
-            urgent_of = None
+            urgent_of = completed_of = None
             if self.worklist_db:
                 db = self.worklist_db
                 urgent_of = lambda row: worklist_items.urgent_order(db, row.get("study_uid"))  # noqa: E731
+                completed_of = lambda uids: worklist_items.completed_studies(db, uids)  # noqa: E731
             self.engine = Replicator(
                 cfg, local, outbox, stable_age=stable_age, gates=gates, urgent_of=urgent_of,
+                completed_of=completed_of,
                 log=Log(orthanc.LogInfo, orthanc.LogWarning, orthanc.LogError, deidentify=deidentify))
         except Exception as exc:  # noqa: BLE001 - e.g. unreadable client certificate
             self.disabled_reason = f"cannot start: {exc}"

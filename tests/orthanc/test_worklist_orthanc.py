@@ -185,3 +185,38 @@ def test_a_stat_order_sends_its_study_in_the_urgent_lane_under_every_policy(tmp_
         assert st["window_open"] is False
     finally:
         hl7.stop(signal.SIGKILL)
+
+
+def test_a_study_its_device_reported_completed_goes_upstream_without_waiting_its_quiet_period(
+        tmp_path, processes, make_node, tsami, backend):
+    """MPPS COMPLETED from the device (pynetdicom's SCU, to the HL7 service)
+    calls its study complete: it goes to the TsAMI a few seconds after its
+    last instance, though the node's StableAge is an hour; a study whose
+    device reported nothing waits its quiet period."""
+    from kontur.testing import mpps_scu
+    from kontur.testing.dicom import make_study
+    from kontur.testing.hl7 import MPPS_AET
+    from kontur.testing.replication import wait_delivered
+
+    hl7 = Hl7Service(tmp_path / "hl7", mpps=True, **backend)
+    hl7.start()
+    try:
+        node = make_node(mode="all", stable_age=3600, worklist={"enabled": True, "db": hl7.database})
+        with hl7.client() as c:
+            assert b"MSA|AA|" in c.send_message(orm(cid="M1", accession="DONE1", pid="111"))
+            assert b"MSA|AA|" in c.send_message(orm(cid="M2", accession="OPEN1", pid="222"))
+        uid = {i["accession"]: i["study_uid"] for i in hl7.items()}
+        scu = ["ONCO_CT1", MPPS_AET, "127.0.0.1", str(hl7.mpps_port)]
+        status, sop = mpps_scu.run(*scu, "create", "DONE1", "IN PROGRESS")
+        assert status == 0x0000
+        assert mpps_scu.run(*scu, "set", sop, "COMPLETED")[0] == 0x0000
+        done = make_study(2, patient_id="111", study_uid=uid["DONE1"])
+        still_open = make_study(2, patient_id="222", study_uid=uid["OPEN1"])
+        node.store(still_open)
+        node.store(done)
+        wait_delivered(tsami, done)
+        assert still_open.orthanc_id() not in tsami.study_ids()
+        row = node.status()
+        assert row["awaiting_stable"] == 1, row            # the other one still waits its hour
+    finally:
+        hl7.stop(signal.SIGKILL)

@@ -56,6 +56,9 @@ TUNING_DEFAULTS: dict[str, float | int] = {
     # a study touched by new instances is treated as stable after StableAge + this
     # many quiet seconds even if Orthanc's StableStudy event was lost (restart)
     "stable_grace_seconds": 30.0,
+    # a study whose device reported its procedure step COMPLETED (MPPS, through
+    # the HL7 service) is ready after this many quiet seconds instead of StableAge
+    "mpps_settle_seconds": 5.0,
     # periodic full pass comparing per-study instance counts with the upstream
     "full_pass_interval_seconds": 86400.0,
     "full_pass_first_delay_seconds": 900.0,

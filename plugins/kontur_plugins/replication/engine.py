@@ -79,11 +79,17 @@ class Replicator:
     def __init__(self, cfg: ReplicationConfig, local: LocalArchive, outbox: Outbox, *,
                  upstream_factory: Callable[[Pacer | None], Any] | None = None, stable_age: float = 60.0,
                  log: Log | None = None, clock: Callable[[], float] = time.time,
-                 gates: list[Gate] | None = None, urgent_of: Callable[[dict], str | None] | None = None):
+                 gates: list[Gate] | None = None, urgent_of: Callable[[dict], str | None] | None = None,
+                 completed_of: Callable[[list[str]], set[str]] | None = None):
         self.cfg = cfg
         #: a study's urgency from outside replication (the MIS's STAT order it was made for): the
         #: reason to send it in the urgent lane under every policy, or None
         self.urgent_of = urgent_of
+        #: which of these Study Instance UIDs their devices reported COMPLETED (MPPS): those are ready
+        #: after ``mpps_settle_seconds`` of quiet instead of StableAge; and the studies made ready so,
+        #: whose later StableStudy event is then not a second decision
+        self.completed_of = completed_of
+        self._ready_by_mpps: set[str] = set()
         self.local = local
         self.outbox = outbox
         self.stable_age = float(stable_age)
@@ -281,6 +287,11 @@ class Replicator:
         """One change of the feed, inside its transaction; raises on failure."""
         if kind == "NewInstance":
             self._on_new_instance(resource_id)
+        elif resource_id in self._ready_by_mpps:
+            self._ready_by_mpps.discard(resource_id)
+            row = self.outbox.get(resource_id)
+            if row is None or row.get("awaiting_stable"):
+                self._on_ready(resource_id, "stable")
         else:
             self._on_ready(resource_id, "stable")
 
@@ -300,6 +311,7 @@ class Replicator:
         study_id = self.local.parent_study(instance_id)
         if study_id is None:
             return                      # deleted meanwhile
+        self._ready_by_mpps.discard(study_id)
         row = self.outbox.get(study_id)
         if row is None or row.get("study_uid") is None:
             info = self.local.study(study_id)
@@ -377,7 +389,32 @@ class Replicator:
                 self._on_ready(row["study_id"], f"quiet for {quiet:g} s, no stable event seen")
             except Exception as exc:  # noqa: BLE001
                 self.log.error(f"kontur replication: study {row['study_id']}: {exc!r}")
-        return len(rows)
+        return len(rows) + self.sweep_completed()
+
+    def sweep_completed(self) -> int:
+        """Studies quiet for ``mpps_settle_seconds`` whose device reported the
+        procedure step COMPLETED (MPPS): ready now rather than after StableAge.
+        Instances that come later touch the study again, as after any send."""
+        if self.completed_of is None:
+            return 0
+        rows = [r for r in self.outbox.quiet(self.clock(), self.cfg.t("mpps_settle_seconds")) if r.get("study_uid")]
+        if not rows:
+            return 0
+        try:
+            done = self.completed_of([r["study_uid"] for r in rows])
+        except Exception as exc:  # noqa: BLE001 - then StableAge decides, as without MPPS
+            self.log.warning(f"kontur replication: the devices' MPPS is unknown: {exc!r}")
+            return 0
+        n = 0
+        for row in rows:
+            if row["study_uid"] in done:
+                self._ready_by_mpps.add(row["study_id"])
+                try:
+                    self._on_ready(row["study_id"], "its device reported the procedure COMPLETED (MPPS)")
+                    n += 1
+                except Exception as exc:  # noqa: BLE001
+                    self.log.error(f"kontur replication: study {row['study_id']}: {exc!r}")
+        return n
 
     # ------------------------------------------------------------------ operator requests
 

@@ -116,3 +116,18 @@ def dataset(item: dict) -> bytes:
         ds.is_little_endian, ds.is_implicit_VR = True, False
         ds.save_as(out, write_like_original=False)          # pydicom 2.3 (Debian 12)
     return out.getvalue()
+
+
+def completed_studies(db, study_uids: list[str]) -> set[str]:
+    """Which of ``study_uids`` their device reported COMPLETED (MPPS): the
+    step's own Study Instance UID, or the order it performed."""
+    done: set[str] = set()
+    uids = sorted(set(u for u in study_uids if u))
+    for i in range(0, len(uids), 400):
+        part = uids[i:i + 400]
+        marks = ",".join("?" * len(part))
+        rows = state.read(db, f"SELECT study_uid FROM mpps WHERE status='COMPLETED' AND study_uid IN ({marks}) "
+                              f"UNION SELECT study_uid FROM orders WHERE status='COMPLETED' AND study_uid IN ({marks})",
+                          (*part, *part))
+        done |= {r[0] for r in rows}
+    return done

@@ -313,7 +313,7 @@ class Clock:
 
 
 def make(tmp_path, *, mode="all", gateway=False, windows=(), retention=None, gates=None, tuning=None,
-         receiver=True, deidentify=False, local=None, up=None, clock=None, first=True):
+         receiver=True, deidentify=False, local=None, up=None, clock=None, first=True, completed_of=None):
     doc = copy.deepcopy(GOOD)
     r = doc["replication"]
     r.update(mode=mode, gateway=gateway, windows=list(windows), retention_days=retention, bandwidth_mbit=None)
@@ -329,7 +329,7 @@ def make(tmp_path, *, mode="all", gateway=False, windows=(), retention=None, gat
     logs: list[str] = []
     log = Log(logs.append, logs.append, logs.append, **({"deidentify": True} if deidentify else {}))
     eng = Replicator(cfg, local, Outbox(cfg.state_db), upstream_factory=lambda pacer: up, stable_age=10,
-                     log=log, clock=clock, gates=gates)
+                     log=log, clock=clock, gates=gates, completed_of=completed_of)
     if first:
         eng.process_changes()          # first start: position at the end of /changes
     return eng, local, up, clock, logs

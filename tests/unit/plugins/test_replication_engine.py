@@ -54,6 +54,40 @@ def test_lost_stable_event_recovered_after_quiet_period(tmp_path):
     assert "no stable event" in eng.outbox.get("s")["reason"]
 
 
+def test_a_study_its_device_reported_completed_is_ready_after_the_settle_not_stable_age(tmp_path):
+    """MPPS COMPLETED (the HL7 service's state) calls a study complete after a
+    few quiet seconds; Orthanc's StableStudy later is not a second decision;
+    an instance after it touches the study again, as after any send."""
+    completed: set[str] = set()
+    eng, local, up, clock, _ = make(tmp_path, completed_of=lambda uids: completed & set(uids),
+                                    tuning={"mpps_settle_seconds": 2})
+    local.add("a", 2)
+    local.add("b", 2)
+    eng.process_changes()
+    clock.t += 3                           # quiet past the settle, far from StableAge (10)
+    assert eng.sweep_quiet() == 0          # no MPPS yet: StableAge decides
+    completed.add("1.2.a")
+    assert eng.sweep_quiet() == 1
+    assert eng.outbox.get("a")["state"] == "pending" and "COMPLETED (MPPS)" in eng.outbox.get("a")["reason"]
+    assert eng.outbox.get("b")["awaiting_stable"] == 1 and eng.outbox.get("b")["state"] == "idle"
+    assert drain(eng) == 1 and up.held["a"] == {"a-i0", "a-i1"}
+    sent = len(up.posts)
+    local.stable("a")                      # Orthanc's StableStudy, StableAge later
+    eng.process_changes()
+    assert eng.outbox.get("a")["state"] == "delivered" and drain(eng) == 0 and len(up.posts) == sent
+    local.add("a", 1)                      # a late instance
+    eng.process_changes()
+    assert eng.outbox.get("a")["awaiting_stable"] == 1
+    clock.t += 3
+    assert eng.sweep_quiet() == 1 and drain(eng) == 1 and len(up.held["a"]) == 3
+    # the HL7 service's state unreadable: StableAge decides, as without MPPS
+    eng2, local2, up2, clock2, logs = make(tmp_path / "down", completed_of=lambda uids: 1 / 0)
+    local2.add("c", 1)
+    eng2.process_changes()
+    clock2.t += 6
+    assert eng2.sweep_quiet() == 0 and any("MPPS is unknown" in ln for ln in logs)
+
+
 def test_pathology_and_on_demand(tmp_path):
     eng, local, up, clock, _ = make(tmp_path, mode="pathology")
     local.add("a", 1)
