@@ -131,8 +131,13 @@ def unique_aets(region: Region) -> Found:
     for name, spec in region.nodes.items():
         if spec.aet:
             yield from claim(spec.aet, ("nodes", name, "aet"))
+    from .render.hl7 import REPORTS_AET  # noqa: PLC0415 - the HL7 service's own AE title on every node
     for hk, h in region.hospitals.items():
         for i, m in enumerate(h.modalities):
+            if m.aet == REPORTS_AET:
+                yield (("hospitals", hk, "modalities", i, "aet"),
+                       f"AE title {REPORTS_AET!r} is kontur's HL7 service's (it stores the reports); give the "
+                       "modality another")
             yield from claim(m.aet, ("hospitals", hk, "modalities", i, "aet"))
     names: dict[str, Loc] = {}
     for hk, h in region.hospitals.items():

@@ -57,6 +57,21 @@ def site(region: Region, node: str) -> dict[str, Any]:
             "classifier_version": pkg.version if pkg else ""}
 
 
+#: the service's AE title towards its own Orthanc: it finds a result's study
+#: (C-FIND) and stores the report into it (C-STORE), from loopback only
+REPORTS_AET = "KONTUR_HL7"
+REPORTS_MODALITY = "kontur-hl7-service"
+
+
+def orthanc_peer(region: Region, node: str) -> dict[str, Any] | None:
+    """The service's entry in Orthanc's ``DicomModalities`` (None where it does not run)."""
+    if not serves(region, node):
+        return None
+    return {"AET": REPORTS_AET, "Host": "127.0.0.1", "Port": region.ports(node).mpps,
+            "AllowEcho": True, "AllowStore": True, "AllowFind": True, "AllowFindWorklist": False,
+            "AllowMove": False, "AllowGet": False, "AllowStorageCommitment": False}
+
+
 def database(region: Region, node: str) -> dict[str, Any]:
     """Where the service keeps its state (``services/kontur_hl7/db.py``): the
     node's PostgreSQL where it has one (backed up and watched with the index),
@@ -77,6 +92,9 @@ def config(region: Region, node: str) -> dict[str, Any]:
         "max_message_bytes": 4 * 1024 * 1024,
         "idle_timeout_seconds": 300,
         "mpps": {"host": "0.0.0.0", "port": ports.mpps, "ae_title": region.nodes[node].aet},
+        # results (ORU^R01) into their studies as reports: this node's own Orthanc, over loopback
+        "reports": {"host": "127.0.0.1", "port": ports.dicom, "called_aet": region.nodes[node].aet,
+                    "calling_aet": REPORTS_AET},
         "site": site(region, node),
     }
 

@@ -138,6 +138,10 @@ def dicom_config(region: Region, node: str) -> dict[str, Any]:
             "AllowGet": False,
             "AllowStorageCommitment": False,
         }
+    from . import hl7  # noqa: PLC0415 - the HL7 service's own entry (it stores reports, finds studies)
+    peer = hl7.orthanc_peer(region, node)
+    if peer is not None:
+        modalities[hl7.REPORTS_MODALITY] = peer
     cfg: dict[str, Any] = {
         "DicomServerEnabled": True,
         "DicomAet": spec.aet,

@@ -130,7 +130,7 @@ def make_instance(*, patient_id: str, patient_name: str, study_uid: str, series_
 def make_study(n_instances: int = 3, *, patient_id: str | None = None,
                patient_name: str = "Иванов^Иван", n_series: int = 1,
                pixel_bytes: int = 512, study_uid: str | None = None,
-               modality: str = "CT") -> Study:
+               modality: str = "CT", accession: str = "") -> Study:
     patient_id = patient_id or f"P{generate_uid()[-10:]}"
     study_uid = study_uid or generate_uid()
     study = Study(study_uid, patient_id, patient_name)
@@ -140,7 +140,7 @@ def make_study(n_instances: int = 3, *, patient_id: str | None = None,
         study.instances.append(make_instance(
             patient_id=patient_id, patient_name=patient_name, study_uid=study_uid,
             series_uid=series[s], series_number=s + 1, instance_number=k + 1,
-            pixel_bytes=pixel_bytes, modality=modality))
+            pixel_bytes=pixel_bytes, modality=modality, accession=accession))
     return study
 
 

@@ -15,6 +15,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 PYTHON = "/usr/bin/python3"
 MPPS_AET = "ONCO_MPPS"
+#: the service's AE title towards its own Orthanc (the attacher)
+REPORTS_AET = "KONTUR_HL7"
 SITE = {
     "hospitals": [{"hospital": "onco", "facilities": ["ONCO"],
                    "devices": [{"aet": "ONCO_CT1", "modality": "CT", "station_names": ["CT-1"], "host": "127.0.0.1"},
@@ -27,7 +29,7 @@ SITE = {
 
 class Hl7Service:
     def __init__(self, tmp: Path, idle: float = 30, site: dict | None = None, mpps: bool = False,
-                 postgres=None):
+                 postgres=None, reports: dict | None = None):
         """``postgres``: a started :class:`kontur.testing.postgres.PostgresProcess`
         to keep the state in (a database of its own in it), as on a LAMI;
         SQLite in ``tmp`` without one, as on a gateway."""
@@ -45,12 +47,14 @@ class Hl7Service:
                "idle_timeout_seconds": idle, "max_message_bytes": 1024 * 1024, "database": self.database}
         if mpps:
             cfg["mpps"] = {"host": "127.0.0.1", "port": 0, "ae_title": MPPS_AET}
+        if reports:             # the attacher: results into their studies on this Orthanc (host, port, called_aet)
+            cfg["reports"] = {"calling_aet": REPORTS_AET, "retry_seconds": 0.5, "max_retry_seconds": 2, **reports}
         self.config.write_text(json.dumps(cfg, ensure_ascii=False))
         self.log = tmp / "hl7.log"
         self.proc: subprocess.Popen | None = None
         self.port = 0
         self.mpps_port = 0
-        self.wants_mpps = mpps
+        self.wants_mpps = mpps or bool(reports)
 
     def start(self) -> None:
         path = [str(REPO / "services")]
@@ -119,6 +123,12 @@ class Hl7Service:
         finally:
             conn.close()
 
+    def results(self) -> list[dict]:
+        with self.db() as c:
+            rows = c.execute("SELECT id, accession, study_uid, status, pathology, state, reason, sop_uid "
+                             "FROM results ORDER BY id").fetchall()
+        return [dict(r) for r in rows]
+
     def items(self, status=None) -> list[dict]:
         with self.db() as c:
             rows = c.execute("SELECT status, item FROM items ORDER BY aet").fetchall()
@@ -135,3 +145,18 @@ def orm(control="NW", *, cid, msh18="UNICODE UTF-8", accession="ACC1", name="И�
         f"ORC|{control}|P-{accession}|{accession}",
         f"OBR|1|P-{accession}|{accession}|{code}^^RU-804N||||||||||||||{accession}||||||{obr24}",
     ]) + "\r" + extra
+
+
+def oru(*, cid, accession="ACC1", findings="Очаговых изменений в лёгких не выявлено.",
+        conclusion="Без патологии.", flag="N", status="F", msh18="UNICODE UTF-8", facility="ONCO", pid="12345",
+        name="Иванов^Пётр^Ильич", extra: list[str] | None = None) -> str:
+    """A study's result as the MIS (or RIS) sends it (ORU^R01, HL7 v2.5): the
+    protocol in one OBX, the conclusion with its abnormal flag (OBX-8) in another."""
+    return "\r".join([
+        f"MSH|^~\\&|RIS|{facility}|KONTUR|LAMI|20261201130000||ORU^R01|{cid}|P|2.5||||||{msh18}",
+        f"PID|1||{pid}^^^{facility}||{name}||19700101|M",
+        f"OBR|1|P-{accession}|{accession}|A06.09.005^^RU-804N|||20261201120000||||||||||||{accession}|||||{status}",
+        f"OBX|1|TX|18782-3^Протокол^LN||{findings}||||||{status}|||20261201125500||^Сидоров^Алексей^Петрович",
+        f"OBX|2|TX|19005-8^Заключение^LN||{conclusion}|||{flag}|||{status}",
+        *(extra or []),
+    ]) + "\r"

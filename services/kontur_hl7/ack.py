@@ -60,3 +60,9 @@ def build(raw: bytes, code: str, *, text: str = "", error: int | None = None, wh
         return body.encode(codec)
     except (UnicodeEncodeError, LookupError):
         return body.encode("utf-8", "replace")
+
+
+def code_of(answer: bytes) -> str:
+    """MSA-1 of an ACK this module built (AA, AE, AR)."""
+    i = answer.find(b"\rMSA|")
+    return answer[i + 5:i + 7].decode("ascii", "replace") if i >= 0 else "?"

@@ -9,6 +9,9 @@ Messages read (reglament 004 §2.2 steps 3-6; seed 002, the MIAC's exchange):
                           ``DC`` cancel, ``HD`` hold, ``RL`` release
 ``ADT^A08``               the patient's demographics changed
 ``ADT^A40``               two patient records merged (MRG-1: the one that goes)
+``ORU^R01``               the result of a study: the protocol and conclusion
+                          (OBX), its status (OBX-11 / OBR-25: F final,
+                          C corrected, P preliminary) and abnormal flags (OBX-8)
 
 Where a value comes from (first found):
 
@@ -20,8 +23,14 @@ device                 IPC-9 (AE title), IPC-7 (station name); none: every
                        modality of that type at the ordering hospital
 scheduled date/time    TQ1-7, ORC-7.4, OBR-27.4, OBR-36, OBR-7
 priority               TQ1-9, ORC-7.6, OBR-27.6, OBR-5 (S / A: urgent)
-Study Instance UID     IPC-3 (else the service makes one)
+Study Instance UID     IPC-3 (else the service makes one); in a result
+                       ZDS-1, an OBX 113014 (DICOM "Study"), else the order's
 =====================  ====================================================
+
+In a result, OBX segments whose identifier (OBX-3) is an impression
+(``IMP``, LOINC 19005-8, or a name with "заключ" / "impression") are the
+conclusion; the other text OBX (TX, FT, ST) the protocol.  OBX-16 is the
+radiologist, OBX-14 (else OBR-7) when.
 """
 from __future__ import annotations
 
@@ -32,7 +41,14 @@ import hl7
 
 ORDER_TYPES = ("ORM^O01", "OMI^O23")
 ADT_TYPES = ("ADT^A08", "ADT^A40")
-TYPES = ORDER_TYPES + ADT_TYPES
+RESULT_TYPES = ("ORU^R01",)
+TYPES = ORDER_TYPES + ADT_TYPES + RESULT_TYPES
+#: HL7 table 0078 (abnormal flags) values that mean a finding outside normal
+ABNORMAL = {"A", "AA", "H", "HH", "L", "LL", "<", ">"}
+#: OBX-11 / OBR-25 result statuses read (HL7 table 0085)
+RESULT_STATUSES = {"F": "final", "C": "corrected", "P": "preliminary"}
+TEXT_TYPES = ("TX", "FT", "ST")
+IMPRESSION_IDS = {"IMP", "19005-8", "CONCLUSION", "ЗАКЛЮЧЕНИЕ"}
 ORDER_CONTROLS = {"NW": "new", "XO": "change", "CA": "cancel", "DC": "cancel", "OC": "cancel",
                   "HD": "hold", "RL": "release"}
 URGENT = {"S": "STAT", "A": "HIGH"}
@@ -90,6 +106,25 @@ class Request:
     patient: Patient | None = None
     orders: list[Order] = field(default_factory=list)
     merged_from: Patient | None = None      # ADT^A40: the record that goes
+    result: "Result | None" = None           # ORU^R01
+
+
+@dataclass
+class Result:
+    """A study's result (report) as the MIS or RIS sends it."""
+    accession: str
+    status: str                # final corrected preliminary
+    findings: str = ""         # the protocol
+    conclusion: str = ""
+    flags: tuple[str, ...] = ()  # OBX-8 values seen
+    codes: tuple[str, ...] = ()  # coded OBX values (CE/CWE: code) seen
+    study_uid: str = ""
+    observer: str = ""         # DICOM PN of OBX-16
+    observed: str = ""         # YYYYMMDDHHMMSS
+
+    @property
+    def abnormal(self) -> bool:
+        return any(f in ABNORMAL for f in self.flags)
 
 
 def _get(seg, f: int, comp: int = 1, rep: int = 1, sub: int = 1) -> str:
@@ -152,6 +187,8 @@ def parse(text: str) -> Request:
         if not prior:
             raise Reject("AR", 101, "MRG-1 (Prior Patient Identifier List) is empty", "MRG^1^1")
         req.merged_from = Patient(prior, _get(mrg, 1, 4))
+    elif mtype in RESULT_TYPES:
+        req.result = _result(msg)
     return req
 
 
@@ -228,3 +265,83 @@ def _orders(msg) -> list[Order]:
             raise Reject("AE", 102, f"order {accession}: IPC-3 {o.study_uid!r} is not a DICOM UID", "IPC^1^3")
         out.append(o)
     return out
+
+
+def _result(msg) -> Result:
+    obr = _segment(msg, "OBR")
+    if obr is None:
+        raise Reject("AR", 100, "ORU^R01 without an OBR segment (the study it reports)", "OBR")
+    orc = _segment(msg, "ORC")
+    accession = next((v for v in (_get(obr, 18), _get(obr, 3), _get(orc, 3) if orc is not None else "") if v), "")
+    if not accession:
+        raise Reject("AR", 101, "the result names no accession number (OBR-18, OBR-3 or ORC-3)", "OBR^1^3")
+    obxs = _segments(msg, "OBX")
+    if not obxs:
+        raise Reject("AR", 100, f"result {accession}: no OBX segment (the report's text)", "OBX")
+    findings, conclusion, flags, codes = [], [], [], []
+    study_uid, observer, observed, statuses = "", "", "", []
+    for n, obx in enumerate(obxs, 1):
+        vtype = _get(obx, 2).upper()
+        ident, ident_name = _get(obx, 3, 1).upper(), _unescape(msg, _get(obx, 3, 2)).lower()
+        if not vtype:
+            raise Reject("AR", 101, f"result {accession}: OBX {n} has no value type (OBX-2)", f"OBX^{n}^2")
+        status = _get(obx, 11).upper()
+        if status and status not in RESULT_STATUSES:
+            raise Reject("AE", 103, f"result {accession}: OBX {n} status (OBX-11) {status!r} is not read here; "
+                                    f"expected one of {', '.join(RESULT_STATUSES)}", f"OBX^{n}^11")
+        if status:
+            statuses.append(status)
+        flag = _get(obx, 8).upper()
+        if flag:
+            flags.append(flag)
+        if ident == "113014" or vtype == "HD" and "study" in ident_name:
+            study_uid = _get(obx, 5)
+            continue
+        if vtype in ("CE", "CWE"):
+            code = _get(obx, 5, 1)
+            if code:
+                codes.append(code)
+            continue
+        if vtype not in TEXT_TYPES:
+            continue                # ED (an attached document), NM...: not the report's text
+        value = _text_of(msg, obx)
+        if ident in IMPRESSION_IDS or "заключ" in ident_name or "impression" in ident_name:
+            conclusion.append(value)
+        else:
+            findings.append(value)
+        observer = observer or _name(msg, obx, 16)
+        observed = observed or _ts(_get(obx, 14))
+    zds = _segment(msg, "ZDS")
+    if zds is not None and not study_uid:
+        study_uid = _get(zds, 1)
+    if study_uid and not re.fullmatch(r"(0|[1-9]\d*)(\.(0|[1-9]\d*))+", study_uid):
+        raise Reject("AE", 102, f"result {accession}: Study Instance UID {study_uid!r} is not a DICOM UID", "OBX")
+    if not any(x.strip() for x in findings + conclusion):
+        raise Reject("AR", 101, f"result {accession}: no OBX carries text (TX, FT or ST in OBX-2)", "OBX^1^5")
+    status = "C" if "C" in statuses else (statuses[-1] if statuses else (_get(obr, 25).upper() or "F"))
+    if status not in RESULT_STATUSES:
+        raise Reject("AE", 103, f"result {accession}: status (OBR-25) {status!r} is not read here; expected one "
+                                f"of {', '.join(RESULT_STATUSES)}", "OBR^1^25")
+    return Result(accession, RESULT_STATUSES[status], "\n".join(findings).strip(), "\n".join(conclusion).strip(),
+                  tuple(flags), tuple(codes), study_uid, observer, observed or _ts(_get(obr, 7)))
+
+
+def _text_of(msg, obx) -> str:
+    """OBX-5's text: repetitions are lines; HL7 escapes (\\.br\\ too) undone."""
+    try:
+        field5 = obx[5]
+    except (IndexError, KeyError):
+        return ""
+    reps = list(field5) if any(isinstance(x, hl7.Repetition) for x in field5) else [field5]
+    lines = []
+    for r in reps:
+        raw = str(r)
+        raw = raw.replace("\\.br\\", "\n")
+        lines.append(_unescape(msg, raw) if "\\" in raw else raw)
+    return "\n".join(lines).strip()
+
+
+def _name(msg, seg, f: int) -> str:
+    """A person (XCN: ID ^ family ^ given ^ middle) as a DICOM PN."""
+    parts = [_unescape(msg, _get(seg, f, c)) for c in (2, 3, 4)]
+    return "^".join(parts).rstrip("^")

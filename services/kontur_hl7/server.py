@@ -78,13 +78,14 @@ class Service:
             req = orders.parse(dec.text)
             answer = self.store.accept(
                 req, self.site, raw=raw, codec=dec.codec, peer=peer,
-                make_ack=lambda applied: ack.build(raw, "AA", text=applied, codec=dec.codec,
-                                                   application=self.application))
+                make_ack=lambda text, code="AA", error=None: ack.build(raw, code, text=text, error=error,
+                                                                       codec=dec.codec,
+                                                                       application=self.application))
         except orders.Reject as r:
             return self._refuse(raw, peer, control, facility, r.ack, r.code, r.text, r.where, codec_name=dec.codec)
         except Exception as exc:  # noqa: BLE001
             return self._internal(raw, control, exc, codec_name=dec.codec, peer=peer, facility=facility)
-        log.info("message %s (%s) from %r: AA", control, req.type, facility)
+        log.info("message %s (%s) from %r: %s", control, req.type, facility, ack.code_of(answer))
         return answer
 
     def _refuse(self, raw: bytes, peer: str, control: str, facility: str, code: str, error: int, text: str,
@@ -190,8 +191,20 @@ class Service:
         return mpps_scp.start(self.store, host=m.get("host", "0.0.0.0"), port=int(m.get("port", 0)),
                               ae_title=m.get("ae_title", "KONTUR_MPPS"), devices=devices)
 
+    def start_attacher(self):
+        """The reports' attacher, when the configuration has a ``reports`` section."""
+        r = self.cfg.get("reports")
+        if not r:
+            return None
+        from .attach import Attacher  # noqa: PLC0415 - needs the shipped pynetdicom wheel
+        return Attacher(self.store, host=r.get("host", "127.0.0.1"), port=int(r["port"]),
+                        called_aet=r["called_aet"], calling_aet=r.get("calling_aet", "KONTUR_HL7"),
+                        retry_seconds=float(r.get("retry_seconds", 10)),
+                        max_retry_seconds=float(r.get("max_retry_seconds", 600))).start()
+
     async def serve(self, host: str, port: int, ready=None) -> None:
         scp = self.start_mpps()
+        attacher = self.start_attacher()
         server = await asyncio.start_server(self.connection, host, port, limit=1 << 20)
         where = ", ".join(str(s.getsockname()) for s in server.sockets)
         log.info("listening for HL7 over MLLP on %s; state in %s", where, describe(self.database))
@@ -205,6 +218,8 @@ class Service:
             await stop.wait()
         if scp is not None:
             scp.shutdown()
+        if attacher is not None:
+            attacher.stop()
         self.store.close()
 
 

@@ -14,7 +14,10 @@ from __future__ import annotations
 import json
 import time
 
+import threading
+
 from . import mpps
+from . import results as results_mod
 from .db import open_db
 from .orders import Reject, Request
 from .worklist import Site, item, plan
@@ -51,6 +54,15 @@ CREATE TABLE IF NOT EXISTS mpps (
     accession TEXT, study_uid TEXT, facility TEXT, linked INTEGER NOT NULL DEFAULT 0,
     created_at DOUBLE PRECISION NOT NULL, updated_at DOUBLE PRECISION NOT NULL
 );
+CREATE TABLE IF NOT EXISTS results (
+    id {id}, facility TEXT NOT NULL, accession TEXT NOT NULL, study_uid TEXT,
+    status TEXT NOT NULL, pathology INTEGER NOT NULL DEFAULT 0, report TEXT NOT NULL, digest TEXT NOT NULL,
+    state TEXT NOT NULL, reason TEXT, sop_uid TEXT, attempts INTEGER NOT NULL DEFAULT 0,
+    next_try_at DOUBLE PRECISION NOT NULL DEFAULT 0, control_id TEXT NOT NULL,
+    received_at DOUBLE PRECISION NOT NULL, attached_at DOUBLE PRECISION,
+    UNIQUE (facility, accession, digest)
+);
+CREATE INDEX IF NOT EXISTS results_due ON results (state, next_try_at);
 CREATE TABLE IF NOT EXISTS audit (
     id {id}, at DOUBLE PRECISION NOT NULL, what TEXT NOT NULL, accession TEXT, details TEXT
 );
@@ -64,6 +76,8 @@ class Store:
         """``spec``: the database (:func:`.db.open_db`)."""
         self.db = open_db(spec)
         self.db.schema(SCHEMA)
+        #: set when a result is kept: the attacher tries it at once
+        self.results_wake = threading.Event()
 
     def close(self) -> None:
         self.db.close()
@@ -98,10 +112,11 @@ class Store:
         now = time.time()
         with self._tx() as c:
             applied = self._apply(c, req, site, now)
-            ack = make_ack(applied)
+            code, error, text = applied if isinstance(applied, tuple) else ("AA", None, applied)
+            ack = make_ack(text) if code == "AA" else make_ack(text, code, error)
             c.execute("INSERT INTO messages(facility, control_id, received_at, peer, type, codec, ack_code, "
                       "reason, raw, ack) VALUES(?,?,?,?,?,?,?,?,?,?)",
-                      (req.facility, req.control_id, now, peer, req.type, codec, "AA", applied, raw, ack))
+                      (req.facility, req.control_id, now, peer, req.type, codec, code, text, raw, ack))
         return ack
 
     # --- orders -> items --------------------------------------------------------------
@@ -109,6 +124,8 @@ class Store:
     def _apply(self, c, req: Request, site: Site, now: float) -> str:
         if req.type in ("ADT^A08", "ADT^A40"):
             return self._adt(c, req, site, now)
+        if req.result is not None:
+            return self._result(c, req, site, now)
         hospital, work = plan(req, site)
         done = []
         for order, devices in work:
@@ -200,6 +217,88 @@ class Store:
         c.execute("INSERT INTO audit(at, what, accession, details) VALUES(?,?,?,?)",
                   (now, f"patient {what}", None, json.dumps({"control_id": req.control_id, "items": len(rows)})))
         return f"patient {what}: {len(rows)} pending worklist item(s)"
+
+    # --- results (ORU^R01) -------------------------------------------------------------
+
+    def _result(self, c, req: Request, site: Site, now: float):
+        """Keep a study's result to be attached to it (the attacher, ``attach``):
+        ``AA`` when its study is known (by its order or its own Study Instance
+        UID), else ``AE`` -- kept all the same, and attached when a study with
+        that accession number arrives.  A result for a cancelled order is
+        refused; the same result twice changes nothing; a corrected one
+        supersedes the one before."""
+        hospital = site.hospital(req.facility)
+        r = req.result
+        order = c.execute("SELECT status, study_uid FROM orders WHERE facility=? AND accession=?",
+                          (req.facility, r.accession)).fetchone()
+        if order is not None and order["status"] == "CANCELLED":
+            raise Reject("AE", 204, f"result {r.accession}: its order was cancelled (ORC-1 CA); a result is not "
+                                    "attached to a cancelled order", "OBR^1^3")
+        report = results_mod.report_facts(r, req.patient, hospital)
+        digest = results_mod.digest(report)
+        if c.execute("SELECT 1 FROM results WHERE facility=? AND accession=? AND digest=?",
+                     (req.facility, r.accession, digest)).fetchone():
+            return f"result {r.accession}: the same result again; nothing changed"
+        study_uid = r.study_uid or (order["study_uid"] if order is not None else "") or None
+        pathology = results_mod.pathology(r, site.pathology_codes)
+        superseded = 0
+        if r.status == "corrected":
+            superseded = c.execute("UPDATE results SET state='superseded', reason=? WHERE facility=? AND "
+                                   "accession=? AND state IN ('waiting','attached')",
+                                   (f"superseded by the corrected result {req.control_id}", req.facility,
+                                    r.accession)).rowcount
+        c.execute("INSERT INTO results(facility, accession, study_uid, status, pathology, report, digest, state, "
+                  "reason, control_id, received_at) VALUES(?,?,?,?,?,?,?,?,?,?,?)",
+                  (req.facility, r.accession, study_uid, r.status, int(pathology),
+                   json.dumps(report, ensure_ascii=False), digest, "waiting", "not attached yet", req.control_id,
+                   now))
+        c.execute("INSERT INTO audit(at, what, accession, details) VALUES(?,?,?,?)",
+                  (now, f"result {r.status}", r.accession,
+                   json.dumps({"control_id": req.control_id, "pathology": pathology, "superseded": superseded})))
+        self.results_wake.set()
+        what = (f"result {r.accession} ({r.status}{', pathology' if pathology else ''}) kept; "
+                "it is attached to its study as a report")
+        if superseded:
+            what += f"; it replaces the result before ({superseded})"
+        if order is None and not r.study_uid:
+            return ("AE", 204, f"no order or study is known for accession {r.accession} (OBR-18, OBR-3): the "
+                               "result is kept and attached when a study with that accession number arrives")
+        return what
+
+    def results_due(self, now: float, limit: int = 20) -> list[dict]:
+        """Results waiting for their study whose next try is due, oldest first."""
+        rows = self.db.query("SELECT * FROM results WHERE state='waiting' AND next_try_at<=? ORDER BY id LIMIT ?",
+                             (now, limit))
+        return [dict(r, report=json.loads(r["report"])) for r in rows]
+
+    def result_attached(self, result_id: int, *, study_uid: str, sop_uid: str) -> None:
+        now = time.time()
+        with self._tx() as c:
+            c.execute("UPDATE results SET state='attached', study_uid=?, sop_uid=?, reason=NULL, attached_at=? "
+                      "WHERE id=? AND state='waiting'", (study_uid, sop_uid, now, result_id))
+            c.execute("INSERT INTO audit(at, what, accession, details) SELECT ?, 'result attached', accession, "
+                      "? FROM results WHERE id=?", (now, json.dumps({"sop_uid": sop_uid, "study_uid": study_uid}),
+                                                   result_id))
+
+    def result_waits(self, result_id: int, reason: str, retry_seconds: float) -> None:
+        """Not attached this time (its study is not here yet, Orthanc did not take it): try again later."""
+        with self._tx() as c:
+            c.execute("UPDATE results SET reason=?, attempts=attempts+1, next_try_at=? WHERE id=?",
+                      (reason, time.time() + retry_seconds, result_id))
+
+    def result_predecessor(self, r: dict) -> dict | None:
+        """The report an earlier result of the same order attached (a corrected result replaces it)."""
+        rows = self.db.query("SELECT sop_uid, study_uid FROM results WHERE facility=? AND accession=? AND id<? "
+                             "AND sop_uid IS NOT NULL ORDER BY id DESC LIMIT 1",
+                             (r["facility"], r["accession"], r["id"]))
+        if not rows:
+            return None
+        return {"sop_uid": rows[0]["sop_uid"], "series_uid": results_mod.series_uid(rows[0]["study_uid"])}
+
+    def results(self) -> list[dict]:
+        rows = self.db.query("SELECT id, facility, accession, study_uid, status, pathology, state, reason, sop_uid, "
+                             "attempts, control_id FROM results ORDER BY id")
+        return [dict(r) for r in rows]
 
     # --- MPPS ------------------------------------------------------------------------
 

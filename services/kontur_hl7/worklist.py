@@ -33,6 +33,7 @@ class Hospital:
     facilities: tuple[str, ...]          # MSH-4 values its MIS sends
     devices: tuple[Device, ...]
     issuer: str = ""                     # Issuer of Patient ID of its patients (when PID-3.4 names none)
+    title: str = ""                      # its name (the report's institution)
 
 
 @dataclass(frozen=True)
@@ -42,15 +43,18 @@ class Site:
     hospitals: tuple[Hospital, ...]
     classifier: dict = field(default_factory=dict)
     classifier_version: str = ""
+    #: coded findings (OBX CE/CWE values) the inventory declares as pathology, besides OBX-8's flags
+    pathology_codes: frozenset = frozenset()
 
     @classmethod
     def from_policy(cls, data: dict) -> Site:
         hospitals = tuple(
             Hospital(h["hospital"], tuple(str(f) for f in h.get("facilities", [])),
                      tuple(Device(d["aet"], d["modality"], tuple(d.get("station_names", [])), d.get("host"))
-                           for d in h.get("devices", [])), str(h.get("issuer") or ""))
+                           for d in h.get("devices", [])), str(h.get("issuer") or ""), str(h.get("title") or ""))
             for h in data.get("hospitals", []))
-        return cls(hospitals, dict(data.get("classifier") or {}), str(data.get("classifier_version") or ""))
+        return cls(hospitals, dict(data.get("classifier") or {}), str(data.get("classifier_version") or ""),
+                   frozenset(str(c) for c in data.get("pathology_codes") or ()))
 
     def hospital(self, facility: str) -> Hospital:
         for h in self.hospitals:

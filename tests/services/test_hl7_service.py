@@ -114,7 +114,7 @@ def test_demographic_updates_and_merges_follow_the_mis(service):
 
 @pytest.mark.parametrize("message,ack_code,words", [
     (b"PID|1||12345||X\r", "AR", "does not start with an MSH"),
-    (orm(cid="B1").replace("ORM^O01", "ORU^R01").encode(), "AR", "'ORU^R01' is not read here"),
+    (orm(cid="B1").replace("ORM^O01", "SIU^S12").encode(), "AR", "'SIU^S12' is not read here"),
     # a PID cut mid-field, the rest of the message lost
     (orm(cid="B2").split("PID|1||12345^^^ONCO||Иван")[0].encode() + "PID|1||12345^^^ONCO||Иван".encode(),
      "AR", "no ORC segment"),

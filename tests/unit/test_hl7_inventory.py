@@ -76,7 +76,15 @@ def test_a_lami_with_a_mis_gets_the_service_and_a_gateway_without_one_does_not(s
     # a gateway (no PostgreSQL) keeps it in SQLite
     assert hl7.database(region, "crb-gw") == {"sqlite": hl7.DB}
     dicom = json.loads(b.file("/etc/orthanc/dicom.json").content)
-    assert all(m["AllowFindWorklist"] and not m["AllowFind"] for m in dicom["DicomModalities"].values())
+    mods = dict(dicom["DicomModalities"])
+    # the HL7 service itself, from loopback only: finds a result's study and stores its report (issue 12)
+    service = mods.pop(hl7.REPORTS_MODALITY)
+    assert (service["AET"], service["Host"], service["AllowFind"], service["AllowStore"]) == \
+        (hl7.REPORTS_AET, "127.0.0.1", True, True)
+    assert not service["AllowMove"] and not service["AllowGet"] and not service["AllowFindWorklist"]
+    assert cfg["reports"] == {"host": "127.0.0.1", "port": region.ports("onco-lami").dicom,
+                              "called_aet": region.nodes["onco-lami"].aet, "calling_aet": hl7.REPORTS_AET}
+    assert all(m["AllowFindWorklist"] and not m["AllowFind"] for m in mods.values())
     crb = region.hospital_of("crb-gw")
     if region.hospitals[crb].mis is None:
         g = render_node(region, "crb-gw", store)

@@ -62,6 +62,11 @@ def test_ae_titles_unique_in_region(example_text):
     one_problem(text, "hospitals.gkb3.modalities[0].aet", "already used by nodes.onco-lami")
 
 
+def test_a_modality_may_not_take_the_hl7_services_ae_title(example_text):
+    text = edited(example_text, lambda d: d["hospitals"]["gkb3"]["modalities"][0].__setitem__("aet", "KONTUR_HL7"))
+    one_problem(text, "hospitals.gkb3.modalities[0].aet", "kontur's HL7 service's")
+
+
 def test_two_services_on_one_host_port(example_text):
     def edit(d):
         d["nodes"]["tsami"]["ports"] = {"dicom": 443}

@@ -99,7 +99,9 @@ def test_lami_knows_its_modalities_and_peer(store):
     region = load()
     files = files_of(render_node(region, "onco-lami", store))
     dicom = json.loads(files["/etc/orthanc/dicom.json"])
-    assert {m["AET"] for m in dicom["DicomModalities"].values()} == {m.aet for m in region.hospitals["onco"].modalities}
+    # its hospital's modalities, and the HL7 service on the node itself (it stores the reports: issue 12)
+    assert {m["AET"] for m in dicom["DicomModalities"].values()} == \
+        {m.aet for m in region.hospitals["onco"].modalities} | {"KONTUR_HL7"}
     assert all(m["AllowStore"] and not m["AllowMove"] for m in dicom["DicomModalities"].values())
     peers = json.loads(files["/etc/orthanc/credentials.json"])["OrthancPeers"]
     assert list(peers) == ["tsami"]

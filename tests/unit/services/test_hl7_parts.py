@@ -67,7 +67,7 @@ def test_an_order_naming_a_device_or_station_goes_there_only():
 
 @pytest.mark.parametrize("text,ack_code,code,words", [
     ("PID|1||1", "AR", 100, "does not start with an MSH"),
-    (orm().replace("ORM^O01", "ORU^R01"), "AR", 200, "'ORU^R01' is not read here"),
+    (orm().replace("ORM^O01", "SIU^S12"), "AR", 200, "'SIU^S12' is not read here"),
     (orm(cid=""), "AR", 101, "MSH-10"),
     (orm().replace("PID|1||12345^^^ONCO||", "PID|1||||"), "AR", 101, "PID-3"),
     (orm(control="ZZ"), "AR", 103, "ORC-1"),

@@ -1,0 +1,143 @@
+"""Results into studies (issue 12): an ORU^R01 from the MIS, through the HL7
+service, becomes a Basic Text SR inside its study on a real Orthanc (the
+service's C-FIND and C-STORE, as a peer of its Orthanc); read back from
+Orthanc by pydicom."""
+from __future__ import annotations
+
+import io
+import signal
+
+import pydicom
+import pytest
+
+from kontur.testing.dicom import make_study
+from kontur.testing.hl7 import REPORTS_AET, Hl7Service, orm, oru
+from kontur.testing.orthanc import wait_for
+from kontur.testing.replication import SCU_AET
+
+BASIC_TEXT_SR = "1.2.840.10008.5.1.4.1.1.88.11"
+
+
+def text_of(ds) -> tuple[str, str]:
+    """(findings, conclusion) of a report: the TEXT under DICOM's Findings and Conclusions containers."""
+    out = {"121070": "", "121076": ""}
+    for c in ds.ContentSequence:
+        code = c.ConceptNameCodeSequence[0].CodeValue
+        if code in out:
+            out[code] = "\n".join(str(i.TextValue) for i in c.ContentSequence)
+    return out["121070"], out["121076"]
+
+pytestmark = pytest.mark.orthanc
+
+
+def _modalities() -> dict:
+    return {"DicomModalities": {
+        "test-scu": {"AET": SCU_AET, "Host": "127.0.0.1", "Port": 11112, "AllowStore": True, "AllowEcho": True},
+        # the HL7 service as the renderer admits it: from loopback, to find a study and store its report
+        "kontur-hl7": {"AET": REPORTS_AET, "Host": "127.0.0.1", "Port": 104, "AllowStore": True, "AllowFind": True,
+                       "AllowEcho": True, "AllowMove": False, "AllowGet": False}},
+        "DicomAlwaysAllowFind": False, "DicomCheckModalityHost": True}
+
+
+@pytest.fixture
+def lami(tmp_path, processes, make_node, backend):
+    node = make_node(mode="all", extra_config=_modalities())
+    o = node.orthanc
+    hl7 = Hl7Service(tmp_path / "hl7", reports={"host": "127.0.0.1", "port": o.dicom_port, "called_aet": o.aet},
+                     **backend)
+    hl7.start()
+    yield node, hl7
+    hl7.stop(signal.SIGKILL)
+
+
+def _reports(o, study_id: str) -> list[pydicom.Dataset]:
+    out = []
+    for s in o.get(f"/studies/{study_id}/series"):
+        if s["MainDicomTags"].get("Modality") == "SR":
+            for i in s["Instances"]:
+                out.append(pydicom.dcmread(io.BytesIO(o.get(f"/instances/{i}/file", raw=True))))
+    return out
+
+
+def test_a_result_becomes_a_report_inside_its_study_with_its_text_intact(lami):
+    node, hl7 = lami
+    with hl7.client() as c:
+        assert b"MSA|AA|" in c.send_message(orm(cid="M1"))
+    uid = hl7.items()[0]["study_uid"]
+    study = make_study(2, patient_id="12345", study_uid=uid, patient_name="Иванов^Пётр^Ильич")
+    node.store(study)
+    with hl7.client() as c:
+        answer = c.send_message(oru(cid="R1", conclusion="Образование правого лёгкого.", flag="A"))
+    assert b"MSA|AA|R1" in answer, answer
+    reports = wait_for(lambda: _reports(node.orthanc, study.orthanc_id()), 30, message="the report in the study")
+    assert len(reports) == 1
+    ds = reports[0]
+    assert ds.SOPClassUID == BASIC_TEXT_SR and ds.StudyInstanceUID == uid
+    assert text_of(ds) == ("Очаговых изменений в лёгких не выявлено.", "Образование правого лёгкого.")
+    assert str(ds.PatientName) == "Иванов^Пётр^Ильич"
+    (r,) = hl7.results()
+    assert (r["state"], r["pathology"], r["sop_uid"]) == ("attached", 1, ds.SOPInstanceUID)
+    # the same result again: nothing new
+    with hl7.client() as c:
+        assert "the same result again" in c.send_message(oru(cid="R2", conclusion="Образование правого лёгкого.",
+                                                            flag="A")).decode()
+    assert len(hl7.results()) == 1
+
+
+def test_a_result_before_its_study_waits_and_is_attached_when_the_study_arrives(lami):
+    node, hl7 = lami
+    with hl7.client() as c:
+        assert b"MSA|AA|" in c.send_message(orm(cid="M1"))
+        assert b"MSA|AA|R1" in c.send_message(oru(cid="R1"))
+    uid = hl7.items()[0]["study_uid"]
+    wait_for(lambda: hl7.results()[0]["reason"] == "its study is not on this node yet", 30,
+             message="the result waiting for its study")
+    study = make_study(2, patient_id="12345", study_uid=uid)
+    node.store(study)
+    wait_for(lambda: _reports(node.orthanc, study.orthanc_id()), 30, message="the report attached on arrival")
+    assert hl7.results()[0]["state"] == "attached"
+
+
+def test_a_result_for_no_known_order_is_refused_kept_and_attached_when_its_study_comes(lami):
+    """No order and no Study Instance UID: AE with the reason, the result
+    kept; a study with that accession number arrives: the report goes in."""
+    node, hl7 = lami
+    with hl7.client() as c:
+        answer = c.send_message(oru(cid="R1", accession="WALKIN7")).decode()
+    assert "MSA|AE|R1" in answer and "no order or study is known for accession WALKIN7" in answer, answer
+    assert hl7.results()[0]["state"] == "waiting"
+    study = make_study(1, patient_id="12345", accession="WALKIN7")
+    node.store(study)
+    reports = wait_for(lambda: _reports(node.orthanc, study.orthanc_id()), 30, message="the parked result attached")
+    assert reports[0].AccessionNumber == "WALKIN7"
+
+
+def test_a_corrected_result_adds_the_report_that_replaces_the_first(lami):
+    node, hl7 = lami
+    with hl7.client() as c:
+        c.send_message(orm(cid="M1"))
+        uid = hl7.items()[0]["study_uid"]
+        study = make_study(1, patient_id="12345", study_uid=uid)
+        node.store(study)
+        assert b"MSA|AA|" in c.send_message(oru(cid="R1", conclusion="Без патологии."))
+        wait_for(lambda: _reports(node.orthanc, study.orthanc_id()), 30, message="the first report")
+        assert b"MSA|AA|" in c.send_message(oru(cid="R2", status="C", conclusion="Образование, T1N0.", flag="A"))
+    reports = wait_for(lambda: (lambda r: r if len(r) == 2 else None)(_reports(node.orthanc, study.orthanc_id())),
+                       30, message="the corrected report")
+    first, fixed = sorted(reports, key=lambda d: hasattr(d, "PredecessorDocumentsSequence"))
+    ref = fixed.PredecessorDocumentsSequence[0].ReferencedSeriesSequence[0].ReferencedSOPSequence[0]
+    assert ref.ReferencedSOPInstanceUID == first.SOPInstanceUID
+    assert text_of(fixed)[1] == "Образование, T1N0."
+    assert [r["state"] for r in hl7.results()] == ["superseded", "attached"]
+
+
+def test_a_result_for_a_cancelled_order_is_refused_and_kept(lami):
+    node, hl7 = lami
+    with hl7.client() as c:
+        c.send_message(orm(cid="M1"))
+        c.send_message(orm("CA", cid="M2"))
+        answer = c.send_message(oru(cid="R1")).decode()
+    assert "MSA|AE|R1" in answer and "its order was cancelled" in answer, answer
+    assert hl7.results() == []
+    with hl7.db() as db:
+        assert db.execute("SELECT ack_code FROM messages WHERE control_id='R1'").fetchone()[0] == "AE"
