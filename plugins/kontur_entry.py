@@ -230,6 +230,31 @@ class Plugin:
             except Exception as exc:  # noqa: BLE001 - retried on the next round
                 self.adt_counts["failed"] += 1
                 orthanc.LogError(f"{PREFIX}: applying the MIS's patient updates: {exc!r}\n{traceback.format_exc()}")
+            try:
+                self.apply_pathology_results()
+            except Exception as exc:  # noqa: BLE001 - retried on the next round
+                orthanc.LogError(f"{PREFIX}: the results' pathology flags: {exc!r}\n{traceback.format_exc()}")
+
+    def apply_pathology_results(self) -> int:
+        """Results that mark pathology flag their studies (issue 12; reglament
+        §3.2): under the ``pathology`` policy those go to the TsAMI.  A flag is
+        never withdrawn here: a corrected result without pathology leaves it."""
+        if self.engine is None:
+            return 0
+        # the service's clock orders its rows; a minute of overlap covers transactions
+        # that committed out of their order (a flag set twice is the same flag)
+        after = float(self.outbox.get_meta("results_flagged_through") or 0)
+        done, latest = 0, after
+        for r in worklist_items.pathology_results(self.worklist_db, after - 60):
+            if not self.outbox.is_flagged(r["study_uid"]):
+                self.engine.flag(r["study_uid"], True, source=f"result {r['control_id']} (HL7 ORU^R01)")
+                orthanc.LogWarning(f"{PREFIX}: study of accession {r['accession']} flagged pathology by its "
+                                   f"result {r['control_id']}")
+                done += 1
+            latest = max(latest, float(r["updated_at"]))
+        if latest > after:
+            self.outbox.set_meta("results_flagged_through", repr(latest))
+        return done
 
     def _modify(self, uri: str, body: str) -> dict:
         """Orthanc's modify as a job, waited for here.  Not the synchronous call:

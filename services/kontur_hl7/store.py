@@ -60,6 +60,7 @@ CREATE TABLE IF NOT EXISTS results (
     state TEXT NOT NULL, reason TEXT, sop_uid TEXT, attempts INTEGER NOT NULL DEFAULT 0,
     next_try_at DOUBLE PRECISION NOT NULL DEFAULT 0, control_id TEXT NOT NULL,
     received_at DOUBLE PRECISION NOT NULL, attached_at DOUBLE PRECISION,
+    updated_at DOUBLE PRECISION NOT NULL,
     UNIQUE (facility, accession, digest)
 );
 CREATE INDEX IF NOT EXISTS results_due ON results (state, next_try_at);
@@ -243,15 +244,15 @@ class Store:
         pathology = results_mod.pathology(r, site.pathology_codes)
         superseded = 0
         if r.status == "corrected":
-            superseded = c.execute("UPDATE results SET state='superseded', reason=? WHERE facility=? AND "
-                                   "accession=? AND state IN ('waiting','attached')",
-                                   (f"superseded by the corrected result {req.control_id}", req.facility,
+            superseded = c.execute("UPDATE results SET state='superseded', reason=?, updated_at=? WHERE "
+                                   "facility=? AND accession=? AND state IN ('waiting','attached')",
+                                   (f"superseded by the corrected result {req.control_id}", now, req.facility,
                                     r.accession)).rowcount
         c.execute("INSERT INTO results(facility, accession, study_uid, status, pathology, report, digest, state, "
-                  "reason, control_id, received_at) VALUES(?,?,?,?,?,?,?,?,?,?,?)",
+                  "reason, control_id, received_at, updated_at) VALUES(?,?,?,?,?,?,?,?,?,?,?,?)",
                   (req.facility, r.accession, study_uid, r.status, int(pathology),
                    json.dumps(report, ensure_ascii=False), digest, "waiting", "not attached yet", req.control_id,
-                   now))
+                   now, now))
         c.execute("INSERT INTO audit(at, what, accession, details) VALUES(?,?,?,?)",
                   (now, f"result {r.status}", r.accession,
                    json.dumps({"control_id": req.control_id, "pathology": pathology, "superseded": superseded})))
@@ -274,8 +275,8 @@ class Store:
     def result_attached(self, result_id: int, *, study_uid: str, sop_uid: str) -> None:
         now = time.time()
         with self._tx() as c:
-            c.execute("UPDATE results SET state='attached', study_uid=?, sop_uid=?, reason=NULL, attached_at=? "
-                      "WHERE id=? AND state='waiting'", (study_uid, sop_uid, now, result_id))
+            c.execute("UPDATE results SET state='attached', study_uid=?, sop_uid=?, reason=NULL, attached_at=?, "
+                      "updated_at=? WHERE id=? AND state='waiting'", (study_uid, sop_uid, now, now, result_id))
             c.execute("INSERT INTO audit(at, what, accession, details) SELECT ?, 'result attached', accession, "
                       "? FROM results WHERE id=?", (now, json.dumps({"sop_uid": sop_uid, "study_uid": study_uid}),
                                                    result_id))

@@ -48,6 +48,7 @@ def lami(tmp_path, processes, make_node, backend):
     hl7.start()
     yield node, hl7
     hl7.stop(signal.SIGKILL)
+    print("the HL7 service's log:\n" + hl7.log.read_text()[-4000:])     # shown when the test failed
 
 
 def _reports(o, study_id: str) -> list[pydicom.Dataset]:
@@ -141,3 +142,43 @@ def test_a_result_for_a_cancelled_order_is_refused_and_kept(lami):
     assert hl7.results() == []
     with hl7.db() as db:
         assert db.execute("SELECT ack_code FROM messages WHERE control_id='R1'").fetchone()[0] == "AE"
+
+
+def test_a_result_marking_pathology_sends_its_study_under_the_pathology_policy(tmp_path, processes, make_node,
+                                                                                tsami, backend):
+    """Reglament §3.2: under ``pathology`` only studies with a pathology go to
+    the TsAMI.  The result's abnormal flag (OBX-8 A) sets the study's flag:
+    it goes, its report with it; the study whose result is normal stays."""
+    node = make_node(mode="pathology", extra_config=_modalities(), start=False)
+    o = node.orthanc
+    hl7 = Hl7Service(tmp_path / "hl7", reports={"host": "127.0.0.1", "port": o.dicom_port, "called_aet": o.aet},
+                     **backend)
+    node_policy = node.policy
+    node_policy["worklist"] = {"enabled": True, "db": hl7.database}
+    node.write_policy(node_policy)
+    hl7.start()
+    try:
+        o.start()
+        with hl7.client() as c:
+            assert b"MSA|AA|" in c.send_message(orm(cid="M1", accession="SICK1", pid="111"))
+            assert b"MSA|AA|" in c.send_message(orm(cid="M2", accession="WELL1", pid="222"))
+        uid = {i["accession"]: i["study_uid"] for i in hl7.items()}
+        sick = make_study(2, patient_id="111", study_uid=uid["SICK1"])
+        well = make_study(2, patient_id="222", study_uid=uid["WELL1"])
+        node.store(sick)
+        node.store(well)
+        node.wait_processed(well)
+        assert tsami.study_ids() == []                # pathology policy: nothing flagged yet
+        with hl7.client() as c:
+            assert b"MSA|AA|" in c.send_message(oru(cid="R1", accession="SICK1", pid="111", flag="A",
+                                                    conclusion="Образование правого лёгкого."))
+            assert b"MSA|AA|" in c.send_message(oru(cid="R2", accession="WELL1", pid="222"))
+        wait_for(lambda: len(tsami.get(f"/studies/{sick.orthanc_id()}/instances")) == 3
+                 if sick.orthanc_id() in tsami.study_ids() else False, 90,
+                 message="the flagged study with its report at the TsAMI")
+        wait_for(lambda: [r["state"] for r in hl7.results()] == ["attached", "attached"], 30,
+                 message="both reports attached")
+        node.wait_processed(well)
+        assert well.orthanc_id() not in tsami.study_ids()
+    finally:
+        hl7.stop(signal.SIGKILL)

@@ -131,3 +131,13 @@ def completed_studies(db, study_uids: list[str]) -> set[str]:
                           (*part, *part))
         done |= {r[0] for r in rows}
     return done
+
+
+def pathology_results(db, since: float, limit: int = 200) -> list[dict]:
+    """Results the HL7 service kept that mark pathology (OBX-8, the inventory's
+    codes) and know their study, changed after ``since`` (the service's
+    clock), oldest first: under the ``pathology`` policy their studies go."""
+    rows = state.read(db, "SELECT study_uid, accession, control_id, updated_at FROM results WHERE pathology=1 "
+                          "AND study_uid IS NOT NULL AND state<>'superseded' AND updated_at>? "
+                          "ORDER BY updated_at LIMIT ?", (since, limit))
+    return [dict(r) for r in rows]
