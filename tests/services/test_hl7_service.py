@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from hl7apy.parser import parse_message
 
-from kontur.testing.hl7 import SITE, Hl7Service, orm
+from kontur.testing.hl7 import SITE, Hl7Service, orm, oru
 from kontur.testing.orthanc import wait_for
 
 VT, FS, CR = b"\x0b", b"\x1c", b"\x0d"
@@ -120,6 +120,9 @@ def test_demographic_updates_and_merges_follow_the_mis(service):
      "AR", "no ORC segment"),
     (orm(cid="B3", code="B99.99").encode(), "AE", "'B99.99' (OBR-4) is not in the regional classifier"),
     (orm(cid="B4").encode("cp1251"), "AR", "not valid UNICODE UTF-8"),
+    # a result with a broken OBX (no value type), and one with no text at all
+    (oru(cid="B6").replace("OBX|1|TX|", "OBX|1||").encode(), "AR", "OBX 1 has no value type (OBX-2)"),
+    (oru(cid="B7").replace("|TX|", "|NM|").encode(), "AR", "no OBX carries text"),
     # a NUL byte: no HL7 character set has it, and PostgreSQL's text refuses it
     (orm(cid="B5", name="Иванов\x00^Пётр").encode(), "AR", "NUL byte (0x00) at offset"),
 ])
@@ -210,3 +213,27 @@ def test_a_message_while_postgresql_is_down_is_not_acknowledged_and_goes_when_it
         s.stop(signal.SIGKILL)
         pg.remove()
         shutil.rmtree(where, ignore_errors=True)
+
+
+def test_a_cp1251_result_with_an_empty_charset_keeps_its_cyrillic_and_survives_kill_9(service):
+    """A result (issue 12) is kept before its ACK: CP1251 with an empty MSH-18
+    read right, and still there, waiting for its study, after kill -9."""
+    import json
+    with service.client() as c:
+        assert msa(c.send_message(orm(cid="M1")))[0] == "AA"
+    raw = oru(cid="R1", msh18="", conclusion="Образование правого лёгкого.", flag="A").encode("cp1251")
+    with socket.create_connection(("127.0.0.1", service.port), timeout=30) as s:
+        code, control, text = msa(framed(s, VT + raw + FS + CR).decode("cp1251"))
+    assert (code, control) == ("AA", "R1") and "pathology" in text, text
+    service.stop(signal.SIGKILL)
+    service.start()
+    with service.db() as db:
+        row = db.execute("SELECT state, pathology, report FROM results").fetchone()
+    report = json.loads(row["report"])
+    assert (row["state"], row["pathology"]) == ("waiting", 1)
+    assert report["conclusion"] == "Образование правого лёгкого." and report["observer"] == "Сидоров^Алексей^Петрович"
+    with service.client() as c:                 # the same message again: its first ACK, no second result
+        assert msa(c.send_message(oru(cid="R1", msh18="", conclusion="Образование правого лёгкого.", flag="A")))[0] \
+            == "AA"
+    with service.db() as db:
+        assert db.execute("SELECT count(*) FROM results").fetchone()[0] == 1
