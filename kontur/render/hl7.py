@@ -47,6 +47,7 @@ def site(region: Region, node: str) -> dict[str, Any]:
             "hospital": hk,
             "facilities": [h.mis.facility or hk.upper()],
             "mis_host": h.mis.host,
+            "mis_port": h.mis.port,            # where the MIS takes kontur's notifications (MLLP)
             "issuer": region.issuer_of(hk),
             "devices": [{"aet": m.aet, "modality": m.modality, "station_names": list(m.station_names),
                          "host": m.host} for m in h.modalities if not m.legacy_folder],
@@ -82,6 +83,13 @@ def database(region: Region, node: str) -> dict[str, Any]:
     return {"sqlite": DB}
 
 
+def viewer_url(region: Region, node: str) -> str:
+    """The URL template the MIS keeps for a study (reglament §4.2: the patient, the
+    order and the performed study in it), on this node's HTTPS front."""
+    spec = region.nodes[node]
+    return f"https://{spec.address}:{region.ports(node).https}/kontur/view/{{patient}}/{{accession}}/{{study}}"
+
+
 def config(region: Region, node: str) -> dict[str, Any]:
     ports = region.ports(node)
     return {
@@ -92,6 +100,8 @@ def config(region: Region, node: str) -> dict[str, Any]:
         "max_message_bytes": 4 * 1024 * 1024,
         "idle_timeout_seconds": 300,
         "mpps": {"host": "0.0.0.0", "port": ports.mpps, "ae_title": region.nodes[node].aet},
+        # notifications to the hospital's MIS (issue 12), each with the study's viewer URL on this node
+        "notify": {"application": "KONTUR", "viewer_url": viewer_url(region, node)},
         # results (ORU^R01) into their studies as reports: this node's own Orthanc, over loopback
         "reports": {"host": "127.0.0.1", "port": ports.dicom, "called_aet": region.nodes[node].aet,
                     "calling_aet": REPORTS_AET},

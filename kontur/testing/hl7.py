@@ -29,7 +29,7 @@ SITE = {
 
 class Hl7Service:
     def __init__(self, tmp: Path, idle: float = 30, site: dict | None = None, mpps: bool = False,
-                 postgres=None, reports: dict | None = None):
+                 postgres=None, reports: dict | None = None, notify: dict | None = None):
         """``postgres``: a started :class:`kontur.testing.postgres.PostgresProcess`
         to keep the state in (a database of its own in it), as on a LAMI;
         SQLite in ``tmp`` without one, as on a gateway."""
@@ -47,6 +47,8 @@ class Hl7Service:
                "idle_timeout_seconds": idle, "max_message_bytes": 1024 * 1024, "database": self.database}
         if mpps:
             cfg["mpps"] = {"host": "127.0.0.1", "port": 0, "ae_title": MPPS_AET}
+        if notify is not None:  # notifications to the MIS (the site's hospitals name mis_host, mis_port)
+            cfg["notify"] = {"application": "KONTUR", "retry_seconds": 0.2, "max_retry_seconds": 1, **notify}
         if reports:             # the attacher: results into their studies on this Orthanc (host, port, called_aet)
             cfg["reports"] = {"calling_aet": REPORTS_AET, "retry_seconds": 0.5, "max_retry_seconds": 2, **reports}
         self.config.write_text(json.dumps(cfg, ensure_ascii=False))
@@ -123,6 +125,12 @@ class Hl7Service:
         finally:
             conn.close()
 
+    def notifications(self) -> list[dict]:
+        with self.db() as c:
+            rows = c.execute("SELECT id, kind, accession, control_id, url, state, attempts, last_error, ack_code "
+                             "FROM notifications ORDER BY id").fetchall()
+        return [dict(r) for r in rows]
+
     def results(self) -> list[dict]:
         with self.db() as c:
             rows = c.execute("SELECT id, accession, study_uid, status, pathology, state, reason, sop_uid "
@@ -160,3 +168,56 @@ def oru(*, cid, accession="ACC1", findings="Очаговых изменений 
         f"OBX|2|TX|19005-8^Заключение^LN||{conclusion}|||{flag}|||{status}",
         *(extra or []),
     ]) + "\r"
+
+
+class Hl7apyMis:
+    """A hospital's MIS as a peer kontur did not write: hl7apy's MLLP server
+    on loopback, recording each message it is sent (its ER7 text) and
+    answering AA -- or AR for the accession numbers in ``refuse``.  Stop it
+    and start it again on the same port to play a MIS that was down."""
+
+    def __init__(self, port: int = 0):
+        self.port = port
+        self.messages: list[str] = []
+        self.refuse: set[str] = set()
+        self._server = None
+        self._thread = None
+        self._lock = threading.Lock()
+
+    def start(self) -> "Hl7apyMis":
+        from hl7apy.mllp import AbstractHandler, MLLPServer  # noqa: PLC0415
+        from hl7apy.parser import parse_message  # noqa: PLC0415
+        mis = self
+
+        class Server(MLLPServer):
+            allow_reuse_address = True
+
+        class Handler(AbstractHandler):
+            def reply(self):
+                m = parse_message(self.incoming_message, find_groups=False)
+                control = m.msh.msh_10.to_er7()
+                accession = m.obr.obr_3.to_er7() if m.obr else ""
+                code = "AR" if accession in mis.refuse else "AA"
+                with mis._lock:
+                    mis.messages.append(self.incoming_message)
+                return ("\x0b" + f"MSH|^~\\&|MIS|HOSP|KONTUR|LAMI|20261201000000||ACK^R01|A{control}|P|2.5\r"
+                        f"MSA|{code}|{control}|{'refused by the test' if code == 'AR' else ''}\r" + "\x1c\r")
+
+        # hl7apy routes by the whole of MSH-9
+        self._server = Server("127.0.0.1", self.port, {"ORU^R01": (Handler,), "ORU^R01^ORU_R01": (Handler,)})
+        self.port = self._server.server_address[1]
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+    def received(self) -> list:
+        """The messages as hl7apy reads them."""
+        from hl7apy.parser import parse_message  # noqa: PLC0415
+        with self._lock:
+            return [parse_message(t, find_groups=False) for t in self.messages]

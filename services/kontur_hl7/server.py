@@ -49,6 +49,7 @@ class Service:
         self.site = Site.from_policy(cfg.get("site") or {})
         self.database = database(cfg)
         self.store = Store(self.database)
+        self.store.notify = cfg.get("notify")       # notifications to the MIS, when configured
         self.max_bytes = int(cfg.get("max_message_bytes", 4 * 1024 * 1024))
         self.idle = float(cfg.get("idle_timeout_seconds", 60))
         self.application = str(cfg.get("application", "KONTUR"))
@@ -202,9 +203,22 @@ class Service:
                         retry_seconds=float(r.get("retry_seconds", 10)),
                         max_retry_seconds=float(r.get("max_retry_seconds", 600))).start()
 
+    def start_sender(self):
+        """The notifications' sender, when the configuration has a ``notify`` section."""
+        n = self.cfg.get("notify")
+        if not n:
+            return None
+        from .sender import Sender  # noqa: PLC0415
+        endpoints = {f: (h["mis_host"], int(h["mis_port"])) for h in (self.cfg.get("site") or {}).get("hospitals", [])
+                     if h.get("mis_host") and h.get("mis_port") for f in h.get("facilities", [])}
+        return Sender(self.store, endpoints, retry_seconds=float(n.get("retry_seconds", 2)),
+                      max_retry_seconds=float(n.get("max_retry_seconds", 300)),
+                      timeout_seconds=float(n.get("timeout_seconds", 30))).start()
+
     async def serve(self, host: str, port: int, ready=None) -> None:
         scp = self.start_mpps()
         attacher = self.start_attacher()
+        sender = self.start_sender()
         server = await asyncio.start_server(self.connection, host, port, limit=1 << 20)
         where = ", ".join(str(s.getsockname()) for s in server.sockets)
         log.info("listening for HL7 over MLLP on %s; state in %s", where, describe(self.database))
@@ -220,6 +234,8 @@ class Service:
             scp.shutdown()
         if attacher is not None:
             attacher.stop()
+        if sender is not None:
+            sender.stop()
         self.store.close()
 
 

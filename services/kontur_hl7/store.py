@@ -11,12 +11,12 @@ Orthanc's plugin reads the items (read-only) to answer worklist C-FINDs.
 """
 from __future__ import annotations
 
+import datetime as dt
 import json
+import threading
 import time
 
-import threading
-
-from . import mpps
+from . import mpps, notify
 from . import results as results_mod
 from .db import open_db
 from .orders import Reject, Request
@@ -64,6 +64,13 @@ CREATE TABLE IF NOT EXISTS results (
     UNIQUE (facility, accession, digest)
 );
 CREATE INDEX IF NOT EXISTS results_due ON results (state, next_try_at);
+CREATE TABLE IF NOT EXISTS notifications (
+    id {id}, facility TEXT NOT NULL, kind TEXT NOT NULL, accession TEXT NOT NULL, study_uid TEXT,
+    control_id TEXT NOT NULL UNIQUE, message {blob} NOT NULL, url TEXT, state TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0, next_try_at DOUBLE PRECISION NOT NULL DEFAULT 0, last_error TEXT,
+    ack_code TEXT, created_at DOUBLE PRECISION NOT NULL, sent_at DOUBLE PRECISION
+);
+CREATE INDEX IF NOT EXISTS notifications_due ON notifications (state, facility, id);
 CREATE TABLE IF NOT EXISTS audit (
     id {id}, at DOUBLE PRECISION NOT NULL, what TEXT NOT NULL, accession TEXT, details TEXT
 );
@@ -79,6 +86,10 @@ class Store:
         self.db.schema(SCHEMA)
         #: set when a result is kept: the attacher tries it at once
         self.results_wake = threading.Event()
+        #: notifications to the MIS ({"application", "viewer_url"}); None: none are made
+        self.notify: dict | None = None
+        #: set when a notification is queued: the sender tries at once
+        self.notify_wake = threading.Event()
 
     def close(self) -> None:
         self.db.close()
@@ -275,8 +286,15 @@ class Store:
     def result_attached(self, result_id: int, *, study_uid: str, sop_uid: str) -> None:
         now = time.time()
         with self._tx() as c:
-            c.execute("UPDATE results SET state='attached', study_uid=?, sop_uid=?, reason=NULL, attached_at=?, "
-                      "updated_at=? WHERE id=? AND state='waiting'", (study_uid, sop_uid, now, now, result_id))
+            done = c.execute("UPDATE results SET state='attached', study_uid=?, sop_uid=?, reason=NULL, "
+                             "attached_at=?, updated_at=? WHERE id=? AND state='waiting'",
+                             (study_uid, sop_uid, now, now, result_id)).rowcount
+            if done:
+                r = c.execute("SELECT facility, accession, report FROM results WHERE id=?", (result_id,)).fetchone()
+                report = json.loads(r["report"])
+                self._notify(c, "report", r["facility"], r["accession"], study_uid=study_uid,
+                             patient=report.get("patient") or {}, procedure="", report=report, now=now,
+                             extra=str(result_id))
             c.execute("INSERT INTO audit(at, what, accession, details) SELECT ?, 'result attached', accession, "
                       "? FROM results WHERE id=?", (now, json.dumps({"sop_uid": sop_uid, "study_uid": study_uid}),
                                                    result_id))
@@ -299,6 +317,67 @@ class Store:
     def results(self) -> list[dict]:
         rows = self.db.query("SELECT id, facility, accession, study_uid, status, pathology, state, reason, sop_uid, "
                              "attempts, control_id FROM results ORDER BY id")
+        return [dict(r) for r in rows]
+
+    # --- notifications to the MIS -------------------------------------------------------
+
+    def _notify_order(self, c, kind: str, facility: str, accession: str, *, now: float, extra: str = "") -> None:
+        """A notification about an order, from what its worklist item knows."""
+        r = c.execute("SELECT item FROM items WHERE facility=? AND accession=? ORDER BY aet LIMIT 1",
+                      (facility, accession)).fetchone()
+        it = json.loads(r["item"]) if r is not None else {}
+        procedure = "^".join([it.get("procedure_code", ""), it.get("procedure_name", ""),
+                              it.get("procedure_scheme", "")]).rstrip("^")
+        self._notify(c, kind, facility, accession, study_uid=it.get("study_uid", ""),
+                     patient=it.get("patient") or {}, procedure=procedure, now=now, extra=extra)
+
+    def _notify(self, c, kind: str, facility: str, accession: str, *, study_uid: str, patient: dict,
+                procedure: str, now: float, report: dict | None = None, extra: str = "") -> None:
+        """Queue one notification, in the caller's transaction: it goes once what it tells is committed."""
+        if self.notify is None:
+            return
+        control = notify.control_id(kind, facility, accession, extra)
+        url = notify.viewer_url(self.notify.get("viewer_url", ""), patient.get("id", ""), accession, study_uid)
+        text = notify.message(kind, control=control, facility=facility,
+                              application=self.notify.get("application", "KONTUR"), accession=accession,
+                              patient=patient, study_uid=study_uid, url=url, procedure=procedure, report=report,
+                              now=dt.datetime.fromtimestamp(now, dt.timezone.utc))
+        c.execute("INSERT INTO notifications(facility, kind, accession, study_uid, control_id, message, url, state, "
+                  "created_at) VALUES(?,?,?,?,?,?,?,?,?) ON CONFLICT DO NOTHING",
+                  (facility, kind, accession, study_uid, control, text.encode("utf-8"), url, "pending", now))
+        self.notify_wake.set()
+
+    def notifications_due(self, now: float) -> dict[str, list[dict]]:
+        """Per facility, its pending notifications in order -- or none while its
+        oldest is not due (they go in order: a later one never overtakes)."""
+        rows = self.db.query("SELECT id, facility, kind, accession, control_id, message, attempts, next_try_at "
+                             "FROM notifications WHERE state='pending' ORDER BY id")
+        out: dict[str, list[dict]] = {}
+        blocked: set[str] = set()
+        for r in rows:
+            f = r["facility"]
+            if f in blocked:
+                continue
+            if r["next_try_at"] > now and f not in out:
+                blocked.add(f)
+                continue
+            out.setdefault(f, []).append(dict(r, message=bytes(r["message"])))
+        return out
+
+    def notification_done(self, nid: int, *, ack_code: str, state: str = "sent", error: str | None = None) -> None:
+        now = time.time()
+        with self._tx() as c:
+            c.execute("UPDATE notifications SET state=?, ack_code=?, sent_at=?, last_error=?, attempts=attempts+1 "
+                      "WHERE id=?", (state, ack_code, now, error, nid))
+
+    def notification_retry(self, nid: int, error: str, delay: float) -> None:
+        with self._tx() as c:
+            c.execute("UPDATE notifications SET attempts=attempts+1, last_error=?, next_try_at=? WHERE id=?",
+                      (error, time.time() + delay, nid))
+
+    def notifications(self) -> list[dict]:
+        rows = self.db.query("SELECT id, facility, kind, accession, study_uid, control_id, url, state, attempts, "
+                             "last_error, ack_code FROM notifications ORDER BY id")
         return [dict(r) for r in rows]
 
     # --- MPPS ------------------------------------------------------------------------
@@ -343,6 +422,7 @@ class Store:
                 c.execute("UPDATE orders SET status='IN PROGRESS', updated_at=? WHERE facility=? AND accession=?",
                           (now, *order))
                 what = f"order {order[1]} in progress on {step.aet}"
+                self._notify_order(c, "started", *order, now=now, extra=step.sop_uid)
             c.execute("INSERT INTO audit(at, what, accession, details) VALUES(?,?,?,?)",
                       (now, "mpps in progress", order[1] if order else None, step.sop_uid))
         return what

@@ -312,6 +312,10 @@ def test_an_order_from_the_mis_reaches_the_devices_worklist_and_mpps_is_recorded
     mpps = [aet, spec.aet, spec.address, str(region.ports(node).mpps)]
     status, sop = mpps_scu.run(*mpps, "create", "LAB-ACC1", "IN PROGRESS", prefix=ns)
     assert status == 0x0000
+    # the MIS is told, with the study's URL on the LAMI (issue 12)
+    told = wait_for(lambda: [m for m in _mis_log(lab, hk) if "LAB-ACC1" in m["message"]
+                             and "Исследование начато" in m["message"]], 60, message="the MIS told the study started")
+    assert f"https://{spec.address}:{region.ports(node).https}/kontur/view/L-100/LAB-ACC1/" in told[0]["message"]
     assert mpps_scu.run(*mpps, "set", sop, "COMPLETED", prefix=ns)[0] == 0x0000
     logged = on_host(lab, node, "journalctl -u kontur-hl7 -o cat | grep 'MPPS N-SET' | tail -n 1")
     assert "order LAB-ACC1 completed" in logged.stdout, logged.stdout + logged.stderr
@@ -326,6 +330,66 @@ def test_an_order_from_the_mis_reaches_the_devices_worklist_and_mpps_is_recorded
     # MLLP from anywhere but the MIS is closed (the TsAMI's host tries)
     probe = f"timeout 3 bash -c '</dev/tcp/{spec.address}/{region.ports(node).hl7}' && echo open || echo closed"
     assert on_host(lab, "tsami", probe).stdout.strip() == "closed"
+
+
+def _mis_log(lab, hk: str) -> list[dict]:
+    """What the hospital's simulated MIS received (the lab's recorder), oldest first."""
+    import json
+    path = Path(lab.mis[hk].log)
+    return [json.loads(ln) for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()] \
+        if path.exists() else []
+
+
+def _report_texts(client, study_id: str) -> list[str]:
+    """The conclusions of the study's reports (Basic Text SR), as Orthanc reads them."""
+    out = []
+    for series in client.get(f"studies/{study_id}/series"):
+        if series["MainDicomTags"].get("Modality") != "SR":
+            continue
+        for inst in series["Instances"]:
+            tags = client.get(f"instances/{inst}/simplified-tags")
+            for c in tags.get("ContentSequence", []):
+                if c["ConceptNameCodeSequence"][0]["CodeValue"] == "121076":       # Conclusions
+                    out += [i["TextValue"] for i in c["ContentSequence"]]
+    return out
+
+
+def test_a_result_from_the_mis_becomes_the_studys_report_on_the_lami_and_at_the_tsami(lab, region, tmp_path):
+    """Issue 12 in the lab: a study from the CT; its result from the hospital's
+    MIS (no order for it: AE, kept); the HL7 service stores the report into
+    the study on city-lami (C-STORE over loopback, as the node's DICOM
+    modality KONTUR_HL7), the conclusion intact; replication carries it to
+    the TsAMI as a late instance."""
+    from kontur import nodeapi
+    from kontur.testing.dicom import make_study
+    from kontur.testing.hl7 import oru
+    from kontur.testing.orthanc import wait_for
+    hk, node = "city", "city-lami"
+    aet = next(m.aet for m in region.hospitals[hk].modalities if m.modality == "CT")
+    facility = region.hospitals[hk].mis.facility
+    spec = region.nodes[node]
+    study = make_study(1, patient_id="L-200", patient_name="Сидорова^Анна", accession="LAB-ACC9")
+    f = tmp_path / "walkin.dcm"
+    f.write_bytes(study.instances[0].data)
+    assert _store_scu(lab.modalities[aet].netns, aet, spec.aet, spec.address, region.ports(node).dicom,
+                      f).returncode == 0
+    small = load(SMALL)
+    lami, tsami = nodeapi.client_for(small, node, lab=True), nodeapi.client_for(small, "tsami", lab=True)
+
+    def study_id(client):
+        found = client.post("tools/find", {"Level": "Study", "Query": {"AccessionNumber": "LAB-ACC9"}})
+        return found[0] if found else None
+    sid = wait_for(lambda: study_id(lami), 60, message="the study on the LAMI")
+    ack = _hl7(region, hk, lab, [oru(cid="LAB-R1", accession="LAB-ACC9", pid="L-200", facility=facility, flag="A",
+                                     conclusion="Образование правого лёгкого.")])[0]
+    assert "MSA|AE|LAB-R1" in ack and "attached when a study with that accession number arrives" in ack, ack
+    wait_for(lambda: _report_texts(lami, sid) == ["Образование правого лёгкого."], 60,
+             message="the report in the study on the LAMI")
+    wait_for(lambda: [m for m in _mis_log(lab, hk) if "LAB-ACC9" in m["message"]
+                      and "Заключение прикреплено" in m["message"]], 60, message="the MIS told the report is in")
+    tsid = wait_for(lambda: study_id(tsami), 180, message="the study at the TsAMI")
+    wait_for(lambda: _report_texts(tsami, tsid) == ["Образование правого лёгкого."], 180,
+             message="the report at the TsAMI")
 
 
 def test_a_wheel_missing_on_the_control_machine_fails_the_deploy_naming_host_step_and_wheel(

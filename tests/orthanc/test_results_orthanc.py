@@ -182,3 +182,34 @@ def test_a_result_marking_pathology_sends_its_study_under_the_pathology_policy(t
         assert well.orthanc_id() not in tsami.study_ids()
     finally:
         hl7.stop(signal.SIGKILL)
+
+
+def test_the_mis_is_told_when_the_report_is_attached_with_the_conclusion_and_the_viewer_url(
+        tmp_path, processes, make_node, backend):
+    import json
+
+    from kontur.testing.hl7 import SITE, Hl7apyMis
+    mis = Hl7apyMis().start()
+    node = make_node(mode="all", extra_config=_modalities())
+    o = node.orthanc
+    site = json.loads(json.dumps(SITE))
+    site["hospitals"][0].update(mis_host="127.0.0.1", mis_port=mis.port)
+    hl7 = Hl7Service(tmp_path / "hl7", site=site, reports={"host": "127.0.0.1", "port": o.dicom_port,
+                                                           "called_aet": o.aet},
+                     notify={"viewer_url": "https://lami:443/kontur/view/{patient}/{accession}/{study}"}, **backend)
+    hl7.start()
+    try:
+        with hl7.client() as c:
+            assert b"MSA|AA|" in c.send_message(orm(cid="M1"))
+            uid = hl7.items()[0]["study_uid"]
+            node.store(make_study(1, patient_id="12345", study_uid=uid))
+            assert b"MSA|AA|" in c.send_message(oru(cid="R1", conclusion="Образование правого лёгкого.", flag="A"))
+        (m,) = wait_for(lambda: mis.received(), 60, message="the report's notification at the MIS")
+        assert (m.orc.orc_5.to_er7(), m.obr.obr_25.to_er7()) == ("CM", "F")
+        obx = {o.obx_2.to_er7(): o.obx_5.to_er7() for o in m.children if o.name == "OBX"}
+        assert obx["TX"] == "Образование правого лёгкого."
+        assert obx["RP"].split("^")[0] == f"https://lami:443/kontur/view/12345/ACC1/{uid}"
+        assert obx["ST"] == "Заключение прикреплено к исследованию"
+    finally:
+        hl7.stop(signal.SIGKILL)
+        mis.stop()

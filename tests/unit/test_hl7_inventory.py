@@ -59,6 +59,11 @@ def test_a_lami_with_a_mis_gets_the_service_and_a_gateway_without_one_does_not(s
     cfg = json.loads(b.file(hl7.CONFIG).content)
     onco = cfg["site"]["hospitals"][0]
     assert onco["facilities"] == ["ONCO"] and onco["issuer"] == "42-ONCO"
+    mis = region.hospitals["onco"].mis
+    assert (onco["mis_host"], onco["mis_port"]) == (mis.host, mis.port)
+    spec = region.nodes["onco-lami"]
+    assert cfg["notify"]["viewer_url"] == \
+        f"https://{spec.address}:{region.ports('onco-lami').https}/kontur/view/{{patient}}/{{accession}}/{{study}}"
     assert {d["aet"] for d in onco["devices"]} >= {"ONCO_CT1", "ONCO_MR1"}
     assert "A06.09.005" in cfg["site"]["classifier"]
     unit = b.file(f"/etc/systemd/system/{hl7.UNIT}").text
