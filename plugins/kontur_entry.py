@@ -46,6 +46,7 @@ from kontur_plugins.transfer import api as transfer_api  # noqa: E402
 from kontur_plugins.transfer import ingest  # noqa: E402
 from kontur_plugins.transfer.gate import TransferGate, ValidationStore, study_facts  # noqa: E402
 from kontur_plugins.transfer.config import TransferConfig, TransferError, parse_transfer  # noqa: E402
+from kontur_plugins.worklist import announce as worklist_announce  # noqa: E402
 from kontur_plugins.worklist import items as worklist_items  # noqa: E402
 from kontur_plugins.worklist import state as worklist_state  # noqa: E402
 from kontur_plugins.worklist import updates as worklist_updates  # noqa: E402
@@ -122,6 +123,8 @@ class Plugin:
         self.outbox = None
         self.transfer = TransferConfig()
         self.worklist_db = None      # the HL7 service's state, when this node answers the worklist
+        self.worklist_events = None  # the HL7 service's socket for this node's study events
+        self._announce_down = False
         self.worklist_expire_days = worklist_items.EXPIRE_DAYS
         self._worklist_cache = {}    # item (JSON) -> its DICOM dataset, built once
         self._adt_stop = threading.Event()
@@ -208,6 +211,7 @@ class Plugin:
             return
         if section.get("enabled") and section.get("db"):
             self.worklist_db = section["db"]
+            self.worklist_events = section.get("events_socket")
             self.worklist_expire_days = int(section.get("expire_days", worklist_items.EXPIRE_DAYS))
             orthanc.LogWarning(f"{PREFIX}: modality worklist on: items from "
                                f"{worklist_state.describe(self.worklist_db)}")
@@ -234,6 +238,31 @@ class Plugin:
                 self.apply_pathology_results()
             except Exception as exc:  # noqa: BLE001 - retried on the next round
                 orthanc.LogError(f"{PREFIX}: the results' pathology flags: {exc!r}\n{traceback.format_exc()}")
+            try:
+                self.announce_events()
+            except OSError as exc:   # the service is down or restarting: the events wait, in order
+                if not self._announce_down:
+                    orthanc.LogWarning(f"{PREFIX}: the HL7 service does not take the studies' events ({exc}); "
+                                       "they wait")
+                self._announce_down = True
+            except Exception as exc:  # noqa: BLE001 - retried on the next round
+                orthanc.LogError(f"{PREFIX}: telling the HL7 service: {exc!r}\n{traceback.format_exc()}")
+
+    def announce_events(self) -> int:
+        """The outbox's study events, in order, to the HL7 service (which tells the MIS)."""
+        if not self.worklist_events:
+            return 0
+        after = int(self.outbox.get_meta("events_announced") or 0)
+        rows = self.outbox.events_after(after)
+        if not rows:
+            return 0
+        done = worklist_announce.send(self.worklist_events, rows)
+        if done:
+            self.outbox.set_meta("events_announced", str(rows[done - 1]["id"]))
+        if self._announce_down:
+            orthanc.LogWarning(f"{PREFIX}: the HL7 service takes the studies' events again")
+            self._announce_down = False
+        return done
 
     def apply_pathology_results(self) -> int:
         """Results that mark pathology flag their studies (issue 12; reglament

@@ -32,6 +32,8 @@ PG_DATABASE = "kontur_hl7"
 #: on the local socket to the role of the same name (Orthanc's index role)
 PG_ROLE = "orthanc"
 PG_SOCKET_DIR = "/var/run/postgresql"
+#: where Orthanc's plugin tells the service the studies' steps on the node (archived, delivered)
+EVENTS_SOCKET = "/run/kontur-hl7/events.sock"
 
 
 def serves(region: Region, node: str) -> bool:
@@ -100,6 +102,8 @@ def config(region: Region, node: str) -> dict[str, Any]:
         "max_message_bytes": 4 * 1024 * 1024,
         "idle_timeout_seconds": 300,
         "mpps": {"host": "0.0.0.0", "port": ports.mpps, "ae_title": region.nodes[node].aet},
+        # the studies' steps on this node, from Orthanc's plugin (a local socket)
+        "events": {"socket": EVENTS_SOCKET},
         # notifications to the hospital's MIS (issue 12), each with the study's viewer URL on this node
         "notify": {"application": "KONTUR", "viewer_url": viewer_url(region, node)},
         # results (ORU^R01) into their studies as reports: this node's own Orthanc, over loopback
@@ -132,6 +136,9 @@ ProtectSystem=strict
 ProtectHome=yes
 PrivateTmp=yes
 ReadWritePaths={STATE_DIR}
+# the socket Orthanc's plugin tells the studies' steps on: /run/kontur-hl7, the orthanc user's
+RuntimeDirectory=kontur-hl7
+RuntimeDirectoryMode=0750
 
 [Install]
 WantedBy=multi-user.target
@@ -140,7 +147,7 @@ WantedBy=multi-user.target
 
 def worklist_policy(region: Region, node: str) -> dict[str, Any]:
     """The plugin's ``worklist`` section: where it reads the items."""
-    return {"enabled": True, "db": database(region, node)}
+    return {"enabled": True, "db": database(region, node), "events_socket": EVENTS_SOCKET}
 
 
 def firewall(region: Region, node: str) -> list[dict]:

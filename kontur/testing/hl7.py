@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import sqlite3
 import subprocess
+import tempfile
 import threading
 from contextlib import contextmanager
 from pathlib import Path
@@ -29,7 +31,7 @@ SITE = {
 
 class Hl7Service:
     def __init__(self, tmp: Path, idle: float = 30, site: dict | None = None, mpps: bool = False,
-                 postgres=None, reports: dict | None = None, notify: dict | None = None):
+                 postgres=None, reports: dict | None = None, notify: dict | None = None, events: bool = False):
         """``postgres``: a started :class:`kontur.testing.postgres.PostgresProcess`
         to keep the state in (a database of its own in it), as on a LAMI;
         SQLite in ``tmp`` without one, as on a gateway."""
@@ -47,6 +49,11 @@ class Hl7Service:
                "idle_timeout_seconds": idle, "max_message_bytes": 1024 * 1024, "database": self.database}
         if mpps:
             cfg["mpps"] = {"host": "127.0.0.1", "port": 0, "ae_title": MPPS_AET}
+        # a Unix socket's path has at most 107 bytes: not under pytest's long temporary names
+        self._events_dir = Path(tempfile.mkdtemp(prefix="kontur-ev-")) if events else None
+        self.events_socket = str(self._events_dir / "events.sock") if events else None
+        if events:              # the socket the node's Orthanc plugin tells the studies' steps on
+            cfg["events"] = {"socket": self.events_socket}
         if notify is not None:  # notifications to the MIS (the site's hospitals name mis_host, mis_port)
             cfg["notify"] = {"application": "KONTUR", "retry_seconds": 0.2, "max_retry_seconds": 1, **notify}
         if reports:             # the attacher: results into their studies on this Orthanc (host, port, called_aet)
@@ -93,6 +100,12 @@ class Hl7Service:
             self.proc.send_signal(sig)
             self.proc.wait(30)
         self.proc = None
+
+    def remove(self) -> None:
+        """Stop it and remove what it left outside its directory (the events socket's)."""
+        self.stop(signal.SIGKILL)
+        if self._events_dir is not None:
+            shutil.rmtree(self._events_dir, ignore_errors=True)
 
     def client(self, encoding="utf-8"):
         import hl7.client  # noqa: PLC0415 - python-hl7's MLLP client: the MIS side

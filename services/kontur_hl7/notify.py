@@ -14,7 +14,9 @@ lost) is the same message and the MIS can tell.
 event          when                                ORC-5    OBR-25
 =============  ==================================  =======  ======
 ``started``    the device's MPPS IN PROGRESS       IP       I
+``archived``   the study complete on the node      CM       R
 ``report``     the result attached to the study    CM       F (P, C)
+``delivered``  the study verified at the TsAMI     CM       R
 =============  ==================================  =======  ======
 """
 from __future__ import annotations
@@ -27,7 +29,9 @@ from .ack import escape
 
 EVENTS = {
     "started": ("IP", "I", "Исследование начато"),
+    "archived": ("CM", "R", "Исследование сохранено в ЛАМИ"),
     "report": ("CM", "F", "Заключение прикреплено к исследованию"),
+    "delivered": ("CM", "R", "Исследование передано в ЦАМИ"),
 }
 RESULT_STATUS = {"final": "F", "corrected": "C", "preliminary": "P"}
 

@@ -219,6 +219,10 @@ class Service:
         scp = self.start_mpps()
         attacher = self.start_attacher()
         sender = self.start_sender()
+        events = None
+        if (self.cfg.get("events") or {}).get("socket"):
+            from . import events as events_in  # noqa: PLC0415
+            events = await events_in.serve(self.store, self.cfg["events"]["socket"])
         server = await asyncio.start_server(self.connection, host, port, limit=1 << 20)
         where = ", ".join(str(s.getsockname()) for s in server.sockets)
         log.info("listening for HL7 over MLLP on %s; state in %s", where, describe(self.database))
@@ -230,6 +234,8 @@ class Service:
             loop.add_signal_handler(sig, stop.set)
         async with server:
             await stop.wait()
+        if events is not None:
+            events.close()
         if scp is not None:
             scp.shutdown()
         if attacher is not None:

@@ -71,6 +71,12 @@ CREATE TABLE IF NOT EXISTS notifications (
     ack_code TEXT, created_at DOUBLE PRECISION NOT NULL, sent_at DOUBLE PRECISION
 );
 CREATE INDEX IF NOT EXISTS notifications_due ON notifications (state, facility, id);
+CREATE TABLE IF NOT EXISTS study_events (
+    at DOUBLE PRECISION NOT NULL, kind TEXT NOT NULL, study_id TEXT NOT NULL, study_uid TEXT, detail TEXT,
+    received_at DOUBLE PRECISION NOT NULL,
+    UNIQUE (kind, study_id, at)
+);
+CREATE INDEX IF NOT EXISTS study_events_uid ON study_events (study_uid);
 CREATE TABLE IF NOT EXISTS audit (
     id {id}, at DOUBLE PRECISION NOT NULL, what TEXT NOT NULL, accession TEXT, details TEXT
 );
@@ -346,6 +352,29 @@ class Store:
                   "created_at) VALUES(?,?,?,?,?,?,?,?,?) ON CONFLICT DO NOTHING",
                   (facility, kind, accession, study_uid, control, text.encode("utf-8"), url, "pending", now))
         self.notify_wake.set()
+
+    #: what the node's Orthanc plugin reports of a study (its outbox's events)
+    STUDY_EVENTS = ("archived", "validated", "incomplete", "quarantined", "delivered")
+
+    def study_event(self, kind: str, *, study_id: str, study_uid: str | None, at: float,
+                    detail: str | None = None) -> str:
+        """One step of a study on this node, as its Orthanc plugin saw it: kept
+        (for the study's status) and, for an ordered study archived here or
+        delivered to the TsAMI, told to the MIS (once per order)."""
+        if kind not in self.STUDY_EVENTS:
+            raise ValueError(f"event {kind!r}: expected one of {', '.join(self.STUDY_EVENTS)}")
+        with self._tx() as c:
+            new = c.execute("INSERT INTO study_events(at, kind, study_id, study_uid, detail, received_at) "
+                            "VALUES(?,?,?,?,?,?) ON CONFLICT DO NOTHING",
+                            (at, kind, study_id, study_uid, detail, time.time())).rowcount
+            if not new or kind not in ("archived", "delivered") or not study_uid:
+                return "kept"
+            order = c.execute("SELECT facility, accession FROM orders WHERE study_uid=? AND status<>'CANCELLED'",
+                              (study_uid,)).fetchone()
+            if order is None:
+                return "kept (no order of the MIS for it)"
+            self._notify_order(c, kind, order["facility"], order["accession"], now=at)
+            return f"kept; the MIS of {order['facility']} is told (order {order['accession']})"
 
     def notifications_due(self, now: float) -> dict[str, list[dict]]:
         """Per facility, its pending notifications in order -- or none while its

@@ -213,3 +213,42 @@ def test_the_mis_is_told_when_the_report_is_attached_with_the_conclusion_and_the
     finally:
         hl7.stop(signal.SIGKILL)
         mis.stop()
+
+
+def test_the_mis_is_told_when_its_study_is_archived_here_and_when_it_is_at_the_tsami(
+        tmp_path, processes, make_node, tsami, backend):
+    """The node's steps of an ordered study (the plugin's outbox events, told
+    to the HL7 service over its socket): archived in the LAMI, then delivered
+    to the TsAMI -- each told to the MIS once, in that order."""
+    import json
+
+    from kontur.testing.hl7 import SITE, Hl7apyMis
+    from kontur.testing.replication import wait_delivered
+    mis = Hl7apyMis().start()
+    site = json.loads(json.dumps(SITE))
+    site["hospitals"][0].update(mis_host="127.0.0.1", mis_port=mis.port)
+    hl7 = Hl7Service(tmp_path / "hl7", site=site, events=True,
+                     notify={"viewer_url": "https://lami:443/kontur/view/{patient}/{accession}/{study}"}, **backend)
+    hl7.start()
+    try:
+        node = make_node(mode="all", worklist={"enabled": True, "db": hl7.database,
+                                               "events_socket": hl7.events_socket})
+        with hl7.client() as c:
+            assert b"MSA|AA|" in c.send_message(orm(cid="M1"))
+        uid = hl7.items()[0]["study_uid"]
+        study = make_study(2, patient_id="12345", study_uid=uid)
+        node.store(study)
+        wait_delivered(tsami, study)
+        got = wait_for(lambda: (lambda m: m if len(m) >= 2 else None)(mis.received()), 60,
+                       message="both notifications at the MIS")
+        words = [next(o.obx_5.to_er7() for o in m.children if o.name == "OBX" and o.obx_2.to_er7() == "ST")
+                 for m in got]
+        assert words == ["Исследование сохранено в ЛАМИ", "Исследование передано в ЦАМИ"], words
+        assert all(m.obr.obr_3.to_er7() == "ACC1" for m in got)
+        with hl7.db() as db:
+            kinds = [r[0] for r in db.execute("SELECT kind FROM study_events ORDER BY at").fetchall()]
+        assert kinds[0] == "archived" and "delivered" in kinds
+        assert len(mis.messages) == 2                  # each once
+    finally:
+        hl7.remove()
+        mis.stop()

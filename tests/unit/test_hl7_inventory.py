@@ -74,7 +74,9 @@ def test_a_lami_with_a_mis_gets_the_service_and_a_gateway_without_one_does_not(s
     # through the local socket as the orthanc user, so no password in either file
     pg = {"postgresql": {"host": "/var/run/postgresql", "port": region.ports("onco-lami").postgresql,
                          "dbname": "kontur_hl7", "user": "orthanc"}}
-    assert policy["worklist"] == {"enabled": True, "db": pg} and cfg["database"] == pg
+    assert policy["worklist"] == {"enabled": True, "db": pg, "events_socket": hl7.EVENTS_SOCKET}
+    assert cfg["database"] == pg and cfg["events"] == {"socket": hl7.EVENTS_SOCKET}
+    assert "RuntimeDirectory=kontur-hl7" in unit
     assert "python3-psycopg2" in b.packages and "After=network-online.target postgresql.service" in unit
     assert b.facts["postgresql"]["databases"] == ["kontur_hl7"]
     assert "password" not in json.dumps(cfg).lower()

@@ -74,6 +74,16 @@ CREATE TABLE IF NOT EXISTS flags (
     source TEXT
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
+-- a study's way through this node (issue 12): archived here (complete), validated or
+-- quarantined, delivered upstream; read in order by whoever tells others (the HL7 service)
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    at REAL NOT NULL,
+    kind TEXT NOT NULL,
+    study_id TEXT NOT NULL,
+    study_uid TEXT,
+    detail TEXT
+);
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 -- the transfer package (issue 10): the latest validation of each study, and releases
 CREATE TABLE IF NOT EXISTS validation (
@@ -197,6 +207,16 @@ class Outbox:
     def query(self, sql: str, args: tuple = ()) -> list[dict]:
         return [dict(r) for r in self._conn().execute(sql, args)]
 
+    @staticmethod
+    def event(c, now: float, kind: str, study_id: str, study_uid: str | None, detail: str | None = None) -> None:
+        """One step of a study's way through this node, in the caller's transaction."""
+        c.execute("INSERT INTO events(at, kind, study_id, study_uid, detail) VALUES(?,?,?,?,?)",
+                  (now, kind, study_id, study_uid, detail))
+
+    def events_after(self, after: int, limit: int = 200) -> list[dict]:
+        return [dict(r) for r in self._conn().execute(
+            "SELECT * FROM events WHERE id>? ORDER BY id LIMIT ?", (after, limit))]
+
     def audit_entry(self, c, now: float, actor: str | None, action: str, subject: str | None = None,
                     reason: str | None = None, detail: dict | None = None) -> None:
         """An audit entry inside the caller's transaction."""
@@ -316,8 +336,11 @@ class Outbox:
 
     def mark_stable(self, study_id: str, now: float) -> dict:
         with self._tx() as c:
+            before = c.execute("SELECT awaiting_stable, study_uid FROM studies WHERE study_id=?", (study_id,)).fetchone()
             c.execute("INSERT INTO studies(study_id, updated_at) VALUES(?,?) ON CONFLICT(study_id) DO "
                       "UPDATE SET awaiting_stable=0, updated_at=excluded.updated_at", (study_id, now))
+            if before is None or before["awaiting_stable"]:
+                self.event(c, now, "archived", study_id, before["study_uid"] if before is not None else None)
             return dict(c.execute("SELECT * FROM studies WHERE study_id=?", (study_id,)).fetchone())
 
     def set_modified_from(self, study_id: str, source_id: str | None) -> None:
@@ -451,6 +474,8 @@ class Outbox:
                       "divergent=0, updated_at=? WHERE study_id=?",
                       (now, count, last_update, digest, delete_after, now, study_id))
             c.execute("DELETE FROM recheck WHERE study_id=?", (study_id,))
+            uid = c.execute("SELECT study_uid FROM studies WHERE study_id=?", (study_id,)).fetchone()
+            self.event(c, now, "delivered", study_id, uid[0] if uid else None, f"{count} instances")
             c.execute("INSERT INTO counters(name, value) VALUES('deliveries_total', 1) "
                       "ON CONFLICT(name) DO UPDATE SET value=value+1")
 

@@ -63,6 +63,8 @@ class ValidationStore:
                 "notes=excluded.notes, mode=excluded.mode, checked_at=excluded.checked_at",
                 (ref.study_id, ref.study_uid, ref.patient_id, v.state, json.dumps(list(v.reasons), ensure_ascii=False),
                  json.dumps(list(v.notes), ensure_ascii=False), mode, now))
+            self.outbox.event(c, now, {"valid": "validated"}.get(v.state, v.state), ref.study_id, ref.study_uid,
+                              "; ".join(v.reasons)[:500] or None)
 
     def get(self, study_id: str) -> dict | None:
         rows = self.outbox.query("SELECT * FROM validation WHERE study_id=?", (study_id,))
