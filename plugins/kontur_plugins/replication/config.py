@@ -59,6 +59,8 @@ TUNING_DEFAULTS: dict[str, float | int] = {
     # a study whose device reported its procedure step COMPLETED (MPPS, through
     # the HL7 service) is ready after this many quiet seconds instead of StableAge
     "mpps_settle_seconds": 5.0,
+    # the studies' events (archived, delivered: told to the HL7 service) are kept this long
+    "events_keep_seconds": 90 * 86400.0,
     # periodic full pass comparing per-study instance counts with the upstream
     "full_pass_interval_seconds": 86400.0,
     "full_pass_first_delay_seconds": 900.0,

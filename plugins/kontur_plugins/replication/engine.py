@@ -90,6 +90,7 @@ class Replicator:
         #: whose later StableStudy event is then not a second decision
         self.completed_of = completed_of
         self._ready_by_mpps: set[str] = set()
+        self._pruned_at = float("-inf")
         self.local = local
         self.outbox = outbox
         self.stable_age = float(stable_age)
@@ -240,6 +241,7 @@ class Replicator:
             try:
                 self.process_deleted()
                 self.sweep_quiet()
+                self.prune()
             except Exception as exc:  # noqa: BLE001
                 self.log.error(f"kontur replication: {exc!r}\n{traceback.format_exc()}")
                 self.outbox_error(None, repr(exc))
@@ -379,6 +381,14 @@ class Replicator:
                 self.preempt.set()
             self.wake_sender.set()
         return state
+
+    def prune(self) -> int:
+        """Hourly: the studies' events past ``events_keep_seconds``."""
+        now = self.clock()
+        if now - self._pruned_at < 3600:
+            return 0
+        self._pruned_at = now
+        return self.outbox.prune_events(now - self.cfg.t("events_keep_seconds"))
 
     def sweep_quiet(self) -> int:
         """Studies quiet for StableAge + grace without a StableStudy event."""

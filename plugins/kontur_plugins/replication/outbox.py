@@ -213,6 +213,11 @@ class Outbox:
         c.execute("INSERT INTO events(at, kind, study_id, study_uid, detail) VALUES(?,?,?,?,?)",
                   (now, kind, study_id, study_uid, detail))
 
+    def prune_events(self, before: float) -> int:
+        """Forget study events older than ``before`` (they were told long ago, or nobody reads them)."""
+        with self._tx() as c:
+            return c.execute("DELETE FROM events WHERE at<?", (before,)).rowcount
+
     def events_after(self, after: int, limit: int = 200) -> list[dict]:
         return [dict(r) for r in self._conn().execute(
             "SELECT * FROM events WHERE id>? ORDER BY id LIMIT ?", (after, limit))]

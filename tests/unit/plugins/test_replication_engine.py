@@ -88,6 +88,23 @@ def test_a_study_its_device_reported_completed_is_ready_after_the_settle_not_sta
     assert eng2.sweep_quiet() == 0 and any("MPPS is unknown" in ln for ln in logs)
 
 
+def test_a_studys_steps_are_kept_as_events_in_order_and_pruned_after_their_time(tmp_path):
+    eng, local, up, clock, _ = make(tmp_path, tuning={"events_keep_seconds": 100})
+    local.add("s", 2)
+    local.stable("s")
+    eng.process_changes()
+    drain(eng)
+    kinds = [(e["kind"], e["study_uid"]) for e in eng.outbox.events_after(0)]
+    assert kinds == [("archived", "1.2.s"), ("delivered", "1.2.s")]
+    local.stable("s")                      # a second stable event with no new instance: not archived again
+    eng.process_changes()
+    assert len(eng.outbox.events_after(0)) == 2
+    assert eng.prune() == 0                # young
+    clock.t += 3700
+    assert eng.prune() == 2 and eng.outbox.events_after(0) == []
+    assert eng.prune() == 0                # hourly
+
+
 def test_pathology_and_on_demand(tmp_path):
     eng, local, up, clock, _ = make(tmp_path, mode="pathology")
     local.add("a", 1)
