@@ -89,6 +89,7 @@ def _register() -> None:
                           ("kontur.replication_cli", "replicate_command"),
                           ("kontur.replication_cli", "replication_group"),
                           ("kontur.quarantine_cli", "quarantine_group"),
+                          ("kontur.study_cli", "study_group"),
                           ("kontur.users_cli", "users_group")):
         try:
             mod = __import__(modname, fromlist=[attr])

@@ -48,6 +48,7 @@ from kontur_plugins.transfer.gate import TransferGate, ValidationStore, study_fa
 from kontur_plugins.transfer.config import TransferConfig, TransferError, parse_transfer  # noqa: E402
 from kontur_plugins.worklist import announce as worklist_announce  # noqa: E402
 from kontur_plugins.worklist import items as worklist_items  # noqa: E402
+from kontur_plugins.worklist import status as worklist_status  # noqa: E402
 from kontur_plugins.worklist import state as worklist_state  # noqa: E402
 from kontur_plugins.worklist import updates as worklist_updates  # noqa: E402
 
@@ -413,6 +414,27 @@ class Plugin:
         except Exception as exc:  # noqa: BLE001
             orthanc.LogError(f"{PREFIX}: change callback ({change_type}, {resource_id}): {exc!r}")
 
+    def on_study(self, output, uri, **request):
+        """``GET /kontur/study/ACCESSION|STUDY-UID``: the study's way, with times (issue 12)."""
+        try:
+            if request.get("method", "GET") != "GET":
+                output.SendMethodNotAllowed("GET")
+                return
+            outbox = self.outbox
+            status, body = worklist_status.answer(
+                self.worklist_db, outbox.query if outbox is not None else (lambda sql, args=(): []),
+                uri.rstrip("/").rsplit("/", 1)[-1],
+                expect_validation=bool(self.transfer.enabled and self.transfer.validation is not None))
+            data = worklist_status.dumps(body)
+            if status == 200:
+                output.AnswerBuffer(data, api.JSON)
+            else:
+                output.SendHttpStatus(status, data.decode("utf-8"), len(data))
+        except Exception as exc:  # noqa: BLE001
+            orthanc.LogError(f"{PREFIX}: REST {uri}: {exc!r}\n{traceback.format_exc()}")
+            data = b'{"error": "internal error; see the Orthanc log"}'
+            output.SendHttpStatus(500, data.decode(), len(data))
+
     def on_rest(self, output, uri, **request):
         try:
             method = request.get("method", "GET")
@@ -473,4 +495,5 @@ if PLUGIN.worklist_db:
 if PLUGIN.transfer.enabled:
     orthanc.RegisterReceivedInstanceCallback(PLUGIN.on_received)
 orthanc.RegisterRestCallback(api.ROUTE_PATTERN, PLUGIN.on_rest)
+orthanc.RegisterRestCallback("/kontur/study/([^/]+)", PLUGIN.on_study)
 orthanc.RegisterRestCallback("/kontur/(" + transfer_api.PATTERN + ")", PLUGIN.on_rest)

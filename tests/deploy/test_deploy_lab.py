@@ -320,6 +320,15 @@ def test_an_order_from_the_mis_reaches_the_devices_worklist_and_mpps_is_recorded
     logged = on_host(lab, node, "journalctl -u kontur-hl7 -o cat | grep 'MPPS N-SET' | tail -n 1")
     assert "order LAB-ACC1 completed" in logged.stdout, logged.stdout + logged.stderr
     assert _worklist(lab, region, aet, node, tmp_path)[1] == []           # done: off the worklist
+    # the study's way so far, as the operator asks for it (issue 12, "status online")
+    import json
+    r = kontur("study", "status", "LAB-ACC1", "--lab", "-i", str(SMALL), "--json")
+    assert r.rc == 0, r.out
+    st = json.loads(r.out)
+    assert st["node"] == node and st["accession"] == "LAB-ACC1" and st["patient_id"] == "L-100"
+    assert [x["step"] for x in st["steps"]][:4] == ["ordered", "worklist", "started", "completed"], st
+    r = kontur("study", "status", "LAB-NOPE", "--lab", "-i", str(SMALL))
+    assert r.rc == 1 and "no node knows a study or order LAB-NOPE" in r.out, r.out
 
     # a second order, cancelled
     assert "MSA|AA|" in _hl7(region, hk, lab, [orm(cid="LAB-3", accession="LAB-ACC2", facility=facility)])[0]

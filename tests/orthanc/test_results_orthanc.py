@@ -51,6 +51,13 @@ def lami(tmp_path, processes, make_node, backend):
     print("the HL7 service's log:\n" + hl7.log.read_text()[-4000:])     # shown when the test failed
 
 
+def _status(o, value: str) -> dict:
+    body = o.get(f"/kontur/study/{value}")
+    sent = [x for x in body["steps"] if x["step"] == "notified"]
+    body["notified_kinds"] = sent[0]["detail"].split(", ") if sent else []
+    return body
+
+
 def _reports(o, study_id: str) -> list[pydicom.Dataset]:
     out = []
     for s in o.get(f"/studies/{study_id}/series"):
@@ -249,6 +256,19 @@ def test_the_mis_is_told_when_its_study_is_archived_here_and_when_it_is_at_the_t
             kinds = [r[0] for r in db.execute("SELECT kind FROM study_events ORDER BY at").fetchall()]
         assert kinds[0] == "archived" and "delivered" in kinds
         assert len(mis.messages) == 2                  # each once
+        # the study's status on the node, by accession and by Study Instance UID (issue 12, "status online")
+        st = wait_for(lambda: (lambda b: b if "notified" in [x["step"] for x in b["steps"]]
+                               and "delivered" in b["notified_kinds"] else None)(_status(node.orthanc, "ACC1")), 30,
+                      message="the status with the delivery notified")
+        assert [x["step"] for x in st["steps"]] == ["ordered", "worklist", "archived", "delivered", "notified"]
+        assert st["study_uid"] == uid and st["patient_id"] == "12345" and st["to_come"] == ["report"]
+        assert st["viewer_url"] == f"https://lami:443/kontur/view/12345/ACC1/{uid}"
+        assert [x["step"] for x in _status(node.orthanc, uid)["steps"]] == [x["step"] for x in st["steps"]]
+        from kontur.testing.orthanc import HttpError
+        for bad, code in (("NOPE1", 404), ("1'%20OR%201=1", 400), ("%3Cscript%3E", 400)):
+            with pytest.raises(HttpError) as e:
+                node.orthanc.get(f"/kontur/study/{bad}")
+            assert e.value.status == code, (bad, e.value)
     finally:
         hl7.remove()
         mis.stop()
