@@ -49,6 +49,10 @@ function IncomingHttpRequestFilter(method, uri, ip, username, httpHeaders)
   if r["peer"] then
     return peer_allowed(method, uri)
   end
+  if method == "GET" and (starts(uri, "/kontur/view/") or starts(uri, "/kontur/study/")) then
+    -- the page the MIS's link opens and a study's status (issue 12): whoever may view
+    return r["view"] == true
+  end
   if starts(uri, "/kontur/") or uri == "/kontur" then
     -- kontur's replication status, parked list and controls: operators' business
     -- (admins, above); doctors and peers have no use for them

@@ -46,6 +46,7 @@ from kontur_plugins.transfer import api as transfer_api  # noqa: E402
 from kontur_plugins.transfer import ingest  # noqa: E402
 from kontur_plugins.transfer.gate import TransferGate, ValidationStore, study_facts  # noqa: E402
 from kontur_plugins.transfer.config import TransferConfig, TransferError, parse_transfer  # noqa: E402
+from kontur_plugins import viewer  # noqa: E402
 from kontur_plugins.worklist import announce as worklist_announce  # noqa: E402
 from kontur_plugins.worklist import items as worklist_items  # noqa: E402
 from kontur_plugins.worklist import status as worklist_status  # noqa: E402
@@ -91,6 +92,19 @@ def _orthanc_config():
         return json.loads(orthanc.GetConfiguration())
     except Exception:  # noqa: BLE001
         return {}
+
+
+def viewer_report(tags: dict) -> dict:
+    """A report's text from Orthanc's simplified tags of a Basic Text SR."""
+    out = {"findings": "", "conclusion": "", "observer": "", "status": tags.get("CompletionFlag", "")}
+    for c in tags.get("ContentSequence") or []:
+        code = ((c.get("ConceptNameCodeSequence") or [{}])[0]).get("CodeValue")
+        key = {"121070": "findings", "121076": "conclusion"}.get(code)
+        if key:
+            out[key] = "\n".join(str(i.get("TextValue", "")) for i in c.get("ContentSequence") or [])
+    for v in tags.get("VerifyingObserverSequence") or []:
+        out["observer"] = v.get("VerifyingObserverName", "")
+    return out
 
 
 def _caller(headers):
@@ -435,6 +449,38 @@ class Plugin:
             data = b'{"error": "internal error; see the Orthanc log"}'
             output.SendHttpStatus(500, data.decode(), len(data))
 
+    def on_view(self, output, uri, **request):
+        """``GET /kontur/view/PATIENT/ACCESSION/STUDY-UID``: the page the MIS's link opens (issue 12)."""
+        try:
+            if request.get("method", "GET") != "GET":
+                output.SendMethodNotAllowed("GET")
+                return
+            try:
+                patient, accession, uid = viewer.parse(*(request.get("groups") or ("", "", "")))
+                found = json.loads(orthanc.RestApiPost("/tools/find", json.dumps(
+                    {"Level": "Study", "Query": {"StudyInstanceUID": uid}, "Expand": True})))
+                study = next((x for x in found if viewer.matches(x, patient, accession)), None)
+                if study is None:
+                    raise viewer.NotShown(404, "there is no such study of that patient on this archive")
+                series = [json.loads(orthanc.RestApiGet(f"/series/{sid}")) for sid in study.get("Series", [])]
+                reports = []
+                for s in series:
+                    if (s.get("MainDicomTags") or {}).get("Modality") == "SR":
+                        for iid in s.get("Instances", []):
+                            reports.append(viewer_report(json.loads(
+                                orthanc.RestApiGet(f"/instances/{iid}/simplified-tags"))))
+                base = "../../../../"
+                text = viewer.page(study, series, reports, base=base,
+                                   viewer_link=f"{base}app/explorer.html#study?uuid={study['ID']}")
+                output.AnswerBuffer(text.encode("utf-8"), "text/html; charset=utf-8")
+            except viewer.NotShown as e:
+                data = viewer.not_shown(e.status, e.text)
+                output.SendHttpStatus(e.status, data, len(data.encode("utf-8")))
+        except Exception as exc:  # noqa: BLE001
+            orthanc.LogError(f"{PREFIX}: REST {uri}: {exc!r}\n{traceback.format_exc()}")
+            data = viewer.not_shown(500, "internal error; see the Orthanc log")
+            output.SendHttpStatus(500, data, len(data.encode("utf-8")))
+
     def on_rest(self, output, uri, **request):
         try:
             method = request.get("method", "GET")
@@ -496,4 +542,5 @@ if PLUGIN.transfer.enabled:
     orthanc.RegisterReceivedInstanceCallback(PLUGIN.on_received)
 orthanc.RegisterRestCallback(api.ROUTE_PATTERN, PLUGIN.on_rest)
 orthanc.RegisterRestCallback("/kontur/study/([^/]+)", PLUGIN.on_study)
+orthanc.RegisterRestCallback("/kontur/view/([^/]+)/([^/]+)/([^/]+)", PLUGIN.on_view)
 orthanc.RegisterRestCallback("/kontur/(" + transfer_api.PATTERN + ")", PLUGIN.on_rest)
