@@ -1,0 +1,43 @@
+"""The viewer page's pure parts (issue 12): the link's values, which stored
+study it may show, and a page that escapes everything it writes."""
+from __future__ import annotations
+
+import pytest
+
+from kontur_plugins import viewer
+
+STUDY = {"ID": "abc", "MainDicomTags": {"AccessionNumber": "ACC1", "StudyDate": "20261201",
+                                        "StudyDescription": "КТ <грудной> клетки"},
+         "PatientMainDicomTags": {"PatientID": "42-CITY:12345", "OtherPatientIDs": "12345\\777",
+                                  "PatientName": "Иванов^Пётр", "PatientBirthDate": "19700101"}}
+
+
+def test_the_links_values_are_decoded_and_checked():
+    assert viewer.parse("12%2F3", "-", "1.2.3") == ("12/3", "", "1.2.3")
+    for bad in (("", "A", "1.2.3"), ("1", "A", "1.2.x"), ("1", "A", "1.02.3"), ("x" * 65, "A", "1.2.3"),
+                ("a%0Ab", "A", "1.2.3"), ("1", "A", "1." + "2" * 70)):
+        with pytest.raises(viewer.NotShown) as e:
+            viewer.parse(*bad)
+        assert e.value.status == 400
+
+
+def test_only_the_patients_own_study_of_that_order_is_shown():
+    assert viewer.matches(STUDY, "12345", "ACC1")            # the hospital's own ID (regional key)
+    assert viewer.matches(STUDY, "42-CITY:12345", "")        # the regional key itself; no accession given
+    assert viewer.matches(STUDY, "777", "ACC1")              # one of its Other Patient IDs
+    assert not viewer.matches(STUDY, "99999", "ACC1")
+    assert not viewer.matches(STUDY, "12345", "ACC2")
+
+
+def test_the_page_escapes_what_it_writes_and_counts_its_images():
+    series = [{"MainDicomTags": {"Modality": "CT", "SeriesDescription": "<img src=x onerror=alert(1)>"},
+               "Instances": ["i1", "i2"]},
+              {"MainDicomTags": {"Modality": "SR"}, "Instances": ["r1"]}]
+    reports = [{"findings": "<b>жирный</b>", "conclusion": "Образование & «тень»", "observer": "Сидоров^А"}]
+    html = viewer.page(STUDY, series, reports, base="../../../../")
+    assert "<img src=x" not in html and "&lt;img src=x" in html and "&lt;b&gt;жирный&lt;/b&gt;" in html
+    assert "Образование &amp; «тень»" in html and "КТ &lt;грудной&gt; клетки" in html
+    assert html.count('class="image"') == 2 and 'data-expected="2"' in html
+    assert 'src="../../../../instances/i1/preview"' in html
+    assert "01.12.2026" in html and "01.01.1970" in html
+    assert "Заключение ещё не поступило" in viewer.page(STUDY, [], [], base="")
