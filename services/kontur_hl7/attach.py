@@ -36,6 +36,9 @@ class Attacher:
         self.thread = threading.Thread(target=self._loop, name="kontur-attach", daemon=True)
 
     def start(self) -> "Attacher":
+        # pynetdicom and pydicom imported now, not when the first result waits for them
+        import pynetdicom.sop_class  # noqa: F401, PLC0415
+        import pydicom.dataset  # noqa: F401, PLC0415
         self.thread.start()
         log.info("reports: results attached to their studies on %s at %s:%d as %s", self.called, self.host,
                  self.port, self.calling)
