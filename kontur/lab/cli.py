@@ -40,6 +40,7 @@ def lab(verbose: bool):
       kontur lab ssh NODE [-- CMD]   log in to a host, or run a command
       kontur lab send AET PATH...    send DICOM as a modality (DCMTK storescu)
       kontur lab mis-log HOSPITAL    HL7 messages a hospital's MIS received
+      kontur lab walk [--hospital H] one study along the reglament's path, step by step
       kontur lab cut|heal NODE       take a node's network link down / up
       kontur lab reboot NODE         power a host off cleanly and boot it again
       kontur lab mirror [--withhold PKG | --full]
@@ -215,6 +216,19 @@ def send_cmd(modality, paths):
               f"({r.stored} of {r.files} file(s) stored):", markup=False)
     err.print("\n".join(r.stderr.strip().splitlines()[-20:]), markup=False)
     return EXIT_FAILED
+
+
+@lab.command("walk")
+@click.option("--hospital", metavar="H", help="The hospital whose MIS orders it (default: one with the "
+                                               "pathology policy).")
+def walk_cmd(hospital):
+    """Walk one study along the reglament's path in the deployed lab: order
+    from the MIS, worklist, MPPS, images, the result, and what the node then
+    tells (archived, validated, report, delivered, MIS notified), each with
+    its time, and the viewer URL the MIS got."""
+    from .walk import walk  # noqa: PLC0415
+    walk(hospital, emit=lambda line: out.print(line, markup=False, highlight=False))
+    return EXIT_OK
 
 
 @lab.command("mis-log")

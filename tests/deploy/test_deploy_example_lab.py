@@ -94,3 +94,44 @@ def test_compliance_checks_find_drift(example_lab, deployed):
     finally:
         fixed = deploy(EXAMPLE_INVENTORY, "--limit", "gkb3-lami")
         assert fixed.rc == 0 and fixed.changed >= 1, fixed.out
+
+
+def test_one_study_walks_the_reglaments_path_and_its_link_opens_for_the_hospitals_doctor(
+        example_lab, deployed, region):
+    """Issue 12's path on the deployed example region (`kontur lab walk`, as
+    `./run demo` runs it): gkb3's MIS orders, its CT finds the order on its
+    worklist, MPPS, images, the result with pathology; then under the
+    pathology policy the study goes to the TsAMI and the MIS is told each
+    step with the viewer URL.  That URL, through gkb3-lami's nginx (mutual
+    TLS) with the hospital doctor's password, shows the report; another
+    hospital's doctor and a wrong password are refused."""
+    import json as _json
+
+    from deploy_helpers import kontur
+    r = kontur("lab", "walk", "--hospital", "gkb3", timeout=900)
+    assert r.rc == 0, r.out
+    for words in ("the MIS ordered it", "found it on its worklist", "MPPS IN PROGRESS", "stored 3 images",
+                  "MPPS COMPLETED", "archived in the LAMI", "report attached", "delivered to the TsAMI",
+                  "the MIS notified"):
+        assert words in r.out, (words, r.out)
+    url = r.out.strip().splitlines()[-1].split("open the study: ")[-1].strip()
+    assert url.startswith(f"https://{region.nodes['gkb3-lami'].address}:"), r.out
+    log = kontur("lab", "mis-log", "gkb3", "--json")
+    told = [_json.loads(ln)["message"] for ln in log.out.splitlines() if ln.startswith("{")]
+    accession = url.rstrip("/").split("/")[-2]
+    for words in ("Исследование начато", "Исследование сохранено в ЛАМИ", "Заключение прикреплено",
+                  "Исследование передано в ЦАМИ"):
+        assert sum(1 for m in told if accession in m and words in m) == 1, (words, told[-4:])
+    store = SecretStore(default_dir(example_lab.region_name, lab=True))
+    ca, crt, key = operator_cert(store, region.region.title)
+
+    def page(login: str, password: str) -> tuple[str, str]:
+        p = subprocess.run(["curl", "-s", "-w", "\n%{http_code}", "--max-time", "20", "--cacert", str(ca),
+                            "--cert", str(crt), "--key", str(key), "-u", f"{login}:{password}", url],
+                           stdout=subprocess.PIPE, text=True, timeout=60)
+        body, _, code = p.stdout.rpartition("\n")
+        return code, body
+    code, body = page("fedorova", store.password("users/fedorova"))
+    assert code == "200" and "Очаговое образование правого лёгкого" in body, (code, body[:500])
+    assert page("fedorova", "wrong")[0] == "401"
+    assert page("ivanova", store.password("users/ivanova"))[0] in ("401", "403")    # another hospital's
