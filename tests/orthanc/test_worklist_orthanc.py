@@ -97,76 +97,71 @@ def _names_of_patients_studies(o: OrthancProcess, patient_id: str) -> list[str]:
     return sorted(s["PatientMainDicomTags"].get("PatientName", "") for s in found)
 
 
-def test_an_adt_update_renames_the_stored_study_here_and_at_the_tsami(tmp_path, processes, make_node, tsami,
-                                                                     backend):
+@pytest.fixture
+def ingest_lami(tmp_path, processes, make_node, backend):
+    """The HL7 service and a LAMI with the ingest stage on (issuer 42-ONCO), as on every deployed LAMI:
+    Orthanc's modify stores the new instances through the plugin's received-instance callback, so the
+    plugin must not hold the interpreter while it waits."""
+    from kontur.testing.hl7 import SITE
+    site = json.loads(json.dumps(SITE))
+    site["hospitals"][0]["issuer"] = "42-ONCO"
+    hl7 = Hl7Service(tmp_path / "hl7", site=site, **backend)
+    hl7.start()
+    try:
+        yield hl7, make_node(mode="all", worklist={"enabled": True, "db": hl7.database},
+                             transfer={"enabled": True, "repair_text": True, "issuer": "42-ONCO"})
+    finally:
+        hl7.stop(signal.SIGKILL)
+
+
+def test_an_adt_update_renames_the_stored_study_here_and_at_the_tsami(ingest_lami, tsami):
     """ADT^A08 for a patient whose study is stored and already at the TsAMI:
     Orthanc's modify here (by the plugin, audited), and through the correction
     path one copy at the TsAMI, under the new name (the old one retired)."""
     from kontur.testing.dicom import make_study
-    from kontur.testing.hl7 import SITE
     from kontur.testing.orthanc import wait_for
     from kontur.testing.replication import wait_delivered
 
-    site = json.loads(json.dumps(SITE))
-    site["hospitals"][0]["issuer"] = "42-ONCO"
-    hl7 = Hl7Service(tmp_path / "hl7", site=site, **backend)
-    hl7.start()
-    try:
-        # the ingest stage on, as on every deployed LAMI: Orthanc's modify stores the new instances through
-        # the plugin's received-instance callback, so the plugin must not hold the interpreter while it waits
-        node = make_node(mode="all", worklist={"enabled": True, "db": hl7.database},
-                         transfer={"enabled": True, "repair_text": True, "issuer": "42-ONCO"})
-        study = make_study(3, patient_id="12345", patient_name="Иванов^Пётр^Ильич")
-        node.store(study)
-        wait_delivered(tsami, study)
-        a08 = "\r".join(["MSH|^~\\&|MIS|ONCO|KONTUR|LAMI|20261201120500||ADT^A08|U1|P|2.5||||||UNICODE UTF-8",
-                         "PID|1||12345^^^ONCO||Петров^Пётр^Ильич||19700101|M"]) + "\r"
-        with hl7.client() as c:
-            assert b"MSA|AA|U1" in c.send_message(a08)
-        # Orthanc 1.10's modify copies the study (new UIDs) and deletes the source
-        wait_for(lambda: _names_of_patients_studies(node.orthanc, "12345") == ["Петров^Пётр^Ильич"], 60,
-                 message="the stored study renamed here")
-        # the TsAMI ends with one copy, under the new name: the old one retired by the correction path
-        wait_for(lambda: _names_of_patients_studies(tsami, "12345") == ["Петров^Пётр^Ильич"], 180,
-                 message="the TsAMI's copy superseded by the renamed study")
-        assert len(tsami.get("/studies")) == 1
-        assert node.status()["adt"]["applied_through"] == 1
-    finally:
-        hl7.stop(signal.SIGKILL)
+    hl7, node = ingest_lami
+    study = make_study(3, patient_id="12345", patient_name="Иванов^Пётр^Ильич")
+    node.store(study)
+    wait_delivered(tsami, study)
+    a08 = "\r".join(["MSH|^~\\&|MIS|ONCO|KONTUR|LAMI|20261201120500||ADT^A08|U1|P|2.5||||||UNICODE UTF-8",
+                     "PID|1||12345^^^ONCO||Петров^Пётр^Ильич||19700101|M"]) + "\r"
+    with hl7.client() as c:
+        assert b"MSA|AA|U1" in c.send_message(a08)
+    # Orthanc 1.10's modify copies the study (new UIDs) and deletes the source
+    wait_for(lambda: _names_of_patients_studies(node.orthanc, "12345") == ["Петров^Пётр^Ильич"], 60,
+             message="the stored study renamed here")
+    # the TsAMI ends with one copy, under the new name: the old one retired by the correction path
+    wait_for(lambda: _names_of_patients_studies(tsami, "12345") == ["Петров^Пётр^Ильич"], 180,
+             message="the TsAMI's copy superseded by the renamed study")
+    assert len(tsami.get("/studies")) == 1
+    assert node.status()["adt"]["applied_through"] == 1
 
 
-def test_an_adt_merge_moves_the_stored_study_to_the_surviving_patient_here_and_at_the_tsami(
-        tmp_path, processes, make_node, tsami, backend):
+def test_an_adt_merge_moves_the_stored_study_to_the_surviving_patient_here_and_at_the_tsami(ingest_lami, tsami):
     """ADT^A40: the MIS merges record 999 into 12345.  The study stored under
     999 (and already at the TsAMI) is moved to 12345 by Orthanc's modify here,
     and the TsAMI ends with one copy, under 12345, none left under 999."""
     from kontur.testing.dicom import make_study
-    from kontur.testing.hl7 import SITE
     from kontur.testing.orthanc import wait_for
     from kontur.testing.replication import wait_delivered
 
-    site = json.loads(json.dumps(SITE))
-    site["hospitals"][0]["issuer"] = "42-ONCO"
-    hl7 = Hl7Service(tmp_path / "hl7", site=site, **backend)
-    hl7.start()
-    try:
-        node = make_node(mode="all", worklist={"enabled": True, "db": hl7.database},
-                         transfer={"enabled": True, "repair_text": True, "issuer": "42-ONCO"})
-        study = make_study(2, patient_id="999", patient_name="Иванов^Пётр^Ильич")
-        node.store(study)
-        wait_delivered(tsami, study)
-        a40 = "\r".join(["MSH|^~\\&|MIS|ONCO|KONTUR|LAMI|20261201121000||ADT^A40^ADT_A39|G1|P|2.5||||||UNICODE UTF-8",
-                         "PID|1||12345^^^ONCO||Иванов^Пётр^Ильич||19700101|M", "MRG|999^^^ONCO"]) + "\r"
-        with hl7.client() as c:
-            assert b"MSA|AA|G1" in c.send_message(a40)
-        wait_for(lambda: (_names_of_patients_studies(node.orthanc, "12345"),
-                          _names_of_patients_studies(node.orthanc, "999")) == (["Иванов^Пётр^Ильич"], []), 60,
-                 message="the stored study under the surviving patient here")
-        wait_for(lambda: (_names_of_patients_studies(tsami, "12345"), _names_of_patients_studies(tsami, "999"))
-                 == (["Иванов^Пётр^Ильич"], []), 180, message="the TsAMI's copy moved to the surviving patient")
-        assert len(tsami.get("/studies")) == 1
-    finally:
-        hl7.stop(signal.SIGKILL)
+    hl7, node = ingest_lami
+    study = make_study(2, patient_id="999", patient_name="Иванов^Пётр^Ильич")
+    node.store(study)
+    wait_delivered(tsami, study)
+    a40 = "\r".join(["MSH|^~\\&|MIS|ONCO|KONTUR|LAMI|20261201121000||ADT^A40^ADT_A39|G1|P|2.5||||||UNICODE UTF-8",
+                     "PID|1||12345^^^ONCO||Иванов^Пётр^Ильич||19700101|M", "MRG|999^^^ONCO"]) + "\r"
+    with hl7.client() as c:
+        assert b"MSA|AA|G1" in c.send_message(a40)
+    wait_for(lambda: (_names_of_patients_studies(node.orthanc, "12345"),
+                      _names_of_patients_studies(node.orthanc, "999")) == (["Иванов^Пётр^Ильич"], []), 60,
+             message="the stored study under the surviving patient here")
+    wait_for(lambda: (_names_of_patients_studies(tsami, "12345"), _names_of_patients_studies(tsami, "999"))
+             == (["Иванов^Пётр^Ильич"], []), 180, message="the TsAMI's copy moved to the surviving patient")
+    assert len(tsami.get("/studies")) == 1
 
 
 def test_an_item_whose_study_is_stored_leaves_the_worklist(region, tmp_path):
