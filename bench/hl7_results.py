@@ -38,7 +38,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from kontur.testing.dicom import make_study  # noqa: E402
-from kontur.testing.hl7 import REPORTS_AET, SITE, Hl7apyMis, Hl7Service, orm, oru  # noqa: E402
+from kontur.testing.hl7 import REPORTS_AET, Hl7apyMis, Hl7Service, orm, oru, site_with_mis  # noqa: E402
 from kontur.testing.orthanc import OrthancProcess, wait_for  # noqa: E402
 from kontur.testing.postgres import PostgresProcess  # noqa: E402
 from kontur.testing.replication import REFUSE_LUA, SCU_AET, new_node, tsami_config  # noqa: E402
@@ -82,8 +82,7 @@ def main() -> int:
         processes.append(tsami)
         tsami.start()
         mis = TimedMis().start()
-        site = json.loads(json.dumps(SITE))
-        site["hospitals"][0].update(mis_host="127.0.0.1", mis_port=mis.port)
+        site = site_with_mis(mis.port)
         modalities = {"DicomModalities": {
             "test-scu": {"AET": SCU_AET, "Host": "127.0.0.1", "Port": 11112, "AllowStore": True},
             "kontur-hl7": {"AET": REPORTS_AET, "Host": "127.0.0.1", "Port": 104, "AllowStore": True,

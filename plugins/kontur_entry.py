@@ -94,19 +94,6 @@ def _orthanc_config():
         return {}
 
 
-def viewer_report(tags: dict) -> dict:
-    """A report's text from Orthanc's simplified tags of a Basic Text SR."""
-    out = {"findings": "", "conclusion": "", "observer": "", "status": tags.get("CompletionFlag", "")}
-    for c in tags.get("ContentSequence") or []:
-        code = ((c.get("ConceptNameCodeSequence") or [{}])[0]).get("CodeValue")
-        key = {"121070": "findings", "121076": "conclusion"}.get(code)
-        if key:
-            out[key] = "\n".join(str(i.get("TextValue", "")) for i in c.get("ContentSequence") or [])
-    for v in tags.get("VerifyingObserverSequence") or []:
-        out["observer"] = v.get("VerifyingObserverName", "")
-    return out
-
-
 def _caller(headers):
     """The login of the request (Orthanc checked its password before calling us)."""
     auth = (headers or {}).get("authorization") or ""
@@ -467,7 +454,7 @@ class Plugin:
                 for s in series:
                     if (s.get("MainDicomTags") or {}).get("Modality") == "SR":
                         for iid in s.get("Instances", []):
-                            reports.append(viewer_report(json.loads(
+                            reports.append(viewer.report_of(json.loads(
                                 orthanc.RestApiGet(f"/instances/{iid}/simplified-tags"))))
                 base = "../../../../"
                 text = viewer.page(study, series, reports, base=base,

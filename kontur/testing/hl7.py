@@ -29,6 +29,13 @@ SITE = {
 }
 
 
+def site_with_mis(port: int) -> dict:
+    """The test site, its hospital's MIS listening on loopback ``port`` (where notifications go)."""
+    site = json.loads(json.dumps(SITE))
+    site["hospitals"][0].update(mis_host="127.0.0.1", mis_port=port)
+    return site
+
+
 class Hl7Service:
     def __init__(self, tmp: Path, idle: float = 30, site: dict | None = None, mpps: bool = False,
                  postgres=None, reports: dict | None = None, notify: dict | None = None, events: bool = False):

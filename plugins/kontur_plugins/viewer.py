@@ -53,6 +53,19 @@ def matches(study: dict, patient: str, accession: str) -> bool:
     return not accession or (study.get("MainDicomTags") or {}).get("AccessionNumber", "") == accession
 
 
+def report_of(tags: dict) -> dict:
+    """A report's text from Orthanc's simplified tags of a Basic Text SR."""
+    out = {"findings": "", "conclusion": "", "observer": "", "status": tags.get("CompletionFlag", "")}
+    for c in tags.get("ContentSequence") or []:
+        code = ((c.get("ConceptNameCodeSequence") or [{}])[0]).get("CodeValue")
+        key = {"121070": "findings", "121076": "conclusion"}.get(code)
+        if key:
+            out[key] = "\n".join(str(i.get("TextValue", "")) for i in c.get("ContentSequence") or [])
+    for v in tags.get("VerifyingObserverSequence") or []:
+        out["observer"] = v.get("VerifyingObserverName", "")
+    return out
+
+
 def _date(d: str) -> str:
     """A DICOM date as the page shows it (DD.MM.YYYY)."""
     return f"{d[6:8]}.{d[4:6]}.{d[:4]}" if len(d or "") == 8 and d.isdigit() else (d or "")

@@ -193,14 +193,11 @@ def test_a_result_marking_pathology_sends_its_study_under_the_pathology_policy(t
 
 def test_the_mis_is_told_when_the_report_is_attached_with_the_conclusion_and_the_viewer_url(
         tmp_path, processes, make_node, backend):
-    import json
-
-    from kontur.testing.hl7 import SITE, Hl7apyMis
+    from kontur.testing.hl7 import Hl7apyMis, site_with_mis
     mis = Hl7apyMis().start()
     node = make_node(mode="all", extra_config=_modalities())
     o = node.orthanc
-    site = json.loads(json.dumps(SITE))
-    site["hospitals"][0].update(mis_host="127.0.0.1", mis_port=mis.port)
+    site = site_with_mis(mis.port)
     hl7 = Hl7Service(tmp_path / "hl7", site=site, reports={"host": "127.0.0.1", "port": o.dicom_port,
                                                            "called_aet": o.aet},
                      notify={"viewer_url": "https://lami:443/kontur/view/{patient}/{accession}/{study}"}, **backend)
@@ -227,13 +224,10 @@ def test_the_mis_is_told_when_its_study_is_archived_here_and_when_it_is_at_the_t
     """The node's steps of an ordered study (the plugin's outbox events, told
     to the HL7 service over its socket): archived in the LAMI, then delivered
     to the TsAMI -- each told to the MIS once, in that order."""
-    import json
-
-    from kontur.testing.hl7 import SITE, Hl7apyMis
+    from kontur.testing.hl7 import Hl7apyMis, site_with_mis
     from kontur.testing.replication import wait_delivered
     mis = Hl7apyMis().start()
-    site = json.loads(json.dumps(SITE))
-    site["hospitals"][0].update(mis_host="127.0.0.1", mis_port=mis.port)
+    site = site_with_mis(mis.port)
     hl7 = Hl7Service(tmp_path / "hl7", site=site, events=True,
                      notify={"viewer_url": "https://lami:443/kontur/view/{patient}/{accession}/{study}"}, **backend)
     hl7.start()

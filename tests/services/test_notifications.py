@@ -4,13 +4,12 @@ queue.  The MIS is hl7apy's MLLP server (a library the service does not use);
 MPPS comes from pynetdicom's SCU as the device."""
 from __future__ import annotations
 
-import json
 import signal
 
 import pytest
 
 from kontur.testing import mpps_scu
-from kontur.testing.hl7 import MPPS_AET, SITE, Hl7apyMis, Hl7Service, orm
+from kontur.testing.hl7 import MPPS_AET, Hl7apyMis, Hl7Service, orm, site_with_mis
 from kontur.testing.orthanc import wait_for
 
 VIEWER = "https://10.42.1.10:443/kontur/view/{patient}/{accession}/{study}"
@@ -24,8 +23,7 @@ def mis():
 
 
 def _service(tmp_path, mis, backend):
-    site = json.loads(json.dumps(SITE))
-    site["hospitals"][0].update(mis_host="127.0.0.1", mis_port=mis.port)
+    site = site_with_mis(mis.port)
     return Hl7Service(tmp_path, site=site, mpps=True, notify={"viewer_url": VIEWER}, **backend)
 
 

@@ -41,3 +41,14 @@ def test_the_page_escapes_what_it_writes_and_counts_its_images():
     assert 'src="../../../../instances/i1/preview"' in html
     assert "01.12.2026" in html and "01.01.1970" in html
     assert "Заключение ещё не поступило" in viewer.page(STUDY, [], [], base="")
+
+
+def test_a_reports_text_is_read_from_orthancs_tags_of_the_sr():
+    tags = {"CompletionFlag": "COMPLETE",
+            "ContentSequence": [
+                {"ConceptNameCodeSequence": [{"CodeValue": "121070"}], "ContentSequence": [{"TextValue": "Протокол"}]},
+                {"ConceptNameCodeSequence": [{"CodeValue": "121076"}],
+                 "ContentSequence": [{"TextValue": "Образование"}, {"TextValue": "T1N0"}]}],
+            "VerifyingObserverSequence": [{"VerifyingObserverName": "Сидоров^А"}]}
+    assert viewer.report_of(tags) == {"findings": "Протокол", "conclusion": "Образование\nT1N0",
+                                      "observer": "Сидоров^А", "status": "COMPLETE"}
