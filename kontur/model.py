@@ -101,7 +101,16 @@ def check_window(value: str) -> str:
     return value
 
 
+def check_code(value: str) -> str:
+    """A code as an HL7 v2 component carries it: 1-64 characters, no delimiter."""
+    if not value or len(value) > 64 or any(c in "|^~\\&" or ord(c) < 32 for c in value):
+        raise ValueError(f"{value!r} is not a code as an HL7 v2 field carries it; expected 1-64 characters "
+                         "without | ^ ~ \\ & or control characters, such as C34.1")
+    return value
+
+
 AET = Annotated[str, AfterValidator(check_aet)]
+Code = Annotated[str, AfterValidator(check_code)]
 HostName = Annotated[str, AfterValidator(check_hostname)]
 Slug = Annotated[str, AfterValidator(check_slug)]
 IPv4 = Annotated[str, AfterValidator(check_ipv4)]
@@ -252,6 +261,9 @@ class Mis(Strict):
     host: IPv4
     port: Port = 2575
     facility: str | None = None
+    #: coded findings (the code of an OBX-5 CE/CWE value, e.g. ICD-10 "C34.1") that mark
+    #: a result as pathology, besides OBX-8's abnormal flags (Kemerovo §3.2; issue 12)
+    pathology_codes: list[Code] = Field(default_factory=list)
 
 
 class HospitalType(int, Enum):

@@ -51,6 +51,8 @@ def site(region: Region, node: str) -> dict[str, Any]:
             "mis_host": h.mis.host,
             "mis_port": h.mis.port,            # where the MIS takes kontur's notifications (MLLP)
             "issuer": region.issuer_of(hk),
+            # a result coded with one of these is pathology, besides OBX-8's flags (Kemerovo §3.2)
+            "pathology_codes": sorted(set(h.mis.pathology_codes)),
             "devices": [{"aet": m.aet, "modality": m.modality, "station_names": list(m.station_names),
                          "host": m.host} for m in h.modalities if not m.legacy_folder],
         })

@@ -23,7 +23,8 @@ SITE = {
     "hospitals": [{"hospital": "onco", "facilities": ["ONCO"],
                    "devices": [{"aet": "ONCO_CT1", "modality": "CT", "station_names": ["CT-1"], "host": "127.0.0.1"},
                                {"aet": "ONCO_CT2", "modality": "CT"},
-                               {"aet": "ONCO_MR1", "modality": "MR"}]}],
+                               {"aet": "ONCO_MR1", "modality": "MR"}],
+                   "pathology_codes": ["C34.1"]}],
     "classifier": {"A06.09.005": "Компьютерная томография органов грудной полости"},
     "classifier_version": "2026-01",
 }

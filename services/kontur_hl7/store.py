@@ -258,7 +258,7 @@ class Store:
                      (req.facility, r.accession, digest)).fetchone():
             return f"result {r.accession}: the same result again; nothing changed"
         study_uid = r.study_uid or (order["study_uid"] if order is not None else "") or None
-        pathology = results_mod.pathology(r, site.pathology_codes)
+        pathology = results_mod.pathology(r, hospital.pathology_codes)
         superseded = 0
         if r.status == "corrected":
             superseded = c.execute("UPDATE results SET state='superseded', reason=?, updated_at=? WHERE "

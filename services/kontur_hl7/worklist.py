@@ -34,6 +34,8 @@ class Hospital:
     devices: tuple[Device, ...]
     issuer: str = ""                     # Issuer of Patient ID of its patients (when PID-3.4 names none)
     title: str = ""                      # its name (the report's institution)
+    #: coded findings (OBX CE/CWE codes) its MIS marks pathology with, besides OBX-8's flags
+    pathology_codes: frozenset = frozenset()
 
 
 @dataclass(frozen=True)
@@ -43,18 +45,16 @@ class Site:
     hospitals: tuple[Hospital, ...]
     classifier: dict = field(default_factory=dict)
     classifier_version: str = ""
-    #: coded findings (OBX CE/CWE values) the inventory declares as pathology, besides OBX-8's flags
-    pathology_codes: frozenset = frozenset()
 
     @classmethod
     def from_policy(cls, data: dict) -> Site:
         hospitals = tuple(
             Hospital(h["hospital"], tuple(str(f) for f in h.get("facilities", [])),
                      tuple(Device(d["aet"], d["modality"], tuple(d.get("station_names", [])), d.get("host"))
-                           for d in h.get("devices", [])), str(h.get("issuer") or ""), str(h.get("title") or ""))
+                           for d in h.get("devices", [])), str(h.get("issuer") or ""), str(h.get("title") or ""),
+                     frozenset(str(c) for c in h.get("pathology_codes") or ()))
             for h in data.get("hospitals", []))
-        return cls(hospitals, dict(data.get("classifier") or {}), str(data.get("classifier_version") or ""),
-                   frozenset(str(c) for c in data.get("pathology_codes") or ()))
+        return cls(hospitals, dict(data.get("classifier") or {}), str(data.get("classifier_version") or ""))
 
     def hospital(self, facility: str) -> Hospital:
         for h in self.hospitals:

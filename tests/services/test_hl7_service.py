@@ -215,6 +215,22 @@ def test_a_message_while_postgresql_is_down_is_not_acknowledged_and_goes_when_it
         shutil.rmtree(where, ignore_errors=True)
 
 
+def test_a_result_coded_with_a_declared_pathology_code_is_pathology_without_a_flag(service):
+    """The hospital's ``mis.pathology_codes`` (the inventory) flag a result whose
+    OBX-8 says nothing; another code does not."""
+    coded = "OBX|3|CE|121071^Finding^DCM||{}^Находка^ICD10"
+    with service.client() as c:
+        assert msa(c.send_message(orm(cid="M1", accession="ACC1")))[0] == "AA"
+        assert msa(c.send_message(orm(cid="M2", accession="ACC2")))[0] == "AA"
+        code, _, text = msa(c.send_message(oru(cid="R1", accession="ACC1", extra=[coded.format("C34.1")])))
+        assert code == "AA" and "pathology" in text, text
+        code, _, text = msa(c.send_message(oru(cid="R2", accession="ACC2", extra=[coded.format("C50.9")])))
+        assert code == "AA" and "pathology" not in text, text
+    with service.db() as db:
+        rows = db.execute("SELECT accession, pathology FROM results ORDER BY accession").fetchall()
+    assert [(r["accession"], r["pathology"]) for r in rows] == [("ACC1", 1), ("ACC2", 0)]
+
+
 def test_a_cp1251_result_with_an_empty_charset_keeps_its_cyrillic_and_survives_kill_9(service):
     """A result (issue 12) is kept before its ACK: CP1251 with an empty MSH-18
     read right, and still there, waiting for its study, after kill -9."""

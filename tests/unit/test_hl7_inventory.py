@@ -115,3 +115,10 @@ def test_a_missing_wheel_fails_the_render_naming_it_and_the_fix(store, tmp_path,
     assert "pynetdicom-2.0.2-py3-none-any.whl" in e.value.message and "./run setup" in e.value.hint
     # the host and the step that need it, like a package missing from the mirror
     assert e.value.message.startswith("onco-lami, step 'HL7 service: configure'")
+
+
+@pytest.mark.parametrize("code", ["C34^1", "", "A" * 65, "C34|1"])
+def test_a_pathology_code_an_hl7_field_cannot_carry_is_refused(tmp_path, code):
+    text = example_text().replace("pathology_codes: [C34.0,", f"pathology_codes: [{json.dumps(code)}, C34.0,")
+    found = problems(tmp_path, text)
+    assert any("pathology_codes" in p and "expected 1-64 characters" in p for p in found), found

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import datetime as dt
 import io
+from pathlib import Path
 
 import pydicom
 import pytest
 
+from kontur.inventory import load
+from kontur.render import hl7
 from kontur.testing.hl7 import oru
 from kontur_hl7 import orders, results, worklist
 
@@ -35,8 +38,20 @@ def test_a_coded_finding_the_inventory_declares_marks_pathology_and_a_study_uid_
     r = orders.parse(text).result
     assert r.codes == ("C34.1",) and r.study_uid == "1.2.3.4.5"
     assert results.pathology(r, frozenset({"C34.1"})) and not results.pathology(r, frozenset({"C50"}))
-    site = worklist.Site.from_policy({"hospitals": [], "pathology_codes": ["C34.1"]})
-    assert results.pathology(r, site.pathology_codes)
+
+
+def test_the_pathology_codes_of_a_mis_reach_its_hospital_in_the_services_site():
+    region = load(Path(__file__).resolve().parents[3] / "inventory" / "example" / "region.yaml")
+    site = worklist.Site.from_policy(hl7.site(region, "gkb3-lami"))
+    codes = site.hospital("GKB3").pathology_codes
+    assert "C34.1" in codes and "R91" in codes
+    r = orders.parse(oru(cid="R1", extra=["OBX|3|CE|121071^Finding^DCM||R91^Очаг в лёгком^ICD10"])).result
+    assert r.codes == ("R91",)
+    normal = orders.parse(oru(cid="R2")).result
+    assert results.pathology(r, codes) and not results.pathology(normal, codes)
+    # another hospital's MIS declares none: the same code is no flag there
+    assert not worklist.Site.from_policy(hl7.site(region, "onco-lami")).hospital("ONCO").pathology_codes
+
 
 
 def test_a_corrected_result_is_read_as_corrected():
