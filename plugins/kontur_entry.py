@@ -457,7 +457,7 @@ class Plugin:
                             reports.append(viewer.report_of(json.loads(
                                 orthanc.RestApiGet(f"/instances/{iid}/simplified-tags"))))
                 base = "../../../../"
-                text = viewer.page(study, series, reports, base=base,
+                text = viewer.page(study, series, viewer.current(reports), base=base,
                                    viewer_link=f"{base}app/explorer.html#study?uuid={study['ID']}")
                 output.AnswerBuffer(text.encode("utf-8"), "text/html; charset=utf-8")
             except viewer.NotShown as e:

@@ -54,8 +54,14 @@ def matches(study: dict, patient: str, accession: str) -> bool:
 
 
 def report_of(tags: dict) -> dict:
-    """A report's text from Orthanc's simplified tags of a Basic Text SR."""
-    out = {"findings": "", "conclusion": "", "observer": "", "status": tags.get("CompletionFlag", "")}
+    """A report's text from Orthanc's simplified tags of a Basic Text SR, its
+    SOP Instance UID and the reports it replaces (Predecessor Documents)."""
+    out = {"findings": "", "conclusion": "", "observer": "", "status": tags.get("CompletionFlag", ""),
+           "sop": tags.get("SOPInstanceUID", ""), "replaces": [], "time": tags.get("ContentDate", "") +
+           tags.get("ContentTime", "")}
+    for study in tags.get("PredecessorDocumentsSequence") or []:
+        for series in study.get("ReferencedSeriesSequence") or []:
+            out["replaces"] += [x.get("ReferencedSOPInstanceUID", "") for x in series.get("ReferencedSOPSequence") or []]
     for c in tags.get("ContentSequence") or []:
         code = ((c.get("ConceptNameCodeSequence") or [{}])[0]).get("CodeValue")
         key = {"121070": "findings", "121076": "conclusion"}.get(code)
@@ -64,6 +70,15 @@ def report_of(tags: dict) -> dict:
     for v in tags.get("VerifyingObserverSequence") or []:
         out["observer"] = v.get("VerifyingObserverName", "")
     return out
+
+
+def current(reports: list[dict]) -> list[dict]:
+    """The reports in force: those no other report replaces (a corrected
+    result's report names the one it replaces, which stays in the study as
+    the record of what was said before; the page shows the one in force),
+    oldest first."""
+    replaced = {uid for r in reports for uid in r.get("replaces") or ()}
+    return sorted((r for r in reports if r.get("sop") not in replaced), key=lambda r: r.get("time", ""))
 
 
 def _date(d: str) -> str:
@@ -104,6 +119,8 @@ def page(study: dict, series: list[dict], reports: list[dict], *, base: str, vie
     if reports:
         for r in reports:
             parts.append('<div class="report">')
+            if r.get("replaces"):
+                parts.append('<p class="corrected">Исправленное заключение: заменяет предыдущее.</p>')
             if r.get("findings"):
                 parts.append(f"<h3>Протокол</h3><p class=\"findings\">{_e(r['findings'])}</p>")
             if r.get("conclusion"):

@@ -137,6 +137,9 @@ def test_a_corrected_result_adds_the_report_that_replaces_the_first(lami):
     assert ref.ReferencedSOPInstanceUID == first.SOPInstanceUID
     assert text_of(fixed)[1] == "Образование, T1N0."
     assert [r["state"] for r in hl7.results()] == ["superseded", "attached"]
+    # the first stays in the study as the record of what was said; the viewer page shows the one in force
+    page = node.orthanc.get(f"/kontur/view/12345/-/{uid}", raw=True).decode("utf-8")
+    assert "Образование, T1N0." in page and "Без патологии." not in page and "заменяет предыдущее" in page
 
 
 def test_a_result_for_a_cancelled_order_is_refused_and_kept(lami):

@@ -51,4 +51,23 @@ def test_a_reports_text_is_read_from_orthancs_tags_of_the_sr():
                  "ContentSequence": [{"TextValue": "Образование"}, {"TextValue": "T1N0"}]}],
             "VerifyingObserverSequence": [{"VerifyingObserverName": "Сидоров^А"}]}
     assert viewer.report_of(tags) == {"findings": "Протокол", "conclusion": "Образование\nT1N0",
-                                      "observer": "Сидоров^А", "status": "COMPLETE"}
+                                      "observer": "Сидоров^А", "status": "COMPLETE", "sop": "", "replaces": [],
+                                      "time": ""}
+
+
+def test_the_page_shows_the_report_in_force_not_the_one_a_correction_replaced():
+    first = viewer.report_of({"SOPInstanceUID": "2.25.1", "ContentDate": "20261201", "ContentTime": "100000",
+                              "ContentSequence": [{"ConceptNameCodeSequence": [{"CodeValue": "121076"}],
+                                                   "ContentSequence": [{"TextValue": "Без патологии."}]}]})
+    fixed = viewer.report_of({"SOPInstanceUID": "2.25.2", "ContentDate": "20261201", "ContentTime": "110000",
+                              "PredecessorDocumentsSequence": [{"ReferencedSeriesSequence": [
+                                  {"ReferencedSOPSequence": [{"ReferencedSOPInstanceUID": "2.25.1"}]}]}],
+                              "ContentSequence": [{"ConceptNameCodeSequence": [{"CodeValue": "121076"}],
+                                                   "ContentSequence": [{"TextValue": "Образование, T1N0."}]}]})
+    assert fixed["replaces"] == ["2.25.1"]
+    assert viewer.current([fixed, first]) == [fixed]
+    html = viewer.page(STUDY, [], viewer.current([first, fixed]), base="")
+    assert "Образование, T1N0." in html and "Без патологии." not in html and "заменяет предыдущее" in html
+    # a second report on the same study that replaces nothing (another reading) is shown beside it
+    other = dict(first, sop="2.25.3", replaces=[], time="20261201120000", conclusion="Второе мнение.")
+    assert [r["conclusion"] for r in viewer.current([first, fixed, other])] == ["Образование, T1N0.", "Второе мнение."]
