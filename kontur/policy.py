@@ -50,6 +50,7 @@ def build_policy(region: Region, node: str, upstream: dict | None, *,
         "timezone": region.region.timezone,
         "state_dir": state_dir,
         "transfer": transfer_section(region, node),
+        "viewer": viewer_section(region, node),
     }
     if spec.role not in (Role.LAMI, Role.GATEWAY):
         doc["replication"] = {"enabled": False,
@@ -101,6 +102,15 @@ def build_policy(region: Region, node: str, upstream: dict | None, *,
     }
     check_policy(doc)
     return doc
+
+
+def viewer_section(region: Region, node: str) -> dict[str, Any]:
+    """What the viewer link needs (issue 12): the hospital a study is of (by the
+    Issuer of Patient ID its hospital's node stamps at ingest), the region's
+    hospitals (what a study can be shared with), and on the TsAMI its shares."""
+    return {"issuers": {region.issuer_of(hk): hk for hk, h in sorted(region.hospitals.items()) if h.node},
+            "hospitals": sorted(region.hospitals),
+            "shares": region.nodes[node].role == Role.TSAMI}
 
 
 def transfer_section(region: Region, node: str) -> dict[str, Any]:

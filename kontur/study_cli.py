@@ -18,6 +18,7 @@ from rich.table import Table
 from . import nodeapi
 from .cli import CONTEXT, err, inventory_option, load_region, out
 from .errors import InvalidInput, OperationFailed
+from .model import Role
 from .replication_cli import _targets
 
 
@@ -78,3 +79,80 @@ def _print(body: dict) -> None:
     out.print(t)
     if body.get("to_come"):
         out.print("still to come: " + ", ".join(body["to_come"]), markup=False, highlight=False)
+
+
+def _tsami(region, lab: bool):
+    nodes = region.nodes_by_role(Role.TSAMI)
+    if not nodes:
+        raise InvalidInput("the inventory has no TsAMI node (role: tsami): studies are shared on the TsAMI")
+    return nodes[0], nodeapi.client_for(region, nodes[0], lab=lab)
+
+
+def _share_call(region, lab: bool, method: str, path: str, body=None):
+    node, client = _tsami(region, lab)
+    try:
+        return node, client.request(method, path, body)
+    except nodeapi.NodeError as exc:
+        if exc.status in (400, 404, 409):
+            raise InvalidInput(str(exc)) from None
+        raise OperationFailed(str(exc)) from None
+
+
+@study_group.command("share")
+@click.argument("study", metavar="STUDY-UID|ACCESSION")
+@click.option("--with", "hospital", required=True, metavar="HOSPITAL",
+              help="The hospital whose radiologists may open the study on the TsAMI.")
+@click.option("--days", type=click.IntRange(1, 90), default=7, show_default=True, help="How long the share lasts.")
+@click.option("--reason", required=True, metavar="TEXT", help="Why: double reading, second opinion, ...")
+@click.option("--lab", is_flag=True, help="Share on the running region lab's TsAMI.")
+@inventory_option
+def share_command(study, hospital, days, reason, lab, inventory):
+    """Let another hospital's radiologists open a study's TsAMI copy through
+    the viewer link for DAYS days (double reading, second opinion).  The
+    share, each opening through it and its revocation are audited on the
+    TsAMI.  Exit 0 shared; 1 the TsAMI could not be asked; 2 invalid input."""
+    region = load_region(inventory)
+    if hospital not in region.hospitals:
+        raise InvalidInput(f"--with {hospital!r} is not a hospital of the inventory; expected one of "
+                           + ", ".join(sorted(region.hospitals)))
+    node, body = _share_call(region, lab, "POST", "kontur/shares",
+                             {"study": study, "hospital": hospital, "days": days, "reason": reason})
+    s = body["share"]
+    out.print(f"shared study {s['study_uid']} with {hospital} on {node} until {s['expires_at']} "
+              f"(share {s['id']}; revoke: kontur study unshare {s['id']})", markup=False, highlight=False)
+    return 0
+
+
+@study_group.command("shares")
+@click.option("--json", "as_json", is_flag=True, help="Print the TsAMI's JSON answer (with the audit trail).")
+@click.option("--lab", is_flag=True, help="Ask the running region lab's TsAMI.")
+@inventory_option
+def shares_command(as_json, lab, inventory):
+    """The TsAMI's shares: active, expired and revoked."""
+    region = load_region(inventory)
+    node, body = _share_call(region, lab, "GET", "kontur/shares")
+    if as_json:
+        out.print_json(json.dumps(body, ensure_ascii=False))
+        return 0
+    t = Table(title=f"shares on {node}", title_justify="left")
+    for col in ("id", "study", "hospital", "state", "until (UTC)", "by", "reason"):
+        t.add_column(col)
+    for s in body.get("shares", []):
+        t.add_row(str(s["id"]), s["study_uid"], s["hospital"], s["state"], s["expires_at"], s["granted_by"],
+                  s["reason"])
+    out.print(t)
+    return 0
+
+
+@study_group.command("unshare")
+@click.argument("share_id", metavar="SHARE-ID", type=int)
+@click.option("--lab", is_flag=True, help="On the running region lab's TsAMI.")
+@inventory_option
+def unshare_command(share_id, lab, inventory):
+    """End a share now (audited)."""
+    region = load_region(inventory)
+    node, body = _share_call(region, lab, "DELETE", f"kontur/shares/{share_id}")
+    s = body["share"]
+    out.print(f"share {s['id']} of study {s['study_uid']} with {s['hospital']}: {s['state']}",
+              markup=False, highlight=False)
+    return 0

@@ -49,6 +49,11 @@ function IncomingHttpRequestFilter(method, uri, ip, username, httpHeaders)
   if r["peer"] then
     return peer_allowed(method, uri)
   end
+  if r["hospital"] then
+    -- a hospital's user on the TsAMI (issue 12): the viewer link only, which opens their
+    -- hospital's studies and those shared with it (the plugin checks which); no other route
+    return method == "GET" and starts(uri, "/kontur/view/") and r["view"] == true
+  end
   if method == "GET" and (starts(uri, "/kontur/view/") or starts(uri, "/kontur/study/")) then
     -- the page the MIS's link opens and a study's status (issue 12): whoever may view
     return r["view"] == true

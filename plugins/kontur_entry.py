@@ -29,6 +29,7 @@ import sys
 import threading
 import time
 import traceback
+from urllib.parse import quote
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 if _HERE not in sys.path:
@@ -46,6 +47,7 @@ from kontur_plugins.transfer import api as transfer_api  # noqa: E402
 from kontur_plugins.transfer import ingest  # noqa: E402
 from kontur_plugins.transfer.gate import TransferGate, ValidationStore, study_facts  # noqa: E402
 from kontur_plugins.transfer.config import TransferConfig, TransferError, parse_transfer  # noqa: E402
+from kontur_plugins import shares as shares_mod  # noqa: E402
 from kontur_plugins import viewer  # noqa: E402
 from kontur_plugins.worklist import announce as worklist_announce  # noqa: E402
 from kontur_plugins.worklist import items as worklist_items  # noqa: E402
@@ -135,6 +137,11 @@ class Plugin:
         self._audited = {}          # (study UID, original values) already in the audit trail
         # what the ingest stage did since Orthanc started (in /kontur/replication as "ingest")
         self.ingest_counts = {"seen": 0, "changed": 0, "unchanged": 0, "left_as_received": 0, "failed": 0}
+        # the viewer link (issue 12): who may open what, and the shares (TsAMI)
+        self.roles = {}             # KonturRoles: login -> rights, "hospital" for a scoped user
+        self.issuers = {}           # Issuer of Patient ID -> hospital
+        self.hospitals = frozenset()
+        self.shares = None
 
     def setup(self):
         config = _orthanc_config()
@@ -147,6 +154,7 @@ class Plugin:
             return
         self.node = cfg.node
         self._setup_worklist(path)
+        self._setup_viewer(config, path, cfg.state_dir)
         try:
             outbox = Outbox(cfg.state_db)
         except Exception as exc:  # noqa: BLE001
@@ -217,6 +225,19 @@ class Plugin:
             self.worklist_expire_days = int(section.get("expire_days", worklist_items.EXPIRE_DAYS))
             orthanc.LogWarning(f"{PREFIX}: modality worklist on: items from "
                                f"{worklist_state.describe(self.worklist_db)}")
+
+    def _setup_viewer(self, config, path, state_dir):
+        """Who may open a study through the viewer link; the shares where the policy keeps them."""
+        self.roles = config.get("KonturRoles") or {}
+        try:
+            with open(path, encoding="utf-8") as fh:
+                section = json.load(fh).get("viewer") or {}
+        except (OSError, ValueError):
+            return
+        self.issuers = dict(section.get("issuers") or {})
+        self.hospitals = frozenset(section.get("hospitals") or ())
+        if section.get("shares"):
+            self.shares = shares_mod.Shares(os.path.join(state_dir, "shares.sqlite3"))
 
     # --- the MIS's patient updates on stored studies (issue 11) ---------------
 
@@ -436,19 +457,49 @@ class Plugin:
             data = b'{"error": "internal error; see the Orthanc log"}'
             output.SendHttpStatus(500, data.decode(), len(data))
 
+    def _shown_study(self, request):
+        """The study the viewer link names, if the caller may open it here:
+        (study, share or None); raises :class:`viewer.NotShown`."""
+        groups = request.get("groups") or ("", "", "")
+        patient, accession, uid = viewer.parse(*groups[:3])
+        found = json.loads(orthanc.RestApiPost("/tools/find", json.dumps(
+            {"Level": "Study", "Query": {"StudyInstanceUID": uid}, "Expand": True})))
+        study = next((x for x in found if viewer.matches(x, patient, accession)), None)
+        if study is None:
+            raise viewer.NotShown(404, "there is no such study of that patient on this archive")
+        login = _caller(request.get("headers"))
+        scope = (self.roles.get(login) or {}).get("hospital")
+        if scope is None:
+            return study, None
+        first = json.loads(orthanc.RestApiGet(f"/studies/{study['ID']}/instances"))[:1]
+        issuer = json.loads(orthanc.RestApiGet(f"/instances/{first[0]['ID']}/simplified-tags")).get(
+            "IssuerOfPatientID", "") if first else ""
+        share = self.shares.active(scope, uid, time.time()) if self.shares is not None else None
+        if not shares_mod.may_view(scope, shares_mod.hospital_of(issuer, self.issuers), share is not None):
+            orthanc.LogWarning(f"{PREFIX}: viewer: {login} ({scope}) may not open study {uid}: not of their "
+                               "hospital and not shared with it")
+            raise viewer.NotShown(403, "this study is not one of your hospital's and is not shared with it; "
+                                       "ask the MIAC to share it (kontur study share)")
+        return study, share
+
     def on_view(self, output, uri, **request):
-        """``GET /kontur/view/PATIENT/ACCESSION/STUDY-UID``: the page the MIS's link opens (issue 12)."""
+        """``GET /kontur/view/PATIENT/ACCESSION/STUDY-UID``: the page the MIS's link opens (issue 12);
+        ``.../images/INSTANCE``: one of its images, by the same rights."""
         try:
             if request.get("method", "GET") != "GET":
                 output.SendMethodNotAllowed("GET")
                 return
             try:
-                patient, accession, uid = viewer.parse(*(request.get("groups") or ("", "", "")))
-                found = json.loads(orthanc.RestApiPost("/tools/find", json.dumps(
-                    {"Level": "Study", "Query": {"StudyInstanceUID": uid}, "Expand": True})))
-                study = next((x for x in found if viewer.matches(x, patient, accession)), None)
-                if study is None:
-                    raise viewer.NotShown(404, "there is no such study of that patient on this archive")
+                study, share = self._shown_study(request)
+                groups = request.get("groups") or ()
+                if len(groups) > 3:
+                    iid = groups[3]
+                    if iid not in {i["ID"] for i in json.loads(orthanc.RestApiGet(f"/studies/{study['ID']}/instances"))}:
+                        raise viewer.NotShown(404, "that image is not one of this study's")
+                    output.AnswerBuffer(orthanc.RestApiGet(f"/instances/{iid}/preview"), "image/png")
+                    return
+                if share is not None:
+                    self.shares.opened(share, _caller(request.get("headers")) or "?", time.time())
                 series = [json.loads(orthanc.RestApiGet(f"/series/{sid}")) for sid in study.get("Series", [])]
                 reports = []
                 for s in series:
@@ -456,9 +507,11 @@ class Plugin:
                         for iid in s.get("Instances", []):
                             reports.append(viewer.report_of(json.loads(
                                 orthanc.RestApiGet(f"/instances/{iid}/simplified-tags"))))
-                base = "../../../../"
-                text = viewer.page(study, series, viewer.current(reports), base=base,
-                                   viewer_link=f"{base}app/explorer.html#study?uuid={study['ID']}")
+                scoped = (self.roles.get(_caller(request.get("headers"))) or {}).get("hospital") is not None
+                text = viewer.page(study, series, viewer.current(reports),
+                                   images=quote(study["MainDicomTags"]["StudyInstanceUID"]) + "/images/",
+                                   viewer_link="" if scoped else
+                                   f"../../../../app/explorer.html#study?uuid={study['ID']}")
                 output.AnswerBuffer(text.encode("utf-8"), "text/html; charset=utf-8")
             except viewer.NotShown as e:
                 data = viewer.not_shown(e.status, e.text)
@@ -467,6 +520,43 @@ class Plugin:
             orthanc.LogError(f"{PREFIX}: REST {uri}: {exc!r}\n{traceback.format_exc()}")
             data = viewer.not_shown(500, "internal error; see the Orthanc log")
             output.SendHttpStatus(500, data, len(data.encode("utf-8")))
+
+    def on_shares(self, output, uri, **request):
+        """``/kontur/shares`` (GET: the shares and their audit; POST: share a
+        study with a hospital) and ``DELETE /kontur/shares/ID`` (revoke), on the
+        TsAMI; operators only (roles.lua)."""
+        try:
+            method = request.get("method", "GET")
+            caller = _caller(request.get("headers")) or "?"
+            status, body = shares_mod.handle(self.shares, method, uri, request.get("body"), caller,
+                                             self.hospitals, self._find_study_uid, time.time())
+            data = json.dumps(body, ensure_ascii=False, sort_keys=True).encode("utf-8")
+            if status == 200:
+                if method != "GET":
+                    orthanc.LogWarning(f"{PREFIX}: shares: {caller} {method} {uri}: "
+                                       + json.dumps(body.get("share"), ensure_ascii=False))
+                output.AnswerBuffer(data, api.JSON)
+            elif status == 405:
+                output.SendMethodNotAllowed("GET,POST,DELETE")
+            else:
+                output.SendHttpStatus(status, data.decode("utf-8"), len(data))
+        except Exception as exc:  # noqa: BLE001
+            orthanc.LogError(f"{PREFIX}: REST {uri}: {exc!r}\n{traceback.format_exc()}")
+            data = b'{"error": "internal error; see the Orthanc log"}'
+            output.SendHttpStatus(500, data.decode(), len(data))
+
+    def _find_study_uid(self, value):
+        """The Study Instance UIDs here of a UID or an accession number."""
+        uids = []
+        for key in ("StudyInstanceUID", "AccessionNumber"):
+            for x in json.loads(orthanc.RestApiPost("/tools/find", json.dumps(
+                    {"Level": "Study", "Query": {key: value}, "Expand": True}))):
+                uid = (x.get("MainDicomTags") or {}).get("StudyInstanceUID")
+                if uid and uid not in uids:
+                    uids.append(uid)
+            if uids:
+                break
+        return uids
 
     def on_rest(self, output, uri, **request):
         try:
@@ -530,4 +620,7 @@ if PLUGIN.transfer.enabled:
 orthanc.RegisterRestCallback(api.ROUTE_PATTERN, PLUGIN.on_rest)
 orthanc.RegisterRestCallback("/kontur/study/([^/]+)", PLUGIN.on_study)
 orthanc.RegisterRestCallback("/kontur/view/([^/]+)/([^/]+)/([^/]+)", PLUGIN.on_view)
+orthanc.RegisterRestCallback("/kontur/view/([^/]+)/([^/]+)/([^/]+)/images/([0-9a-f-]+)", PLUGIN.on_view)
+orthanc.RegisterRestCallback("/kontur/shares", PLUGIN.on_shares)
+orthanc.RegisterRestCallback("/kontur/shares/([0-9]+)", PLUGIN.on_shares)
 orthanc.RegisterRestCallback("/kontur/(" + transfer_api.PATTERN + ")", PLUGIN.on_rest)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..model import Region, Role
+from ..model import HospitalType, Region, Role
 
 PLUGIN_DIR = "/usr/share/orthanc/plugins"
 KONTUR_PLUGIN_DIR = "/usr/lib/kontur/plugins"
@@ -87,8 +87,15 @@ def core_config(region: Region, node: str) -> dict[str, Any]:
     return cfg
 
 
-def roles_table(region: Region, node: str) -> dict[str, dict[str, bool]]:
-    table = {u.login: region.roles[u.role].model_dump() for u in region.users_of(node)}
+def roles_table(region: Region, node: str) -> dict[str, dict[str, Any]]:
+    table: dict[str, dict[str, Any]] = {}
+    for u in region.users_of(node):
+        table[u.login] = region.roles[u.role].model_dump()
+        scope = viewer_scope(region, node, u)
+        if scope:
+            # on the TsAMI: the viewer link only, for their hospital's studies and those shared
+            # with it (roles.lua; kontur_plugins.shares)
+            table[u.login]["hospital"] = scope
     full = {"view": True, "download": True, "upload": True, "delete": True, "admin": True}
     table[SERVICE_USER] = dict(full)
     senders = set(region.downstream_of(node))
@@ -102,6 +109,16 @@ def roles_table(region: Region, node: str) -> dict[str, dict[str, bool]]:
             table[peer_login(peer)] = {"view": True, "download": True, "upload": True, "delete": False,
                                        "admin": False}
     return dict(sorted(table.items()))
+
+
+def viewer_scope(region: Region, node: str, user) -> str | None:
+    """The hospital a user is kept to on ``node``: on the TsAMI, a user of a
+    hospital with its own archive or gateway sees that hospital's studies and
+    those shared with it (issue 12: double reading, second opinion); users
+    with no hospital and a reference centre's read across the region."""
+    if region.nodes[node].role != Role.TSAMI or not user.hospital or user.hospital not in region.hospitals:
+        return None
+    return user.hospital if region.hospitals[user.hospital].type != HospitalType.REFERENCE else None
 
 
 #: the rights of a downstream node's account: only the routes replication needs

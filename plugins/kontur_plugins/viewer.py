@@ -11,7 +11,9 @@ Patient IDs) and carries that accession number (``-``: none given).  A
 forged or mismatched pair gets the same "not found" as a study that is not
 here: the page never tells whose study a UID is.  Every value written into
 the page is HTML-escaped; the images are Orthanc's own previews, fetched by
-the browser with the user's own credentials (Orthanc's rights decide).
+the browser through the page's own route (``.../images/INSTANCE``), which
+checks the same link and rights (a user scoped to a hospital on the TsAMI
+reaches no other REST route; see :mod:`kontur_plugins.shares`).
 """
 from __future__ import annotations
 
@@ -90,10 +92,11 @@ def _e(value) -> str:
     return html.escape(str(value or ""), quote=True)
 
 
-def page(study: dict, series: list[dict], reports: list[dict], *, base: str, viewer_link: str = "") -> str:
+def page(study: dict, series: list[dict], reports: list[dict], *, images: str, viewer_link: str = "") -> str:
     """The HTML page.  ``series``: Orthanc's expanded series with ``Instances``;
-    ``reports``: ``{"findings", "conclusion", "observer", "status"}``; ``base``:
-    the relative path from the page to Orthanc's REST root."""
+    ``reports``: ``{"findings", "conclusion", "observer", "status"}``; ``images``:
+    the relative path from the page to its images (``STUDY-UID/images/``: the
+    page's own route, which checks the same rights, then ``INSTANCE``)."""
     st, pt = study.get("MainDicomTags") or {}, study.get("PatientMainDicomTags") or {}
     name = pt.get("PatientName", "").replace("^", " ").strip()
     date = st.get("StudyDate", "")
@@ -130,7 +133,7 @@ def page(study: dict, series: list[dict], reports: list[dict], *, base: str, vie
             parts.append("</div>")
     else:
         parts.append('<p class="no-report">Заключение ещё не поступило.</p>')
-    images = 0
+    shown = 0
     for s in series:
         tags = s.get("MainDicomTags") or {}
         if tags.get("Modality") == "SR":
@@ -138,8 +141,8 @@ def page(study: dict, series: list[dict], reports: list[dict], *, base: str, vie
         parts.append(f"<h2>{_e(tags.get('Modality'))} {_e(tags.get('SeriesDescription') or '')} "
                      f"({len(s.get('Instances') or [])} изобр.)</h2>")
         for iid in (s.get("Instances") or [])[:PER_SERIES]:
-            images += 1
-            parts.append(f'<figure><img class="image" alt="" src="{_e(base)}instances/{quote(iid)}/preview">'
+            shown += 1
+            parts.append(f'<figure><img class="image" alt="" src="{_e(images)}{quote(iid)}">'
                          "</figure>")
     # the page says when every image has loaded (a browser test reads it)
     parts.append("<script>(function(){var imgs=[].slice.call(document.querySelectorAll('img.image'));"
@@ -147,7 +150,7 @@ def page(study: dict, series: list[dict], reports: list[dict], *, base: str, vie
                  "return i.naturalWidth>0}).length;document.body.setAttribute('data-images',String(ok));}}"
                  "imgs.forEach(function(i){if(i.complete){one()}else{i.onload=one;i.onerror=one}});"
                  "if(!imgs.length){document.body.setAttribute('data-images','0')}})();</script>")
-    parts.append(f'<p class="count" data-expected="{images}"></p></body></html>')
+    parts.append(f'<p class="count" data-expected="{shown}"></p></body></html>')
     return "\n".join(parts)
 
 

@@ -34,13 +34,13 @@ def test_the_page_escapes_what_it_writes_and_counts_its_images():
                "Instances": ["i1", "i2"]},
               {"MainDicomTags": {"Modality": "SR"}, "Instances": ["r1"]}]
     reports = [{"findings": "<b>жирный</b>", "conclusion": "Образование & «тень»", "observer": "Сидоров^А"}]
-    html = viewer.page(STUDY, series, reports, base="../../../../")
+    html = viewer.page(STUDY, series, reports, images="1.2.3/images/")
     assert "<img src=x" not in html and "&lt;img src=x" in html and "&lt;b&gt;жирный&lt;/b&gt;" in html
     assert "Образование &amp; «тень»" in html and "КТ &lt;грудной&gt; клетки" in html
     assert html.count('class="image"') == 2 and 'data-expected="2"' in html
-    assert 'src="../../../../instances/i1/preview"' in html
+    assert 'src="1.2.3/images/i1"' in html
     assert "01.12.2026" in html and "01.01.1970" in html
-    assert "Заключение ещё не поступило" in viewer.page(STUDY, [], [], base="")
+    assert "Заключение ещё не поступило" in viewer.page(STUDY, [], [], images="")
 
 
 def test_a_reports_text_is_read_from_orthancs_tags_of_the_sr():
@@ -66,7 +66,7 @@ def test_the_page_shows_the_report_in_force_not_the_one_a_correction_replaced():
                                                    "ContentSequence": [{"TextValue": "Образование, T1N0."}]}]})
     assert fixed["replaces"] == ["2.25.1"]
     assert viewer.current([fixed, first]) == [fixed]
-    html = viewer.page(STUDY, [], viewer.current([first, fixed]), base="")
+    html = viewer.page(STUDY, [], viewer.current([first, fixed]), images="")
     assert "Образование, T1N0." in html and "Без патологии." not in html and "заменяет предыдущее" in html
     # a second report on the same study that replaces nothing (another reading) is shown beside it
     other = dict(first, sop="2.25.3", replaces=[], time="20261201120000", conclusion="Второе мнение.")
