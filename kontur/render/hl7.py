@@ -14,7 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..model import Region
+from ..model import Region, Role
 from ..packages import HL7 as PACKAGES
 from ..packages import NODE_WHEELS, wheel_path
 from .bundle import Bundle, Directory, RenderedFile
@@ -89,8 +89,13 @@ def database(region: Region, node: str) -> dict[str, Any]:
 
 def viewer_url(region: Region, node: str) -> str:
     """The URL template the MIS keeps for a study (reglament §4.2: the patient, the
-    order and the performed study in it), on this node's HTTPS front."""
+    order and the performed study in it), on the HTTPS front of the archive that
+    keeps the study: the LAMI itself; for a gateway, which keeps a study only
+    until it is delivered, its upstream (the TsAMI), where the hospital's users
+    open their hospital's studies."""
     spec = region.nodes[node]
+    if spec.role == Role.GATEWAY and spec.upstream in region.nodes:
+        node, spec = spec.upstream, region.nodes[spec.upstream]
     return f"https://{spec.address}:{region.ports(node).https}/kontur/view/{{patient}}/{{accession}}/{{study}}"
 
 

@@ -97,14 +97,18 @@ def test_compliance_checks_find_drift(example_lab, deployed):
 
 
 def test_one_study_walks_the_reglaments_path_and_its_link_opens_for_the_hospitals_doctor(
-        example_lab, deployed, region):
+        example_lab, deployed, region, tmp_path):
     """Issue 12's path on the deployed example region (`kontur lab walk`, as
     `./run demo` runs it): gkb3's MIS orders, its CT finds the order on its
     worklist, MPPS, images, the result with pathology; then under the
     pathology policy the study goes to the TsAMI and the MIS is told each
     step with the viewer URL.  That URL, through gkb3-lami's nginx (mutual
     TLS) with the hospital doctor's password, shows the report; another
-    hospital's doctor and a wrong password are refused."""
+    hospital's doctor and a wrong password are refused.  Headless Chromium
+    with the certificate `kontur users issue` hands the doctor shows the
+    images and the report (the screenshot is kept); the reference centre
+    opens the TsAMI copy; another hospital's doctor opens it on the TsAMI
+    only while it is shared with her hospital."""
     import json as _json
 
     from deploy_helpers import kontur
@@ -135,3 +139,75 @@ def test_one_study_walks_the_reglaments_path_and_its_link_opens_for_the_hospital
     assert code == "200" and "Очаговое образование правого лёгкого" in body, (code, body[:500])
     assert page("fedorova", "wrong")[0] == "401"
     assert page("ivanova", store.password("users/ivanova"))[0] in ("401", "403")    # another hospital's
+    # the doctor's browser: headless Chromium with the certificate `kontur users issue` hands her
+    # (.p12 and its sheet), through gkb3-lami's nginx (mutual TLS), then her password
+    import re
+
+    from kontur.testing.browser import BrowserError, Chromium, keep_artefact
+    from kontur.pki import user_cert
+    issued = kontur("users", "issue", "fedorova", "--lab", "--out", str(tmp_path / "fedorova"))
+    assert issued.rc == 0, issued.out
+    sheet = (tmp_path / "fedorova" / "fedorova.txt").read_text()
+    passphrase = re.search(r"passphrase: (\S+)\)", sheet).group(1)
+    site = url.split("/kontur/")[0]
+    with_password = url.replace("https://", f"https://fedorova:{store.password('users/fedorova')}@", 1)
+    with Chromium() as browser:
+        browser.trust_ca(ca)
+        browser.import_p12(tmp_path / "fedorova" / "fedorova.p12", passphrase, site)
+        html = browser.dom(with_password)
+        assert "Очаговое образование правого лёгкого" in html, html[:2000]
+        expected = int(re.search(r'data-expected="(\d+)"', html).group(1))
+        assert expected >= 1 and f'data-images="{expected}"' in html, html[:2000]     # every image loaded
+        shot = browser.screenshot(with_password, tmp_path / "viewer-gkb3-lami.png")
+        assert shot.stat().st_size > 10_000
+        keep_artefact(shot, "viewer-gkb3-lami.png")
+        # the right certificate and a wrong password: no page
+        try:
+            wrong = browser.dom(url.replace("https://", "https://fedorova:wrong@", 1))
+        except BrowserError as exc:
+            wrong = str(exc)
+        assert "Очаговое образование" not in wrong
+    with Chromium() as bare:                             # no certificate: nginx refuses before any login
+        bare.trust_ca(ca)
+        try:
+            refused = bare.dom(with_password)
+        except BrowserError as exc:
+            refused = str(exc)
+        assert "Очаговое образование" not in refused and ("400" in refused or "ERR_" in refused), refused[:500]
+
+    # the reference centre's radiologist opens the TsAMI copy through ref-web (the centre's front)
+    ref = next(n for n, s in region.nodes.items() if s.role.value == "reference")
+    ref_url = url.replace(site, f"https://{region.nodes[ref].address}:{region.ports(ref).https}", 1)
+    p = subprocess.run(["curl", "-s", "-w", "\n%{http_code}", "--max-time", "20", "--cacert", str(ca),
+                        "-u", f"sidorov:{store.password('users/sidorov')}", ref_url],
+                       stdout=subprocess.PIPE, text=True, timeout=60)
+    body, _, code = p.stdout.rpartition("\n")
+    assert code == "200" and "Очаговое образование правого лёгкого" in body, (code, body[:500])
+
+    # another hospital's radiologist on the TsAMI: refused until the study is shared with her hospital
+    pair = user_cert(store, region.region.title, "ivanova")
+    (tmp_path / "ivanova.crt").write_bytes(pair.cert_pem)
+    (tmp_path / "ivanova.key").write_bytes(pair.key_pem)
+    (tmp_path / "ivanova.key").chmod(0o600)
+    tsami_url = url.replace(site, f"https://{region.nodes['tsami'].address}:{region.ports('tsami').https}", 1)
+
+    def as_ivanova() -> tuple[str, str]:
+        p = subprocess.run(["curl", "-s", "-w", "\n%{http_code}", "--max-time", "20", "--cacert", str(ca),
+                            "--cert", str(tmp_path / "ivanova.crt"), "--key", str(tmp_path / "ivanova.key"),
+                            "-u", f"ivanova:{store.password('users/ivanova')}", tsami_url],
+                           stdout=subprocess.PIPE, text=True, timeout=60)
+        body, _, code = p.stdout.rpartition("\n")
+        return code, body
+    code, body = as_ivanova()
+    assert code == "403" and "not shared with it" in body, (code, body[:300])
+    shared = kontur("study", "share", accession, "--with", "onco", "--days", "1", "--reason", "второе мнение",
+                    "--lab")
+    assert shared.rc == 0 and "shared study" in shared.out, shared.out
+    code, body = as_ivanova()
+    assert code == "200" and "Очаговое образование правого лёгкого" in body, (code, body[:300])
+    share_id = re.search(r"\(share (\d+);", shared.out).group(1)
+    assert kontur("study", "unshare", share_id, "--lab").rc == 0
+    assert as_ivanova()[0] == "403"
+    listed = kontur("study", "shares", "--json", "--lab")
+    audit = _json.loads(listed.out[listed.out.index("{"):])["audit"]
+    assert [a["what"] for a in audit][-3:] == ["shared", "opened through share", "share revoked"], audit

@@ -8,11 +8,8 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import re
-import shutil
 import signal
-import subprocess
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -21,6 +18,7 @@ import pytest
 
 from kontur.inventory import load
 from kontur.render.orthanc import SERVICE_USER, roles_table
+from kontur.testing.browser import Chromium, keep_artefact
 from kontur.testing.dicom import make_study, send_study
 from kontur.testing.hl7 import REPORTS_AET, Hl7Service, orm, oru
 from kontur.testing.orthanc import OrthancProcess, wait_for
@@ -29,7 +27,6 @@ from kontur.testing.replication import SCU_AET, make_policy, node_config
 pytestmark = pytest.mark.orthanc
 REPO = Path(__file__).resolve().parents[2]
 SMALL = REPO / "tests" / "data" / "small-region.yaml"
-CHROMIUM = shutil.which("chromium")
 
 
 def _get(o, login: str, path: str) -> tuple[int, str]:
@@ -80,28 +77,19 @@ def _study_with_report(tmp_path, o, hl7):
 
 
 def test_the_link_shows_the_studys_images_and_report_in_a_browser(tmp_path, archive):
-    assert CHROMIUM, "Debian's chromium is missing: ./run setup installs it"
     o, hl7 = archive
     study, uid = _study_with_report(tmp_path, o, hl7)
     url = o.url.rstrip("/").replace("://", "://ivanova:pw-ivanova@") + f"/kontur/view/12345/ACC1/{uid}"
-    shot = tmp_path / "viewer.png"
-    profile = tmp_path / "chromium"
-    base = [CHROMIUM, "--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run",
-            f"--user-data-dir={profile}", "--window-size=1280,1400", "--virtual-time-budget=15000"]
-    dom = subprocess.run(base + ["--dump-dom", url], capture_output=True, text=True, timeout=120)
-    assert dom.returncode == 0, dom.stderr[-2000:]
-    html = dom.stdout
-    assert "Иванов Пётр Ильич" in html and "Образование правого лёгкого, T1N0." in html, html[:3000]
-    assert "Очаговых изменений в лёгких не выявлено." in html
-    shown = re.search(r'data-images="(\d+)"', html)
-    expected = re.search(r'data-expected="(\d+)"', html)
-    assert shown and expected and int(expected.group(1)) == 3 and shown.group(1) == "3", html[:3000]
-    p = subprocess.run(base + [f"--screenshot={shot}", url], capture_output=True, text=True, timeout=120)
-    assert p.returncode == 0 and shot.stat().st_size > 10_000, p.stderr[-2000:]
-    keep = os.environ.get("KONTUR_ARTEFACTS")
-    if keep:                                  # the screenshot as a test artefact
-        Path(keep).mkdir(parents=True, exist_ok=True)
-        shutil.copy(shot, Path(keep) / "viewer.png")
+    with Chromium() as browser:
+        html = browser.dom(url)
+        assert "Иванов Пётр Ильич" in html and "Образование правого лёгкого, T1N0." in html, html[:3000]
+        assert "Очаговых изменений в лёгких не выявлено." in html
+        shown = re.search(r'data-images="(\d+)"', html)
+        expected = re.search(r'data-expected="(\d+)"', html)
+        assert shown and expected and int(expected.group(1)) == 3 and shown.group(1) == "3", html[:3000]
+        shot = browser.screenshot(url, tmp_path / "viewer.png")
+    assert shot.stat().st_size > 10_000
+    keep_artefact(shot, "viewer-loopback.png")
 
 
 def test_a_forged_pair_a_malformed_link_and_a_login_without_rights_get_no_page(tmp_path, archive):

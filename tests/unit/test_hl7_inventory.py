@@ -122,3 +122,13 @@ def test_a_pathology_code_an_hl7_field_cannot_carry_is_refused(tmp_path, code):
     text = example_text().replace("pathology_codes: [C34.0,", f"pathology_codes: [{json.dumps(code)}, C34.0,")
     found = problems(tmp_path, text)
     assert any("pathology_codes" in p and "expected 1-64 characters" in p for p in found), found
+
+
+def test_the_viewer_url_points_at_the_archive_that_keeps_the_study():
+    region = load(EXAMPLE)
+    tsami = region.nodes["tsami"]
+    assert hl7.viewer_url(region, "gkb3-lami").startswith(f"https://{region.nodes['gkb3-lami'].address}:443/kontur/view/")
+    gw = "crb-gw"
+    assert region.nodes[gw].role.value == "gateway" and region.nodes[gw].upstream == "tsami"
+    assert hl7.viewer_url(region, gw) == (f"https://{tsami.address}:{region.ports('tsami').https}"
+                                          "/kontur/view/{patient}/{accession}/{study}")
