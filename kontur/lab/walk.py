@@ -124,6 +124,7 @@ def walk(hospital: str | None = None, *, emit: Callable[[str], None] = print, ti
             raise OperationFailed("MPPS COMPLETED refused")
         step("MPPS COMPLETED from the CT")
     ack = mis_send(oru(cid=f"WALK-{stamp}-2", accession=accession, pid=pid, facility=facility, flag="A",
+                       findings="В S2 правого лёгкого очаг 14 мм с неровным контуром; лимфоузлы не увеличены.",
                        conclusion="Очаговое образование правого лёгкого; рекомендована консультация онколога."))
     step(f"the MIS sent the result: ORU^R01 with the conclusion, abnormal flag A: {ack.split('|')[5] if '|' in ack else ack}")
     client = nodeapi.client_for(inventory, node, lab=True)

@@ -37,6 +37,14 @@ def site_with_mis(port: int) -> dict:
     return site
 
 
+def sqlite_only():
+    """A test mark: run a test that takes the ``backend`` fixture on SQLite only.
+    For real-Orthanc tests of what the service decides rather than how it keeps
+    it; the service tests and a test per route through each database run both."""
+    import pytest
+    return pytest.mark.parametrize("backend", [{}], ids=["sqlite"])
+
+
 class Hl7Service:
     def __init__(self, tmp: Path, idle: float = 30, site: dict | None = None, mpps: bool = False,
                  postgres=None, reports: dict | None = None, notify: dict | None = None, events: bool = False):

@@ -11,7 +11,7 @@ import pydicom
 import pytest
 
 from kontur.testing.dicom import make_study
-from kontur.testing.hl7 import REPORTS_AET, Hl7Service, orm, oru
+from kontur.testing.hl7 import REPORTS_AET, Hl7Service, orm, oru, sqlite_only
 from kontur.testing.orthanc import wait_for
 from kontur.testing.replication import SCU_AET
 
@@ -92,6 +92,7 @@ def test_a_result_becomes_a_report_inside_its_study_with_its_text_intact(lami):
     assert len(hl7.results()) == 1
 
 
+@sqlite_only()
 def test_a_result_before_its_study_waits_and_is_attached_when_the_study_arrives(lami):
     node, hl7 = lami
     with hl7.client() as c:
@@ -106,6 +107,7 @@ def test_a_result_before_its_study_waits_and_is_attached_when_the_study_arrives(
     assert hl7.results()[0]["state"] == "attached"
 
 
+@sqlite_only()
 def test_a_result_for_no_known_order_is_refused_kept_and_attached_when_its_study_comes(lami):
     """No order and no Study Instance UID: AE with the reason, the result
     kept; a study with that accession number arrives: the report goes in."""
@@ -120,6 +122,7 @@ def test_a_result_for_no_known_order_is_refused_kept_and_attached_when_its_study
     assert reports[0].AccessionNumber == "WALKIN7"
 
 
+@sqlite_only()
 def test_a_corrected_result_adds_the_report_that_replaces_the_first(lami):
     node, hl7 = lami
     with hl7.client() as c:
@@ -142,6 +145,7 @@ def test_a_corrected_result_adds_the_report_that_replaces_the_first(lami):
     assert "Образование, T1N0." in page and "Без патологии." not in page and "заменяет предыдущее" in page
 
 
+@sqlite_only()
 def test_a_result_for_a_cancelled_order_is_refused_and_kept(lami):
     node, hl7 = lami
     with hl7.client() as c:
