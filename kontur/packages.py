@@ -10,7 +10,9 @@ from .model import Role
 #: every node
 BASE = ["ca-certificates", "nginx-light", "nftables", "openssl", "python3", "curl", "sudo"]
 #: nodes that run an Orthanc archive
-ORTHANC = ["orthanc", "orthanc-python", "orthanc-dicomweb", "orthanc-postgresql", "dcmtk", "python3-pydicom"]
+#: (orthanc-webviewer: the viewer link's full viewer, issue 12)
+ORTHANC = ["orthanc", "orthanc-python", "orthanc-dicomweb", "orthanc-postgresql", "orthanc-webviewer", "dcmtk",
+           "python3-pydicom"]
 #: Python modules kontur's plugins import beyond the standard library, and the
 #: Debian package of each (in ORTHANC, or POSTGRESQL for what only a node with
 #: PostgreSQL imports): nothing else reaches a node

@@ -142,6 +142,7 @@ class Plugin:
         self.issuers = {}           # Issuer of Patient ID -> hospital
         self.hospitals = frozenset()
         self.shares = None
+        self._has_web_viewer = None
 
     def setup(self):
         config = _orthanc_config()
@@ -508,10 +509,15 @@ class Plugin:
                             reports.append(viewer.report_of(json.loads(
                                 orthanc.RestApiGet(f"/instances/{iid}/simplified-tags"))))
                 scoped = (self.roles.get(_caller(request.get("headers"))) or {}).get("hospital") is not None
+                if scoped:
+                    link = ""           # their route is the page; the viewers' REST is not theirs here
+                elif self._web_viewer():
+                    link = "../../../../web-viewer/app/viewer.html?series={series}"
+                else:
+                    link = f"../../../../app/explorer.html#study?uuid={study['ID']}"
                 text = viewer.page(study, series, viewer.current(reports),
                                    images=quote(study["MainDicomTags"]["StudyInstanceUID"]) + "/images/",
-                                   viewer_link="" if scoped else
-                                   f"../../../../app/explorer.html#study?uuid={study['ID']}")
+                                   viewer_link=link)
                 output.AnswerBuffer(text.encode("utf-8"), "text/html; charset=utf-8")
             except viewer.NotShown as e:
                 data = viewer.not_shown(e.status, e.text)
@@ -520,6 +526,15 @@ class Plugin:
             orthanc.LogError(f"{PREFIX}: REST {uri}: {exc!r}\n{traceback.format_exc()}")
             data = viewer.not_shown(500, "internal error; see the Orthanc log")
             output.SendHttpStatus(500, data, len(data.encode("utf-8")))
+
+    def _web_viewer(self):
+        """Is Orthanc's Web Viewer plugin loaded here (asked once)?"""
+        if self._has_web_viewer is None:
+            try:
+                self._has_web_viewer = "web-viewer" in json.loads(orthanc.RestApiGet("/plugins"))
+            except Exception:  # noqa: BLE001
+                return False
+        return self._has_web_viewer
 
     def on_shares(self, output, uri, **request):
         """``/kontur/shares`` (GET: the shares and their audit; POST: share a

@@ -170,8 +170,13 @@ def dicom_config(region: Region, node: str) -> dict[str, Any]:
     return cfg
 
 
+#: Debian's orthanc-webviewer
+WEB_VIEWER = "libOrthancWebViewer.so"
+
+
 def plugin_config(region: Region, node: str, *, python: bool = True) -> dict[str, Any]:
-    plugins = [f"{PLUGIN_DIR}/libOrthancDicomWeb.so"]
+    # the Web Viewer: the full viewer the viewer link's page opens for a series (issue 12)
+    plugins = [f"{PLUGIN_DIR}/libOrthancDicomWeb.so", f"{PLUGIN_DIR}/{WEB_VIEWER}"]
     if region.index_of(node) == "postgresql":
         plugins.append(f"{PLUGIN_DIR}/libOrthancPostgreSQLIndex.so")
     cfg: dict[str, Any] = {

@@ -96,7 +96,9 @@ def page(study: dict, series: list[dict], reports: list[dict], *, images: str, v
     """The HTML page.  ``series``: Orthanc's expanded series with ``Instances``;
     ``reports``: ``{"findings", "conclusion", "observer", "status"}``; ``images``:
     the relative path from the page to its images (``STUDY-UID/images/``: the
-    page's own route, which checks the same rights, then ``INSTANCE``)."""
+    page's own route, which checks the same rights, then ``INSTANCE``);
+    ``viewer_link``: where the full viewer opens, ``{series}`` standing for a
+    series' Orthanc ID (one link per series), else one link for the study."""
     st, pt = study.get("MainDicomTags") or {}, study.get("PatientMainDicomTags") or {}
     name = pt.get("PatientName", "").replace("^", " ").strip()
     date = st.get("StudyDate", "")
@@ -116,8 +118,8 @@ def page(study: dict, series: list[dict], reports: list[dict], *, images: str, v
         f"исследование {_e(st.get('StudyDescription'))} от {_e(date)}, "
         f"номер направления {_e(st.get('AccessionNumber'))}</p>",
     ]
-    if viewer_link:
-        parts.append(f'<p><a href="{_e(viewer_link)}">Открыть в просмотрщике</a></p>')
+    if viewer_link and "{series}" not in viewer_link:
+        parts.append(f'<p><a class="viewer" href="{_e(viewer_link)}">Открыть в просмотрщике</a></p>')
     parts.append("<h2>Заключение</h2>")
     if reports:
         for r in reports:
@@ -140,6 +142,9 @@ def page(study: dict, series: list[dict], reports: list[dict], *, images: str, v
             continue
         parts.append(f"<h2>{_e(tags.get('Modality'))} {_e(tags.get('SeriesDescription') or '')} "
                      f"({len(s.get('Instances') or [])} изобр.)</h2>")
+        if viewer_link and "{series}" in viewer_link and s.get("ID"):
+            parts.append(f'<p><a class="viewer" href="{_e(viewer_link.replace("{series}", quote(s["ID"])))}">'
+                         "Открыть серию в просмотрщике</a></p>")
         for iid in (s.get("Instances") or [])[:PER_SERIES]:
             shown += 1
             parts.append(f'<figure><img class="image" alt="" src="{_e(images)}{quote(iid)}">'

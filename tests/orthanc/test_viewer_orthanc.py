@@ -17,11 +17,11 @@ from pathlib import Path
 import pytest
 
 from kontur.inventory import load
-from kontur.render.orthanc import SERVICE_USER, roles_table
+from kontur.render.orthanc import SERVICE_USER, WEB_VIEWER, roles_table
 from kontur.testing.browser import Chromium, keep_artefact
 from kontur.testing.dicom import make_study, send_study
 from kontur.testing.hl7 import REPORTS_AET, Hl7Service, orm, oru
-from kontur.testing.orthanc import OrthancProcess, wait_for
+from kontur.testing.orthanc import PLUGIN_DIR, OrthancProcess, wait_for
 from kontur.testing.replication import SCU_AET, make_policy, node_config
 
 pytestmark = pytest.mark.orthanc
@@ -47,6 +47,7 @@ def archive(tmp_path, processes):
     pp = tmp_path / "policy.json"
     pp.write_text(json.dumps(policy))
     cfg = node_config(pp, stable_age=3600)
+    cfg["Plugins"] = [*cfg["Plugins"], f"{PLUGIN_DIR}/{WEB_VIEWER}"]       # as rendered for a node
     cfg.update({"KonturRoles": table, "LuaScripts": [str(REPO / "orthanc-lua" / "roles.lua")],
                 "RegisteredUsers": users, "DicomAlwaysAllowFind": False, "DicomCheckModalityHost": True,
                 "DicomModalities": {
@@ -88,6 +89,12 @@ def test_the_link_shows_the_studys_images_and_report_in_a_browser(tmp_path, arch
         expected = re.search(r'data-expected="(\d+)"', html)
         assert shown and expected and int(expected.group(1)) == 3 and shown.group(1) == "3", html[:3000]
         shot = browser.screenshot(url, tmp_path / "viewer.png")
+        # each series opens in Orthanc's Web Viewer (Debian's orthanc-webviewer), with the same login
+        links = re.findall(r'href="\.\./\.\./\.\./\.\./(web-viewer/app/viewer\.html\?series=([0-9a-f-]+))"', html)
+        assert len(links) == 2, html[:3000]
+        assert _get(o, "ivanova", "/" + links[0][0])[0] == 200
+        status, body = _get(o, "ivanova", f"/web-viewer/series/{links[0][1]}")
+        assert status == 200 and len(json.loads(body)["Slices"]) >= 1, body[:300]
     assert shot.stat().st_size > 10_000
     keep_artefact(shot, "viewer-loopback.png")
 
