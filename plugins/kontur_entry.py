@@ -118,6 +118,28 @@ def _receiver_args(request):
     return args
 
 
+def _answer(output, status, data, allow="GET", ctype=None):
+    """A REST answer: 200 with its body, 405 with the allowed methods, else the
+    status with the body as text (Python plugin 4.0: its UTF-8 length in bytes)."""
+    if status == 200:
+        output.AnswerBuffer(data, ctype or api.JSON)
+    elif status == 405:
+        output.SendMethodNotAllowed(allow)
+    else:
+        output.SendHttpStatus(status, data.decode("utf-8"), len(data))
+
+
+def _internal_error(output, uri, exc, html=False):
+    """Log what went wrong (the log, never the answer) and answer 500."""
+    orthanc.LogError(f"{PREFIX}: REST {uri}: {exc!r}\n{traceback.format_exc()}")
+    data = (viewer.not_shown(500, "internal error; see the Orthanc log").encode("utf-8") if html
+            else b'{"error": "internal error; see the Orthanc log"}')
+    try:
+        output.SendHttpStatus(500, data.decode("utf-8"), len(data))
+    except Exception:  # noqa: BLE001
+        pass
+
+
 class Plugin:
     def __init__(self):
         self.engine = None
@@ -448,15 +470,9 @@ class Plugin:
                 self.worklist_db, outbox.query if outbox is not None else (lambda sql, args=(): []),
                 uri.rstrip("/").rsplit("/", 1)[-1],
                 expect_validation=bool(self.transfer.enabled and self.transfer.validation is not None))
-            data = worklist_status.dumps(body)
-            if status == 200:
-                output.AnswerBuffer(data, api.JSON)
-            else:
-                output.SendHttpStatus(status, data.decode("utf-8"), len(data))
+            _answer(output, status, worklist_status.dumps(body))
         except Exception as exc:  # noqa: BLE001
-            orthanc.LogError(f"{PREFIX}: REST {uri}: {exc!r}\n{traceback.format_exc()}")
-            data = b'{"error": "internal error; see the Orthanc log"}'
-            output.SendHttpStatus(500, data.decode(), len(data))
+            _internal_error(output, uri, exc)
 
     def _shown_study(self, request):
         """The study the viewer link names, if the caller may open it here:
@@ -520,12 +536,9 @@ class Plugin:
                                    viewer_link=link)
                 output.AnswerBuffer(text.encode("utf-8"), "text/html; charset=utf-8")
             except viewer.NotShown as e:
-                data = viewer.not_shown(e.status, e.text)
-                output.SendHttpStatus(e.status, data, len(data.encode("utf-8")))
+                _answer(output, e.status, viewer.not_shown(e.status, e.text).encode("utf-8"))
         except Exception as exc:  # noqa: BLE001
-            orthanc.LogError(f"{PREFIX}: REST {uri}: {exc!r}\n{traceback.format_exc()}")
-            data = viewer.not_shown(500, "internal error; see the Orthanc log")
-            output.SendHttpStatus(500, data, len(data.encode("utf-8")))
+            _internal_error(output, uri, exc, html=True)
 
     def _web_viewer(self):
         """Is Orthanc's Web Viewer plugin loaded here (asked once)?"""
@@ -545,20 +558,13 @@ class Plugin:
             caller = _caller(request.get("headers")) or "?"
             status, body = shares_mod.handle(self.shares, method, uri, request.get("body"), caller,
                                              self.hospitals, self._find_study_uid, time.time())
-            data = json.dumps(body, ensure_ascii=False, sort_keys=True).encode("utf-8")
-            if status == 200:
-                if method != "GET":
-                    orthanc.LogWarning(f"{PREFIX}: shares: {caller} {method} {uri}: "
-                                       + json.dumps(body.get("share"), ensure_ascii=False))
-                output.AnswerBuffer(data, api.JSON)
-            elif status == 405:
-                output.SendMethodNotAllowed("GET,POST,DELETE")
-            else:
-                output.SendHttpStatus(status, data.decode("utf-8"), len(data))
+            if status == 200 and method != "GET":
+                orthanc.LogWarning(f"{PREFIX}: shares: {caller} {method} {uri}: "
+                                   + json.dumps(body.get("share"), ensure_ascii=False))
+            _answer(output, status, json.dumps(body, ensure_ascii=False, sort_keys=True).encode("utf-8"),
+                    allow="GET,POST,DELETE")
         except Exception as exc:  # noqa: BLE001
-            orthanc.LogError(f"{PREFIX}: REST {uri}: {exc!r}\n{traceback.format_exc()}")
-            data = b'{"error": "internal error; see the Orthanc log"}'
-            output.SendHttpStatus(500, data.decode(), len(data))
+            _internal_error(output, uri, exc)
 
     def _find_study_uid(self, value):
         """The Study Instance UIDs here of a UID or an accession number."""
@@ -603,21 +609,11 @@ class Plugin:
             else:
                 status, ctype, body = api.handle(self.engine, method, uri, request.get("body"),
                                                  log_error=orthanc.LogError, caller=caller)
-            if status == 200:
-                output.AnswerBuffer(body, ctype)
-            elif status == 405:
-                output.SendMethodNotAllowed(api.ROUTES.get(path) or transfer_api.ROUTES.get(path)
-                                            or transfer_api.RECEIVER_ROUTES.get(path) or "GET")
-            else:
-                # Python plugin 4.0: the body goes as text (its UTF-8 length in bytes)
-                output.SendHttpStatus(status, body.decode("utf-8"), len(body))
+            _answer(output, status, body, ctype=ctype,
+                    allow=api.ROUTES.get(path) or transfer_api.ROUTES.get(path)
+                    or transfer_api.RECEIVER_ROUTES.get(path) or "GET")
         except Exception as exc:  # noqa: BLE001
-            orthanc.LogError(f"{PREFIX}: REST {uri}: {exc!r}\n{traceback.format_exc()}")
-            try:
-                msg = '{"error": "internal error; see the Orthanc log"}'
-                output.SendHttpStatus(500, msg, len(msg))
-            except Exception:  # noqa: BLE001
-                pass
+            _internal_error(output, uri, exc)
 
 
 PLUGIN = Plugin()
