@@ -90,6 +90,32 @@ def pytest_generate_tests(metafunc):
     metafunc.parametrize("node", nodes, ids=nodes)
 
 
+#: a control's pytest node ID -> the name it is reported by
+_CONTROL_NAMES: dict[str, str] = {}
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_logreport(report):
+    """Before the terminal and the JUnit writer see it: the control's own name."""
+    name = _CONTROL_NAMES.get(report.nodeid)
+    if name:
+        report.nodeid = name
+
+
+def pytest_collection_modifyitems(config, items):
+    """A control is reported by its ID and node (``KONTUR-SEC-01[onco-lami]``), in the
+    console and in the JUnit report, with its impact and reference as properties."""
+    for item in items:
+        m = item.get_closest_marker("control")
+        if m is None:
+            continue
+        cid = m.args[0]
+        node = getattr(item, "callspec", None) and item.callspec.params.get("node")
+        _CONTROL_NAMES[item.nodeid] = f"kontur::{cid}[{node}]" if node else f"kontur::{cid}"
+        item.user_properties += [("control", cid), ("impact", str(m.kwargs.get("impact", ""))),
+                                 ("reference", str(m.kwargs.get("ref", ""))), ("check", item.originalname)]
+
+
 def _target(config) -> Target:
     if not hasattr(config, "_kontur_target"):
         config._kontur_target = Target(config)

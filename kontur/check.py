@@ -2,14 +2,15 @@
 against the region's hosts (or the lab's) and hand auditors a report."""
 from __future__ import annotations
 
+import importlib.util
 import subprocess
 import sys
 from pathlib import Path
 
 import click
 
-from .cli import inventory_option, inventory_path, out
-from .errors import InvalidInput
+from .cli import inventory_option, inventory_path, load_region, out
+from .errors import InvalidInput, OperationFailed
 from .inventory import REPO_ROOT
 
 CHECKS = REPO_ROOT / "checks"
@@ -32,6 +33,15 @@ def check_command(inventory, lab, nodes, report, secrets_dir, select):
     """
     if not CHECKS.is_dir():
         raise InvalidInput(f"{CHECKS} is missing: the checkout is incomplete")
+    # the inventory first, with validate's messages (line N: what is wrong, what was expected)
+    region = load_region(inventory)
+    unknown = [n for n in nodes if n not in region.nodes]
+    if unknown:
+        raise InvalidInput(f"--node {', '.join(unknown)}: not in the inventory; known: {', '.join(region.nodes)}")
+    missing = [m for m in ("pytest", "testinfra") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise OperationFailed(f"the controls cannot run: {', '.join(missing)} is not installed in this Python "
+                              f"({sys.executable})", hint="./run setup installs it (the test extra)")
     args = [sys.executable, "-m", "pytest", str(CHECKS), "-q", "-p", "no:cacheprovider", "-rfE",
             "--inventory", str(inventory_path(inventory))]
     if lab:

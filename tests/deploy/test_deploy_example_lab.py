@@ -68,15 +68,15 @@ def test_reference_centre_users_reach_the_tsami_through_its_nginx(example_lab, d
 
 def test_compliance_checks_pass_on_the_deployed_region(example_lab, deployed, tmp_path):
     """``kontur check --lab``: every read-only control (checks/) passes on
-    every node, and the JUnit report names each control per node."""
+    every node, and the JUnit report names each control by its ID per node."""
     from deploy_helpers import kontur
 
     report = tmp_path / "audit.xml"
     r = kontur("check", "--lab", "-i", str(EXAMPLE_INVENTORY), "--report", str(report), timeout=900)
     assert r.rc == 0, r.out
     xml = report.read_text()
-    assert "test_credentials_file_is_0600[onco-lami]" in xml
-    assert "test_files_match_the_inventory[ref-web]" in xml
+    assert 'name="KONTUR-SEC-01[onco-lami]"' in xml and 'name="KONTUR-CFG-01[ref-web]"' in xml
+    assert 'name="KONTUR-SEC-04[tsami]"' in xml        # the service account's REST, no password sent
     assert 'failures="0"' in xml and 'errors="0"' in xml
 
 
