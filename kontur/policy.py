@@ -107,10 +107,14 @@ def build_policy(region: Region, node: str, upstream: dict | None, *,
 def viewer_section(region: Region, node: str) -> dict[str, Any]:
     """What the viewer link needs (issue 12): the hospital a study is of (by the
     Issuer of Patient ID its hospital's node stamps at ingest), the region's
-    hospitals (what a study can be shared with), and on the TsAMI its shares."""
+    hospitals (what a study can be shared with), and its shares: on the TsAMI
+    only, the one archive where a user is kept to a hospital.  Elsewhere it is
+    empty, so adding a hospital changes (and restarts) no other node."""
+    if region.nodes[node].role != Role.TSAMI:
+        return {"shares": False}
     return {"issuers": {region.issuer_of(hk): hk for hk, h in sorted(region.hospitals.items()) if h.node},
             "hospitals": sorted(region.hospitals),
-            "shares": region.nodes[node].role == Role.TSAMI}
+            "shares": True}
 
 
 def transfer_section(region: Region, node: str) -> dict[str, Any]:

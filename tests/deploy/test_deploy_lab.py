@@ -477,7 +477,7 @@ def test_a_doctor_reads_in_a_browser_with_the_issued_certificate_and_password(la
                                                                              tmp_path):
     """R6: ops issue ivanova's credentials; from a workstation in her hospital's
     network (a namespace of the city hospital) her browser's certificate and
-    password open her LAMI and the TsAMI with her role's rights, and nothing less does."""
+    password open her LAMI with her role's rights and the TsAMI's viewer link, and nothing less does."""
     r = kontur("users", "issue", "ivanova", "--lab", "-i", str(inventories["work"]), "--out", str(tmp_path))
     assert r.rc == 0, r.out
     sheet = {k: v.strip() for k, _, v in (ln.partition(":") for ln in (tmp_path / "ivanova.txt").read_text()
@@ -493,12 +493,17 @@ def test_a_doctor_reads_in_a_browser_with_the_issued_certificate_and_password(la
 
     for node in ("city-lami", "tsami"):
         base = f"https://{region.nodes[node].address}:{region.ports(node).https}"
-        assert browser(*cert, "-u", f"ivanova:{password}", f"{base}/app/explorer.html") == "200", node
-        assert browser(*cert, "-u", f"ivanova:{password}", f"{base}/patients") == "200", node
+        # her LAMI: all of it that a radiologist may; the TsAMI: the viewer link only, her hospital's
+        # studies and those shared with it (issue 12), not Orthanc Explorer or the region's patients
+        own = "200" if node == "city-lami" else "403"
+        assert browser(*cert, "-u", f"ivanova:{password}", f"{base}/app/explorer.html") == own, node
+        assert browser(*cert, "-u", f"ivanova:{password}", f"{base}/patients") == own, node
         # a radiologist views and downloads; deleting is not among her rights
         assert browser(*cert, "-u", f"ivanova:{password}", "-X", "DELETE", f"{base}/patients/x") == "403", node
         assert browser(*cert, "-u", "ivanova:wrong", f"{base}/patients") == "401", node
         assert browser("--cacert", str(ca), "-u", f"ivanova:{password}", f"{base}/patients") == "400", node
+    link = f"https://{region.nodes['tsami'].address}:{region.ports('tsami').https}/kontur/view/1/-/1.2.3"
+    assert browser(*cert, "-u", f"ivanova:{password}", link) == "404"          # the link is hers: no such study
 
 
 # --- a change to one hospital ---------------------------------------------------------
