@@ -474,9 +474,9 @@ class Plugin:
         except Exception as exc:  # noqa: BLE001
             _internal_error(output, uri, exc)
 
-    def _shown_study(self, request):
-        """The study the viewer link names, if the caller may open it here:
-        (study, share or None); raises :class:`viewer.NotShown`."""
+    def _shown_study(self, request, login, scope):
+        """The study the viewer link names, if ``login`` (kept to hospital ``scope``,
+        or None) may open it here: (study, share or None); raises :class:`viewer.NotShown`."""
         groups = request.get("groups") or ("", "", "")
         patient, accession, uid = viewer.parse(*groups[:3])
         found = json.loads(orthanc.RestApiPost("/tools/find", json.dumps(
@@ -484,8 +484,6 @@ class Plugin:
         study = next((x for x in found if viewer.matches(x, patient, accession)), None)
         if study is None:
             raise viewer.NotShown(404, "there is no such study of that patient on this archive")
-        login = _caller(request.get("headers"))
-        scope = (self.roles.get(login) or {}).get("hospital")
         if scope is None:
             return study, None
         first = json.loads(orthanc.RestApiGet(f"/studies/{study['ID']}/instances"))[:1]
@@ -507,7 +505,9 @@ class Plugin:
                 output.SendMethodNotAllowed("GET")
                 return
             try:
-                study, share = self._shown_study(request)
+                login = _caller(request.get("headers"))
+                scope = (self.roles.get(login) or {}).get("hospital")
+                study, share = self._shown_study(request, login, scope)
                 groups = request.get("groups") or ()
                 if len(groups) > 3:
                     iid = groups[3]
@@ -516,7 +516,7 @@ class Plugin:
                     output.AnswerBuffer(orthanc.RestApiGet(f"/instances/{iid}/preview"), "image/png")
                     return
                 if share is not None:
-                    self.shares.opened(share, _caller(request.get("headers")) or "?", time.time())
+                    self.shares.opened(share, login or "?", time.time())
                 series = [json.loads(orthanc.RestApiGet(f"/series/{sid}")) for sid in study.get("Series", [])]
                 reports = []
                 for s in series:
@@ -524,8 +524,7 @@ class Plugin:
                         for iid in s.get("Instances", []):
                             reports.append(viewer.report_of(json.loads(
                                 orthanc.RestApiGet(f"/instances/{iid}/simplified-tags"))))
-                scoped = (self.roles.get(_caller(request.get("headers"))) or {}).get("hospital") is not None
-                if scoped:
+                if scope is not None:
                     link = ""           # their route is the page; the viewers' REST is not theirs here
                 elif self._web_viewer():
                     link = "../../../../web-viewer/app/viewer.html?series={series}"

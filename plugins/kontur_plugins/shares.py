@@ -15,6 +15,7 @@ not scoped.
 """
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import time
@@ -188,7 +189,6 @@ class Shares:
 def handle(store: Shares | None, method: str, uri: str, body, caller: str, hospitals, find_study, now: float):
     """``/kontur/shares`` on the TsAMI: (status, JSON-able answer).
     ``find_study(value)``: the Study Instance UIDs here of a UID or accession."""
-    import json
     if store is None:
         return 404, {"error": "studies are shared on the TsAMI; this node keeps no shares"}
     path = uri.rstrip("/")

@@ -129,12 +129,16 @@ def test_one_study_walks_the_reglaments_path_and_its_link_opens_for_the_hospital
     store = SecretStore(default_dir(example_lab.region_name, lab=True))
     ca, crt, key = operator_cert(store, region.region.title)
 
-    def page(login: str, password: str) -> tuple[str, str]:
-        p = subprocess.run(["curl", "-s", "-w", "\n%{http_code}", "--max-time", "20", "--cacert", str(ca),
-                            "--cert", str(crt), "--key", str(key), "-u", f"{login}:{password}", url],
-                           stdout=subprocess.PIPE, text=True, timeout=60)
+    def fetch(link: str, login: str, password: str, cert: tuple = ()) -> tuple[str, str]:
+        """(HTTP status, body) of ``link`` with the login and, if given, a client (certificate, key)."""
+        tls = ["--cert", str(cert[0]), "--key", str(cert[1])] if cert else []
+        p = subprocess.run(["curl", "-s", "-w", "\n%{http_code}", "--max-time", "20", "--cacert", str(ca), *tls,
+                            "-u", f"{login}:{password}", link], stdout=subprocess.PIPE, text=True, timeout=60)
         body, _, code = p.stdout.rpartition("\n")
         return code, body
+
+    def page(login: str, password: str) -> tuple[str, str]:
+        return fetch(url, login, password, (crt, key))
     code, body = page("fedorova", store.password("users/fedorova"))
     assert code == "200" and "Очаговое образование правого лёгкого" in body, (code, body[:500])
     assert page("fedorova", "wrong")[0] == "401"
@@ -178,10 +182,7 @@ def test_one_study_walks_the_reglaments_path_and_its_link_opens_for_the_hospital
     # the reference centre's radiologist opens the TsAMI copy through ref-web (the centre's front)
     ref = next(n for n, s in region.nodes.items() if s.role.value == "reference")
     ref_url = url.replace(site, f"https://{region.nodes[ref].address}:{region.ports(ref).https}", 1)
-    p = subprocess.run(["curl", "-s", "-w", "\n%{http_code}", "--max-time", "20", "--cacert", str(ca),
-                        "-u", f"sidorov:{store.password('users/sidorov')}", ref_url],
-                       stdout=subprocess.PIPE, text=True, timeout=60)
-    body, _, code = p.stdout.rpartition("\n")
+    code, body = fetch(ref_url, "sidorov", store.password("users/sidorov"))
     assert code == "200" and "Очаговое образование правого лёгкого" in body, (code, body[:500])
 
     # another hospital's radiologist on the TsAMI: refused until the study is shared with her hospital
@@ -192,12 +193,8 @@ def test_one_study_walks_the_reglaments_path_and_its_link_opens_for_the_hospital
     tsami_url = url.replace(site, f"https://{region.nodes['tsami'].address}:{region.ports('tsami').https}", 1)
 
     def as_ivanova() -> tuple[str, str]:
-        p = subprocess.run(["curl", "-s", "-w", "\n%{http_code}", "--max-time", "20", "--cacert", str(ca),
-                            "--cert", str(tmp_path / "ivanova.crt"), "--key", str(tmp_path / "ivanova.key"),
-                            "-u", f"ivanova:{store.password('users/ivanova')}", tsami_url],
-                           stdout=subprocess.PIPE, text=True, timeout=60)
-        body, _, code = p.stdout.rpartition("\n")
-        return code, body
+        return fetch(tsami_url, "ivanova", store.password("users/ivanova"),
+                     (tmp_path / "ivanova.crt", tmp_path / "ivanova.key"))
     code, body = as_ivanova()
     assert code == "403" and "not shared with it" in body, (code, body[:300])
     shared = kontur("study", "share", accession, "--with", "onco", "--days", "1", "--reason", "второе мнение",
