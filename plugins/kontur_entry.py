@@ -47,6 +47,7 @@ from kontur_plugins.transfer import api as transfer_api  # noqa: E402
 from kontur_plugins.transfer import ingest  # noqa: E402
 from kontur_plugins.transfer.gate import TransferGate, ValidationStore, study_facts  # noqa: E402
 from kontur_plugins.transfer.config import TransferConfig, TransferError, parse_transfer  # noqa: E402
+from kontur_plugins import seen as seen_mod  # noqa: E402
 from kontur_plugins import shares as shares_mod  # noqa: E402
 from kontur_plugins import viewer  # noqa: E402
 from kontur_plugins.worklist import announce as worklist_announce  # noqa: E402
@@ -165,6 +166,7 @@ class Plugin:
         self.hospitals = frozenset()
         self.shares = None
         self._has_web_viewer = None
+        self.seen = None            # the last study per device (issue 13: kontur check)
 
     def setup(self):
         config = _orthanc_config()
@@ -185,6 +187,8 @@ class Plugin:
             orthanc.LogError(f"{PREFIX}: replication disabled: {self.disabled_reason}")
             return
         self.outbox = outbox
+        self.seen = seen_mod.Seen(outbox, seen_mod.remote_aet_via(orthanc.RestApiGet), time.time,
+                                  log_error=orthanc.LogError)
         self._setup_transfer(path)
         local = LocalArchive(OrthancRest())
         self.receiver = Receiver(local, outbox, time.time, log_warning=orthanc.LogWarning)
@@ -444,6 +448,8 @@ class Plugin:
 
     def on_change(self, change_type, level, resource_id):
         try:
+            if change_type == orthanc.ChangeType.NEW_STUDY and self.seen is not None:
+                self.seen.new_study(resource_id)
             if self.engine is None:
                 return
             if change_type in (orthanc.ChangeType.NEW_INSTANCE, orthanc.ChangeType.STABLE_STUDY):
@@ -471,6 +477,17 @@ class Plugin:
                 uri.rstrip("/").rsplit("/", 1)[-1],
                 expect_validation=bool(self.transfer.enabled and self.transfer.validation is not None))
             _answer(output, status, worklist_status.dumps(body))
+        except Exception as exc:  # noqa: BLE001
+            _internal_error(output, uri, exc)
+
+    def on_seen(self, output, uri, **request):
+        """``GET /kontur/seen``: the last study each device sent here (issue 13)."""
+        try:
+            if request.get("method", "GET") != "GET":
+                output.SendMethodNotAllowed("GET")
+                return
+            body = self.seen.status() if self.seen is not None else seen_mod.answer(None, None)
+            _answer(output, 200, json.dumps(body, sort_keys=True))
         except Exception as exc:  # noqa: BLE001
             _internal_error(output, uri, exc)
 
@@ -631,6 +648,7 @@ orthanc.RegisterRestCallback(api.ROUTE_PATTERN, PLUGIN.on_rest)
 orthanc.RegisterRestCallback("/kontur/study/([^/]+)", PLUGIN.on_study)
 orthanc.RegisterRestCallback("/kontur/view/([^/]+)/([^/]+)/([^/]+)", PLUGIN.on_view)
 orthanc.RegisterRestCallback("/kontur/view/([^/]+)/([^/]+)/([^/]+)/images/([0-9a-f-]+)", PLUGIN.on_view)
+orthanc.RegisterRestCallback("/kontur/seen", PLUGIN.on_seen)
 orthanc.RegisterRestCallback("/kontur/shares", PLUGIN.on_shares)
 orthanc.RegisterRestCallback("/kontur/shares/([0-9]+)", PLUGIN.on_shares)
 orthanc.RegisterRestCallback("/kontur/(" + transfer_api.PATTERN + ")", PLUGIN.on_rest)
