@@ -11,8 +11,11 @@ control: ``@control("KONTUR-SEC-01", ref="…", impact=1.0)``.
 """
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -30,16 +33,22 @@ def pytest_addoption(parser):
     g.addoption("--kontur-node", action="append", default=[], help="check only this node (repeatable)")
     g.addoption("--secrets", default=None, help="secrets store (read only)")
     g.addoption("--kontur-ssh-config", default=None, help="ssh_config for reaching production nodes")
+    g.addoption("--kontur-results", default=None, help="write each control's outcome and evidence (JSON lines)")
 
 
 def pytest_configure(config):
+    _CONFIG["config"] = config
     config.addinivalue_line("markers", "control(id, ref, impact): a compliance control")
     config.addinivalue_line("markers", "roles(*roles): run only on nodes with these roles")
     config.addinivalue_line("markers", "writes: changes state on the host; refused outside the lab")
 
 
 class Target:
-    """The region and how to reach its hosts, built once per run."""
+    """The region and how to reach its hosts, built once per run.
+
+    SSH: the lab's settings with ``--lab``; else testinfra's own options when
+    given (``--hosts``, ``--ssh-config``, ``--ssh-identity-file``, ``--sudo``),
+    else kontur's (:mod:`kontur.reach`: ``KONTUR_SSH_*``, as deploy)."""
 
     def __init__(self, config):
         self.lab = config.getoption("--lab")
@@ -50,34 +59,82 @@ class Target:
             self.state = require_state()
             region = lab_region(region, self.state)
         self.region = region
-        only = config.getoption("--kontur-node")
+        only = set(config.getoption("--kontur-node"))
+        # testinfra's --hosts: node names or addresses, optionally ssh://user@ (the user is honoured)
+        self.users: dict[str, str] = {}
+        raw = config.getoption("hosts", None) or []
+        hosts = [h.strip() for spec in ([raw] if isinstance(raw, str) else raw) for h in spec.split(",") if h.strip()]
+        for h in hosts:
+            bare = h.split("://", 1)[-1]
+            user, _, name = bare.rpartition("@")
+            name = name.split(":")[0]
+            node = name if name in region.nodes else next(
+                (n for n, s in region.nodes.items() if s.address == name), None)
+            if node is None:
+                raise pytest.UsageError(f"--hosts {h}: neither a node nor an address of the inventory")
+            only.add(node)
+            if user:
+                self.users[node] = user
         self.nodes = [n for n in region.nodes if not only or n in only]
         secrets = config.getoption("--secrets")
         self.store = SecretStore(Path(secrets) if secrets else default_dir(region.region.name, lab=self.lab),
                                  create=False)
-        self.ssh_config = config.getoption("--kontur-ssh-config")
+        self.ssh_config = config.getoption("--kontur-ssh-config") or config.getoption("ssh_config", None)
+        self.identity = config.getoption("ssh_identity_file", None)
+        self.sudo = bool(config.getoption("sudo", False))
         self._hosts = {}
         self._bundles = {}
 
     def host(self, node: str):
         if node not in self._hosts:
+            from kontur import reach
             addr = self.region.nodes[node].address
-            if self.state is not None:
+            ssh_config = self.ssh_config
+            ssh = reach.lab(self.state, node) if self.state is not None else \
+                dataclasses.replace(reach.production(), port=self.region.ports(node).ssh)
+            if ssh_config is None:
                 cfg = tempfile.NamedTemporaryFile("w", prefix="kontur-ssh-", suffix=".conf", delete=False)
-                cfg.write(f"Host *\n  User {self.state.ssh_user}\n  IdentityFile {self.state.ssh_key}\n"
-                          f"  IdentitiesOnly yes\n  UserKnownHostsFile {self.state.known_hosts}\n"
-                          "  StrictHostKeyChecking yes\n  BatchMode yes\n  ConnectTimeout 5\n"
-                          "  ControlMaster auto\n  ControlPath /tmp/kontur-check-%C\n  ControlPersist 60\n")
+                cfg.write(ssh.config_text())
                 cfg.close()
-                self._hosts[node] = testinfra.get_host(f"ssh://{addr}", ssh_config=cfg.name)
-            else:
-                self._hosts[node] = testinfra.get_host(f"ssh://root@{addr}", ssh_config=self.ssh_config)
+                ssh_config = cfg.name
+            user = self.users.get(node) or (None if self.ssh_config else ssh.user)
+            url = f"ssh://{user + '@' if user else ''}{addr}:{self.region.ports(node).ssh}"
+            self._hosts[node] = testinfra.get_host(url, ssh_config=ssh_config, ssh_identity_file=self.identity,
+                                                   sudo=self.sudo or (ssh.sudo and ssh.user != "root"))
+            _record_commands(self._hosts[node])
         return self._hosts[node]
 
     def bundle(self, node: str):
         if node not in self._bundles:
             self._bundles[node] = render_node(self.region, node, self.store)
         return self._bundles[node]
+
+    def secrets(self) -> list[str]:
+        """Every secret the store holds: never in a report (a safety net under the controls' own care)."""
+        values = []
+        for key in self.store.keys():
+            v = self.store.get(key)
+            if v and len(v) >= 8:
+                values.append(v)
+        return values
+
+
+#: the commands the running control sent to a host, with their answers (the report's evidence)
+_EVIDENCE: list[dict] = []
+
+
+def _record_commands(host) -> None:
+    backend = host.backend
+    run = backend.run
+
+    def recorded(command, *args, **kwargs):
+        started = time.time()
+        result = run(command, *args, **kwargs)
+        _EVIDENCE.append({"command": getattr(result, "command", None) or str(command), "rc": result.rc,
+                          "stdout": result.stdout[-2000:], "stderr": result.stderr[-1000:],
+                          "time": round(started, 1)})
+        return result
+    backend.run = recorded
 
 
 def pytest_generate_tests(metafunc):
@@ -99,7 +156,44 @@ def pytest_runtest_logreport(report):
     """Before the terminal and the JUnit writer see it: the control's own name."""
     name = _CONTROL_NAMES.get(report.nodeid)
     if name:
+        _write_result(report, name)
         report.nodeid = name
+
+
+_RESULTS: dict[str, dict] = {}
+
+
+def _write_result(report, name: str) -> None:
+    """``--kontur-results``: one JSON line per control and node (its outcome, message and evidence)."""
+    config = _CONFIG.get("config")
+    path = config.getoption("--kontur-results") if config else None
+    if not path or (report.when != "call" and report.passed):
+        return
+    meta = _META.get(report.nodeid, {})
+    message = ""
+    if report.failed or report.skipped:
+        crash = getattr(report.longrepr, "reprcrash", None)
+        message = crash.message if crash is not None else str(report.longrepr)[-1500:]
+    outcome = "error" if report.failed and report.when != "call" else report.outcome
+    evidence = list(_EVIDENCE)
+    _EVIDENCE.clear()
+    line = {"name": name.removeprefix("kontur::"), **meta, "outcome": outcome, "message": message,
+            "duration": round(report.duration, 3), "time": round(time.time(), 1), "evidence": evidence}
+    target = _CONFIG.get("target")
+    text = json.dumps(line, ensure_ascii=False)
+    for secret in (target.secrets() if target else []):
+        text = text.replace(json.dumps(secret)[1:-1], "[secret]")
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(text + "\n")
+
+
+_CONFIG: dict = {}
+_META: dict[str, dict] = {}
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    _EVIDENCE.clear()
 
 
 def pytest_collection_modifyitems(config, items):
@@ -112,6 +206,9 @@ def pytest_collection_modifyitems(config, items):
         cid = m.args[0]
         node = getattr(item, "callspec", None) and item.callspec.params.get("node")
         _CONTROL_NAMES[item.nodeid] = f"kontur::{cid}[{node}]" if node else f"kontur::{cid}"
+        doc = (item.function.__doc__ or item.originalname.removeprefix("test_").replace("_", " ")).strip()
+        _META[item.nodeid] = {"control": cid, "node": node, "impact": m.kwargs.get("impact"),
+                              "reference": m.kwargs.get("ref"), "title": doc.splitlines()[0], "check": item.originalname}
         item.user_properties += [("control", cid), ("impact", str(m.kwargs.get("impact", ""))),
                                  ("reference", str(m.kwargs.get("ref", ""))), ("check", item.originalname)]
 
@@ -119,6 +216,7 @@ def pytest_collection_modifyitems(config, items):
 def _target(config) -> Target:
     if not hasattr(config, "_kontur_target"):
         config._kontur_target = Target(config)
+        _CONFIG.update(config=config, target=config._kontur_target)
     return config._kontur_target
 
 

@@ -72,7 +72,8 @@ def cli():
       kontur render -i region.yaml --out out/
       kontur lab up && kontur deploy --lab  rehearse on this machine
       kontur deploy -i region.yaml          roll out to the hospitals
-      kontur check -i region.yaml           is every node as the inventory says?
+      kontur check -i region.yaml           on-call: every node green / yellow / red
+      kontur audit -i region.yaml --report DIR   auditors: the controls, with evidence
       kontur users issue LOGIN --out DIR    a doctor's browser certificate and password
 
     Exit codes: 0 success, 1 problems found or an operation failed,
@@ -86,6 +87,7 @@ def _register() -> None:
                           ("kontur.lab.cli", "lab"),
                           ("kontur.deploy", "deploy_command"),
                           ("kontur.check", "check_command"),
+                          ("kontur.check", "audit_command"),
                           ("kontur.replication_cli", "replicate_command"),
                           ("kontur.replication_cli", "replication_group"),
                           ("kontur.quarantine_cli", "quarantine_group"),

@@ -93,13 +93,8 @@ def host_groups(inventory: str | Path | None = None, lab: bool = False,
             groups[spec.role.value].append((node, data))
     else:
         secrets = default_dir(region.region.name)
-        ssh = {
-            "ssh_user": os.environ.get("KONTUR_SSH_USER", "root"),
-            "ssh_key": os.environ.get("KONTUR_SSH_KEY"),
-            "ssh_known_hosts_file": os.environ.get("KONTUR_KNOWN_HOSTS"),
-            # never trust a host key on first sight: production hosts are known
-            "ssh_strict_host_key_checking": "yes",
-        }
+        from .reach import production
+        ssh = production().pyinfra_data()   # never trusts a host key on first sight
         for node, spec in region.nodes.items():
             groups[spec.role.value].append(
                 (node, host_data(region, node, inventory=path, lab=False, secrets=secrets,

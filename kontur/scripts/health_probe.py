@@ -1,0 +1,153 @@
+# SPDX-License-Identifier: AGPL-3.0-or-later
+"""What ``kontur check`` asks a node, in one SSH round trip (run there by
+``python3 -`` as root, standard library only; the parameters follow the
+script on its stdin).  Read-only: it reads files, asks systemd, and asks the
+node's own Orthanc over loopback as kontur's service account, whose password
+it reads from the node's credentials file -- no secret travels or is printed.
+
+It prints one JSON object; a part that fails says why in its own key and the
+rest still answers.  ``kontur/health.py`` judges the answers.
+"""
+import base64
+import calendar
+import json
+import os
+import ssl
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+
+
+def _rest(port, path, auth=None, method="GET", body=None, timeout=8):
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", method=method,
+                                 data=None if body is None else json.dumps(body).encode())
+    if auth is not None:
+        req.add_header("Authorization", "Basic " + base64.b64encode(auth.encode()).decode())
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            raw = r.read()
+            return r.status, (json.loads(raw) if raw[:1] in (b"{", b"[") else raw.decode("utf-8", "replace"))
+    except urllib.error.HTTPError as exc:
+        return exc.code, None
+
+
+def _guard(fn, *args):
+    try:
+        return fn(*args)
+    except Exception as exc:  # noqa: BLE001 - a part that fails says why, the rest answers
+        return {"error": f"{type(exc).__name__}: {exc}"[:300]}
+
+
+def units(names):
+    p = subprocess.run(["systemctl", "is-active", *names], stdout=subprocess.PIPE, text=True, timeout=10)
+    states = p.stdout.split()
+    return dict(zip(names, states + ["unknown"] * (len(names) - len(states))))
+
+
+def disk(paths):
+    out = {}
+    for label, path in paths.items():
+        if not path:
+            continue
+        while path != "/" and not os.path.exists(path):
+            path = os.path.dirname(path)
+        st = os.statvfs(path)
+        used = (st.f_blocks - st.f_bfree) * st.f_frsize
+        avail = st.f_bavail * st.f_frsize
+        out[label] = {"path": path, "used_percent": round(100.0 * used / (used + avail), 1) if used + avail else 0.0,
+                      "free_bytes": avail}
+    return out
+
+
+def certificates(paths):
+    out = {}
+    for path in paths:
+        if not os.path.exists(path):
+            out[path] = {"error": "missing"}
+            continue
+        p = subprocess.run(["openssl", "x509", "-noout", "-enddate", "-subject", "-in", path],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=10)
+        if p.returncode != 0:
+            out[path] = {"error": p.stderr.strip()[:200] or "not a certificate"}
+            continue
+        fields = dict(line.split("=", 1) for line in p.stdout.splitlines() if "=" in line)
+        end = calendar.timegm(time.strptime(fields["notAfter"].replace(" GMT", ""), "%b %d %H:%M:%S %Y"))
+        out[path] = {"not_after": round(end), "subject": fields.get("subject", "").strip()}
+    return out
+
+
+def orthanc(params):
+    port = params["http"]
+    users = json.load(open("/etc/orthanc/credentials.json"))["RegisteredUsers"]
+    auth = "kontur:" + users["kontur"]
+    res = {}
+    code, system = _rest(port, "/system", auth)
+    res["rest"] = {"status": code, "aet": (system or {}).get("DicomAet") if isinstance(system, dict) else None}
+    # the defaults Debian ships and an empty password must both be refused
+    res["default_credentials"] = _rest(port, "/system", "orthanc:orthanc")[0]
+    res["no_credentials"] = _rest(port, "/system")[0]
+    if code != 200:
+        return res
+    code, configured = _rest(port, "/modalities", auth)
+    res["modalities"] = configured if code == 200 else {"error": f"HTTP {code}"}
+
+    def echo(key):
+        c, _ = _rest(port, f"/modalities/{key}/echo", auth, "POST", {"Timeout": 3}, timeout=10)
+        return key, c == 200
+    keys = configured if isinstance(configured, list) else []
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        res["echo_peers"] = dict(pool.map(echo, keys))
+    code, rep = _rest(port, "/kontur/replication", auth)
+    res["replication"] = rep if code == 200 else {"error": f"HTTP {code}"}
+    code, seen = _rest(port, "/kontur/seen", auth)
+    res["seen"] = seen if code == 200 else {"error": f"HTTP {code}"}
+    return res
+
+
+def echo_in(params):
+    """C-ECHO to this node's DICOM port over loopback (the firewall takes DICOM
+    from the hospital's devices only): as kontur's HL7 service when the node
+    declares it, else as an unknown AE, whose refusal proves the port answers."""
+    calling = params.get("echo_aet") or "KONTUR_CHECK"
+    env = dict(os.environ, TCP_NODELAY="1")
+    p = subprocess.run(["echoscu", "-ta", "5", "-td", "5", "-to", "5", "-aet", calling, "-aec", params["aet"],
+                        "127.0.0.1", str(params["dicom"])], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                       text=True, timeout=20, env=env)
+    text = p.stdout.strip()
+    answered = p.returncode == 0 or "Association Rejected" in text
+    return {"ok": answered if not params.get("echo_aet") else p.returncode == 0, "answered": answered,
+            "detail": text.splitlines()[-1][:200] if text else ""}
+
+
+def https_refuses_without_certificate(params):
+    """nginx's mutual TLS: a client without a certificate must be refused (HTTP 400)."""
+    ctx = ssl.create_default_context(cafile="/etc/kontur/tls/ca.crt")
+    ctx.check_hostname = False
+    req = urllib.request.Request(f"https://127.0.0.1:{params['https']}/system")
+    try:
+        with urllib.request.urlopen(req, timeout=8, context=ctx) as r:
+            return {"status": r.status}
+    except urllib.error.HTTPError as exc:
+        return {"status": exc.code}
+
+
+def main(params):
+    started = time.time()
+    out = {"now": started, "units": _guard(units, params["units"]),
+           "disk": _guard(disk, params.get("disk", {})),
+           "certificates": _guard(certificates, params.get("certificates", []))}
+    if params.get("archive"):
+        with ThreadPoolExecutor(max_workers=3) as pool:
+            o = pool.submit(_guard, orthanc, params)
+            e = pool.submit(_guard, echo_in, params)
+            t = pool.submit(_guard, https_refuses_without_certificate, params)
+            out["orthanc"], out["echo"], out["tls_without_certificate"] = o.result(), e.result(), t.result()
+    out["seconds"] = round(time.time() - started, 2)
+    sys.stdout.write(json.dumps(out))
+
+
+if __name__ == "__main__" and len(sys.argv) > 1:  # on a workstation: python3 health_probe.py '{"units": [...]}'
+    main(json.loads(sys.argv[1]))
