@@ -130,7 +130,10 @@ def _record_commands(host) -> None:
     def recorded(command, *args, **kwargs):
         started = time.time()
         result = run(command, *args, **kwargs)
-        _EVIDENCE.append({"command": getattr(result, "command", None) or str(command), "rc": result.rc,
+        cmd = getattr(result, "command", None) or command
+        if isinstance(cmd, bytes):
+            cmd = cmd.decode("utf-8", "replace")
+        _EVIDENCE.append({"command": str(cmd), "rc": result.rc,
                           "stdout": result.stdout[-2000:], "stderr": result.stderr[-1000:],
                           "time": round(started, 1)})
         return result
@@ -171,9 +174,13 @@ def _write_result(report, name: str) -> None:
         return
     meta = _META.get(report.nodeid, {})
     message = ""
-    if report.failed or report.skipped:
+    if report.skipped and isinstance(report.longrepr, tuple):
+        message = str(report.longrepr[2]).removeprefix("Skipped: ")
+    elif report.failed or report.skipped:
         crash = getattr(report.longrepr, "reprcrash", None)
         message = crash.message if crash is not None else str(report.longrepr)[-1500:]
+        # the finding, without pytest's rewriting of the assert below it
+        message = message.split("\nassert ")[0]
     outcome = "error" if report.failed and report.when != "call" else report.outcome
     evidence = list(_EVIDENCE)
     _EVIDENCE.clear()

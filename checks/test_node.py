@@ -10,6 +10,8 @@ import json
 
 import pytest
 
+from remote import as_service
+
 control = pytest.mark.control
 ARCHIVES = ("tsami", "lami", "gateway", "research")
 
@@ -73,24 +75,12 @@ def test_rest_refuses_default_and_missing_credentials(host, target, node):
         assert code == "401", f"REST answered {code} with {auth or 'no credentials'}"
 
 
-#: asks the node's own Orthanc for /system as kontur's service account, with the password
-#: read on the node from the file only root and orthanc read: no secret in a command line,
-#: in transit or in a report
-_SYSTEM_AS_SERVICE = """python3 - <<'KONTUR'
-import base64, json, sys, urllib.request
-users = json.load(open("/etc/orthanc/credentials.json"))["RegisteredUsers"]
-token = base64.b64encode(("kontur:" + users["kontur"]).encode()).decode()
-req = urllib.request.Request("http://127.0.0.1:%d/system", headers={"Authorization": "Basic " + token})
-sys.stdout.write(urllib.request.urlopen(req, timeout=10).read().decode())
-KONTUR"""
-
-
 @control("KONTUR-SEC-04", ref="Orthanc Book faq/security: IsHttpServerSecure", impact=1.0)
 @pytest.mark.roles(*ARCHIVES)
 def test_orthanc_reports_a_secure_http_server(host, target, node):
-    run = host.run(_SYSTEM_AS_SERVICE % target.region.ports(node).http)
-    assert run.rc == 0, f"REST /system as the service account failed: {run.stderr.strip()[-300:]}"
-    system = json.loads(run.stdout)
+    status, text = as_service(host, target.region.ports(node).http, "/system")
+    assert status == 200, f"REST /system as the service account answered {status}"
+    system = json.loads(text)
     assert system.get("IsHttpServerSecure", True) is True
     assert system["DicomAet"] == target.region.nodes[node].aet
 
@@ -124,3 +114,104 @@ def test_https_refuses_clients_without_a_certificate(host, target, node):
     code = host.run(f"curl -s -o /dev/null -w '%{{http_code}}' --cacert /etc/kontur/tls/ca.crt "
                     f"https://{node}:{port}/system --resolve {node}:{port}:127.0.0.1").stdout
     assert code == "400", f"HTTPS without a client certificate answered {code}"
+
+
+@control("KONTUR-SEC-05", ref="Orthanc Book faq/security: ExecuteLuaEnabled, RestApiWriteToFileSystemEnabled",
+         impact=1.0)
+@pytest.mark.roles(*ARCHIVES)
+def test_remote_lua_and_filesystem_writes_are_off(host, target, node):
+    """Remote Lua is refused when tried (a harmless script), and no configuration file on the node turns
+    REST writes to the filesystem, remote access or remote Lua on."""
+    status, _ = as_service(host, target.region.ports(node).http, "/tools/execute-script", "POST",
+                           b"print('kontur audit')")
+    assert status in (403, 404), f"POST /tools/execute-script answered {status}: remote Lua is on"
+    found = json.loads(host.check_output(
+        "python3 -c \"import glob, json; print(json.dumps({k: v for f in glob.glob('/etc/orthanc/*.json') "
+        "for k, v in json.load(open(f)).items() if k in ('ExecuteLuaEnabled', 'RestApiWriteToFileSystemEnabled', "
+        "'RemoteAccessAllowed')}))\""))
+    on = sorted(k for k, v in found.items() if v is not False)
+    assert not on, f"turned on (or not turned off) in /etc/orthanc: {', '.join(on)}"
+
+
+def _echo(host, calling: str, called: str, port: int):
+    return host.run(f"TCP_NODELAY=1 echoscu -ta 5 -td 5 -to 5 -aet {calling} -aec {called} 127.0.0.1 {port}")
+
+
+@control("KONTUR-DCM-01", ref="DICOM PS3.8 §7.1.1 (A-ASSOCIATE-RJ); Orthanc Book: DicomAlwaysAllowEcho",
+         impact=1.0)
+@pytest.mark.roles(*ARCHIVES)
+def test_an_unknown_calling_ae_is_refused(host, target, node):
+    """C-ECHO from an AE title the inventory does not declare is rejected (tried on the node's loopback)."""
+    run = _echo(host, "KONTUR_AUDIT", target.region.nodes[node].aet, target.region.ports(node).dicom)
+    assert run.rc != 0 and "Association Rejected" in run.stdout + run.stderr, \
+        f"an undeclared AE got: {(run.stdout + run.stderr).strip()[-300:]}"
+
+
+@control("KONTUR-DCM-02", ref="DICOM PS3.8 §7.1.1; Orthanc Book: DicomCheckCalledAet", impact=0.7)
+@pytest.mark.roles("lami", "gateway")
+def test_a_wrong_called_ae_is_refused(host, bundle, target, node):
+    """As a peer the node declares on loopback (its HL7 service): C-ECHO to the right called AE
+    succeeds, to a wrong one it is rejected."""
+    dicom = json.loads(bundle.file("/etc/orthanc/dicom.json").content)
+    peer = next((m["AET"] for m in dicom["DicomModalities"].values() if m.get("Host") == "127.0.0.1"), None)
+    if peer is None:
+        pytest.skip("no peer declared on the node's loopback (no HL7 service here)")
+    port = target.region.ports(node).dicom
+    right = _echo(host, peer, target.region.nodes[node].aet, port)
+    assert right.rc == 0, f"the declared peer {peer} was refused: {right.stdout.strip()[-200:]}"
+    wrong = _echo(host, peer, "KONTUR_WRONG", port)
+    assert wrong.rc != 0 and "Association Rejected" in wrong.stdout + wrong.stderr, \
+        f"a wrong called AE got: {(wrong.stdout + wrong.stderr).strip()[-300:]}"
+
+
+_LISTENING = """python3 - <<'KONTUR'
+import json
+ports = set()
+for f, size in (("/proc/net/tcp", 8), ("/proc/net/tcp6", 32)):
+    try:
+        rows = open(f).read().splitlines()[1:]
+    except OSError:
+        continue
+    for row in rows:
+        local, state = row.split()[1], row.split()[3]
+        addr, port = local.split(":")
+        loopback = addr in ("0100007F", "00000000000000000000000001000000") or addr.endswith("7F")
+        if state == "0A" and not loopback:
+            ports.add(int(port, 16))
+print(json.dumps(sorted(ports)))
+KONTUR"""
+
+
+@control("KONTUR-NET-03", ref="R15; reglament 004 §5.5: exactly the declared ports", impact=1.0)
+def test_listening_ports_are_exactly_those_declared(host, bundle):
+    """What listens beyond loopback is what the inventory declares for the node, and nothing else."""
+    listening = set(json.loads(host.check_output(_LISTENING)))
+    declared = {port: svc for svc, port in bundle.facts["listening"].items()}
+    stray = sorted(listening - set(declared))
+    assert not stray, f"listening beyond loopback but not declared in the inventory: ports {stray}"
+
+
+@control("KONTUR-TLS-02", ref="issue 4: mutual TLS between sites; certificates renewed before expiry", impact=1.0)
+def test_certificates_are_valid_for_more_than_30_days(host, bundle):
+    """Every certificate kontur put on the node is valid for at least 30 more days (openssl -checkend)."""
+    expiring = []
+    for f in bundle.files:
+        if f.path.endswith(".crt"):
+            run = host.run(f"openssl x509 -noout -checkend {30 * 86400} -enddate -in {f.path}")
+            if run.rc != 0:
+                expiring.append(f"{f.path}: {run.stdout.strip() or run.stderr.strip()}")
+    assert not expiring, "certificates expiring within 30 days:\n" + "\n".join(expiring)
+
+
+@control("KONTUR-SEC-06", ref="Orthanc Book faq/security; R6: keys and passwords readable by their service only",
+         impact=1.0)
+def test_key_and_secret_files_are_not_readable_by_others(host, bundle):
+    loose = []
+    for f in bundle.files:
+        if getattr(f, "secret", False):
+            st = host.file(f.path)
+            if not st.exists:
+                loose.append(f"{f.path}: missing")
+            elif st.mode & 0o007 or (st.user, st.group) != (f.owner, f.group):
+                loose.append(f"{f.path}: mode {st.mode:04o} {st.user}:{st.group}, expected {f.mode} {f.owner}:{f.group}")
+    assert not loose, "\n".join(loose)

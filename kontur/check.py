@@ -101,8 +101,10 @@ def _https(target: Target, node: str, timeout: float) -> str | None:
     try:
         target.https_client(node, timeout).get("system")
     except NodeError as exc:
-        if exc.unreachable or archive:
+        if exc.unreachable:
             return str(exc).split(": ", 1)[-1]
+        if archive:         # nginx answered, what is behind it did not (its page is no message)
+            return f"GET /system through nginx answered HTTP {exc.status}"
     return None
 
 
@@ -234,8 +236,9 @@ def audit_command(inventory, lab, nodes, report, secrets_dir, select):
         written = audit_report.write(Path(report), region, outcomes, lab=lab)
         out.print(f"report: {written['index']} (+ {len(written['hospitals'])} hospital page(s), "
                   f"{written['junit'].name}, {written['json'].name})", markup=False)
-    failed = [o for o in outcomes if o.outcome != "passed"]
+    failed = [o for o in outcomes if o.outcome in ("failed", "error")]
     out.print(f"{len(outcomes)} control result(s): "
               + ("all passed" if not failed else f"{len(failed)} finding(s): "
                  + ", ".join(sorted({o.name for o in failed}))), markup=False)
     return 1 if failed or rc == 1 else 0
+

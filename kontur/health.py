@@ -75,6 +75,9 @@ def probe_params(region: Region, node: str, bundle) -> dict[str, Any]:
                         for m in dicom.get("DicomModalities", {}).values())
         params.update(http=ports.http, https=ports.https, dicom=ports.dicom, aet=spec.aet,
                       echo_aet=HL7_AET if local_hl7 else None,
+                      # the devices: kontur's own services on loopback call Orthanc, they are no SCP of it
+                      echo_peers=sorted(k for k, m in dicom.get("DicomModalities", {}).items()
+                                        if m.get("Host") != "127.0.0.1"),
                       disk={"storage": spec.storage_dir,
                             "index": "/var/lib/postgresql" if region.index_of(node) == "postgresql" else None})
     return params
@@ -182,7 +185,7 @@ def _archive(h: NodeHealth, region: Region, node: str, bundle, probe: dict, now:
         h.add(RED, "orthanc", f"REST with the service account answered {rest.get('status') or 'nothing'}")
     for key, label in (("default_credentials", "orthanc:orthanc"), ("no_credentials", "no credentials")):
         if o.get(key) not in (401, None):
-            h.add(RED, "security", f"REST accepts {label} (HTTP {o.get(key)}); expected 401")
+            h.add(RED, "security", f"REST authenticates {label} (HTTP {o.get(key)}; expected 401)")
     echo = probe.get("echo") or {}
     if not echo.get("answered", False) or (echo.get("ok") is False and not _error(echo)):
         h.add(RED, "dicom", f"C-ECHO to {region.nodes[node].aet} on port {region.ports(node).dicom} failed: "
@@ -210,9 +213,6 @@ def _modalities(h: NodeHealth, region: Region, node: str, bundle, o: dict, now: 
     for key in sorted(set(configured or []) - set(expected)):
         h.add(YELLOW, key, f"{key} is in Orthanc's configuration but not in the inventory")
     echo = o.get("echo_peers") or {}
-    hl7 = [k for k, ok in echo.items() if not ok and k.startswith("kontur-hl7")]
-    for key in hl7:
-        h.add(RED, key, "the HL7 service's MPPS/worklist peer does not answer C-ECHO from Orthanc")
     seen = o.get("seen") or {}
     devices = seen.get("devices") or {}
     since = float(seen.get("since") or now)
@@ -258,8 +258,11 @@ def _replication(h: NodeHealth, region: Region, node: str, rep: Any) -> None:
     if rep.get("parked"):
         h.add(YELLOW, link, f"{rep['parked']} stud{'y' if rep['parked'] == 1 else 'ies'} parked "
                             "(kontur replication problems)")
-    quarantined = (rep.get("transfer") or {}).get("quarantined") if isinstance(rep.get("transfer"), dict) else None
-    if quarantined:
+    transfer = rep.get("transfer") if isinstance(rep.get("transfer"), dict) else {}
+    # under "warn" a study that fails the package is sent anyway: only "enforce" holds one back
+    quarantined = (int(transfer.get("quarantined") or 0) - int(transfer.get("released") or 0)
+                   if transfer.get("mode") == "enforce" else 0)
+    if quarantined > 0:
         h.add(YELLOW, link, f"{quarantined} stud{'y' if quarantined == 1 else 'ies'} in quarantine "
                             "(kontur quarantine list)")
 

@@ -97,7 +97,7 @@ def orthanc(params):
     def echo(key):
         c, _ = _rest(port, f"/modalities/{key}/echo", auth, "POST", {"Timeout": 3}, timeout=10)
         return key, c == 200
-    keys = configured if isinstance(configured, list) else []
+    keys = [k for k in (configured if isinstance(configured, list) else []) if k in params.get("echo_peers", [])]
     with ThreadPoolExecutor(max_workers=8) as pool:
         res["echo_peers"] = dict(pool.map(echo, keys))
     code, rep = _rest(port, "/kontur/replication", auth)

@@ -49,7 +49,7 @@ def healthy(region, bundles, node: str) -> dict:
                      "devices": {m.aet: {"at": NOW - 600, "study": "s"} for _, m in region.dicom_senders(node)}},
             "replication": ({"enabled": True, "link": {"up": True, "failures": 0}, "deadline_hours": 24,
                              "queue_depth": 0, "overdue": 0, "oldest_pending_age_seconds": None, "parked": 0,
-                             "alarms": [], "transfer": {"quarantined": 0}}
+                             "alarms": [], "transfer": {"mode": "enforce", "quarantined": 0, "released": 0}}
                             if region.nodes[node].upstream else {"enabled": False, "reason": "no upstream"})}
         answer["echo"] = {"ok": True, "answered": True, "detail": ""}
         answer["tls_without_certificate"] = {"status": 400}
@@ -79,7 +79,7 @@ def mutate(region, bundles, node, change):
      "red", "the link to tsami is down"),
     ("city-lami", lambda a: a["orthanc"].update(modalities=[m for m in a["orthanc"]["modalities"] if m != "city-ct1"]),
      "red", "city-ct1 is in the inventory but missing from Orthanc's configuration"),
-    ("tsami", lambda a: a["orthanc"].update(default_credentials=200), "red", "REST accepts orthanc:orthanc"),
+    ("tsami", lambda a: a["orthanc"].update(default_credentials=200), "red", "REST authenticates orthanc:orthanc"),
     ("city-lami", lambda a: a["orthanc"]["replication"].update(overdue=1, queue_depth=1,
                                                                oldest_pending_age_seconds=26 * 3600),
      "red", "1 study undelivered past the 24 h deadline (oldest waiting 26.0 h)"),
@@ -99,6 +99,8 @@ def mutate(region, bundles, node, change):
     ("city-lami", lambda a: a["orthanc"]["replication"].update(parked=2), "yellow", "2 studies parked"),
     ("city-lami", lambda a: a["orthanc"]["replication"]["transfer"].update(quarantined=1), "yellow",
      "1 study in quarantine"),
+    ("city-lami", lambda a: a["orthanc"]["replication"]["transfer"].update(quarantined=3, released=1), "yellow",
+     "2 studies in quarantine"),
 ])
 def test_each_fault_is_caught_and_named(region, bundles, node, change, level, words):
     r = mutate(region, bundles, node, change)
@@ -111,6 +113,12 @@ def test_each_fault_is_caught_and_named(region, bundles, node, change, level, wo
         assert health.exit_code([r]) == 1
     else:
         assert not red_rows and health.exit_code([r]) == 0 and health.exit_code([r], strict=True) == 1
+
+
+def test_under_warn_a_failing_study_is_not_held_so_not_a_quarantine_warning(region, bundles):
+    r = mutate(region, bundles, "city-lami",
+               lambda a: a["orthanc"]["replication"]["transfer"].update(mode="warn", quarantined=4))
+    assert r.level == "green", r.findings
 
 
 def test_an_unreachable_node_is_red_with_the_centres_staff_for_the_tsami(region, bundles):
