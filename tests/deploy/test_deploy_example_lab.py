@@ -217,7 +217,7 @@ def test_one_study_walks_the_reglaments_path_and_its_link_opens_for_the_hospital
 
 
 def test_check_and_audit_catch_each_fault_made_on_purpose(example_lab, deployed, region, tmp_path):
-    """Issue 13's faults, made at once on seven nodes (tests/deploy/faults.py):
+    """Issue 13's faults, made at once on six nodes (tests/deploy/faults.py):
     Orthanc stopped and a disk over its critical threshold; a link cut; a
     device removed from a node's configuration by hand; orthanc:orthanc
     re-enabled; TLS switched off at the TsAMI; a study undelivered past its
