@@ -33,6 +33,9 @@ def pytest_addoption(parser):
     g.addoption("--kontur-node", action="append", default=[], help="check only this node (repeatable)")
     g.addoption("--secrets", default=None, help="secrets store (read only)")
     g.addoption("--kontur-ssh-config", default=None, help="ssh_config for reaching production nodes")
+    g.addoption("--kontur-min-age", type=float, default=None,
+                help="REG-04: a study older than this many seconds must be at the TsAMI "
+                     "(default: its hospital's deadline plus StableAge)")
     g.addoption("--kontur-results", default=None, help="write each control's outcome and evidence (JSON lines)")
 
 
@@ -84,6 +87,9 @@ class Target:
         self.sudo = bool(config.getoption("sudo", False))
         self._hosts = {}
         self._bundles = {}
+        #: where the nodes keep Orthanc's users (a test points it at a loopback Orthanc's)
+        self.credentials = "/etc/orthanc/credentials.json"
+        self.min_age = config.getoption("--kontur-min-age")
 
     def host(self, node: str):
         if node not in self._hosts:

@@ -1,6 +1,9 @@
 """Helpers the controls share to ask a node (not controls themselves)."""
 from __future__ import annotations
 
+#: where a node keeps Orthanc's users (root and orthanc read it)
+CREDENTIALS = "/etc/orthanc/credentials.json"
+
 
 #: asks the node's own Orthanc as kontur's service account, with the password read on
 #: the node from the file only root and orthanc read: no secret in a command line, in

@@ -215,3 +215,36 @@ def test_key_and_secret_files_are_not_readable_by_others(host, bundle):
             elif st.mode & 0o007 or (st.user, st.group) != (f.owner, f.group):
                 loose.append(f"{f.path}: mode {st.mode:04o} {st.user}:{st.group}, expected {f.mode} {f.owner}:{f.group}")
     assert not loose, "\n".join(loose)
+
+
+def _installed(host, packages) -> dict[str, str]:
+    run = host.run("dpkg-query -W -f '${Package} ${Version} ${db:Status-Abbrev}\\n' " + " ".join(packages))
+    found = {}
+    for line in run.stdout.splitlines():
+        name, version, status = (line.split(" ", 2) + ["", ""])[:3]
+        if status.startswith("ii"):
+            found[name] = version
+    return found
+
+
+@control("KONTUR-CFG-02", ref="kontur: the node's packages are the ones its role needs (Debian 12)", impact=0.7)
+def test_the_roles_packages_are_installed(host, bundle):
+    found = _installed(host, bundle.packages)
+    missing = sorted(set(bundle.packages) - set(found))
+    assert not missing, f"not installed: {', '.join(missing)}"
+
+
+@control("KONTUR-CFG-03", ref="kontur: one region, one version of each package (from the region's mirror)",
+         impact=0.5)
+def test_every_node_runs_the_same_package_versions(target):
+    """A package upgraded (or held back) by hand on one node is drift: its version differs from the
+    other nodes' of the region."""
+    versions: dict[str, dict[str, str]] = {}
+    for node in target.nodes:
+        for name, version in _installed(target.host(node), target.bundle(node).packages).items():
+            versions.setdefault(name, {})[node] = version
+    odd = []
+    for name, by_node in sorted(versions.items()):
+        if len(set(by_node.values())) > 1:
+            odd.append(f"{name}: " + ", ".join(f"{n} {v}" for n, v in sorted(by_node.items())))
+    assert not odd, "package versions differ between nodes:\n" + "\n".join(odd)
