@@ -248,3 +248,19 @@ def test_every_node_runs_the_same_package_versions(target):
         if len(set(by_node.values())) > 1:
             odd.append(f"{name}: " + ", ".join(f"{n} {v}" for n, v in sorted(by_node.items())))
     assert not odd, "package versions differ between nodes:\n" + "\n".join(odd)
+
+
+@control("KONTUR-NET-04", ref="Orthanc Book faq/security: RemoteAccessAllowed; TLS is nginx's job", impact=1.0)
+@pytest.mark.roles(*ARCHIVES)
+def test_orthancs_plain_http_port_is_unreachable_from_outside(target, node):
+    """Probed from the auditor's machine (the lab's control machine): a TCP connection to Orthanc's plain
+    HTTP port is refused or dropped; only nginx's HTTPS answers from outside."""
+    import socket
+    spec = target.region.nodes[node]
+    port = target.region.ports(node).http
+    try:
+        with socket.create_connection((spec.address, port), timeout=1.5):
+            connected = True
+    except OSError:
+        connected = False
+    assert not connected, f"{spec.address}:{port} (Orthanc's plain HTTP) accepts connections from outside"

@@ -104,19 +104,29 @@ def test_an_audit_reports_its_controls_by_id_as_html_junit_and_json_without_a_se
     store = SecretStore(tmp_path / "secrets")
     secret = store.password("nodes/city-lami/kontur")
     report = tmp_path / "report"
-    r = kontur("audit", "-i", str(region), "--node", "city-lami", "--secrets", str(tmp_path / "secrets"),
-               "-k", "secure_http_server or credentials_file", "--report", str(report),
-               env={"KONTUR_KNOWN_HOSTS": str(tmp_path / "known_hosts")})
+    # Orthanc's plain HTTP port answers from outside: the live probe must see it
+    open_http = socket.socket()
+    open_http.bind(("127.43.1.10", 8042))
+    open_http.listen(4)
+    try:
+        r = kontur("audit", "-i", str(region), "--node", "city-lami", "--secrets", str(tmp_path / "secrets"),
+                   "-k", "secure_http_server or credentials_file or plain_http", "--report", str(report),
+                   env={"KONTUR_KNOWN_HOSTS": str(tmp_path / "known_hosts")})
+    finally:
+        open_http.close()
     assert r.returncode == 1, r.stdout[-3000:] + r.stderr
     assert "FAILED kontur::KONTUR-SEC-04[city-lami]" in r.stdout
-    assert "2 finding(s): KONTUR-SEC-01[city-lami], KONTUR-SEC-04[city-lami]" in r.stdout, r.stdout[-1500:]
+    assert "3 finding(s): KONTUR-NET-04[city-lami], KONTUR-SEC-01[city-lami], KONTUR-SEC-04[city-lami]" in r.stdout, \
+        r.stdout[-1500:]
+    assert "127.43.1.10:8042 (Orthanc's plain HTTP) accepts connections from outside" in r.stdout
     junit = report / "junit.xml"
     xmlschema.XMLSchema(str(REPO / "tests" / "data" / "junit.xsd")).validate(str(junit))
     xml = junit.read_text()
     assert 'name="KONTUR-SEC-04[city-lami]" classname="kontur.audit.city-lami"' in xml, xml[:2000]
     assert "impact 1.0; reference: Orthanc Book faq/security: IsHttpServerSecure" in xml
     doc = json.loads((report / "report.json").read_text())
-    assert doc["compliant"] is False and {c["control"] for c in doc["controls"]} == {"KONTUR-SEC-01", "KONTUR-SEC-04"}
+    assert doc["compliant"] is False
+    assert {c["control"] for c in doc["controls"]} == {"KONTUR-SEC-01", "KONTUR-SEC-04", "KONTUR-NET-04"}
     assert all(c["hospital"] == "city" for c in doc["controls"])
     page = (report / "city.html").read_text()
     assert "KONTUR-SEC-04[city-lami]" in page and "Городская больница" in page
