@@ -197,7 +197,32 @@ def teardown(state: LabState, progress: Progress = _quiet) -> list[str]:
             attempt(f"remove namespace {r['name']}", net.delete_netns, r["name"])
     if any(r["kind"] == "nft" for r in res):
         attempt(f"remove nftables table {NFT_TABLE}", net.delete_nft)
+    for r in reversed(res):
+        if r["kind"] == "sysctl":
+            attempt(f"restore {r['path']}", Path(r["path"]).write_text, str(r["value"]))
     return problems
+
+
+#: root's inotify instances a booted host takes (systemd, journald, logind, ...: 20 hosts
+#: exhausted Debian's default of 128 and the 20th never reached its login prompt)
+INOTIFY_PER_HOST = 10
+INOTIFY_MACHINE = 48
+INOTIFY_LIMIT = Path("/proc/sys/fs/inotify/max_user_instances")
+
+
+def _make_inotify_room(n_hosts: int, ledger: "Ledger", progress: Progress) -> None:
+    """Raise the machine's inotify instance limit for as long as the lab runs, if its hosts need
+    more; ``lab down`` puts the old value back."""
+    try:
+        current = int(INOTIFY_LIMIT.read_text())
+    except (OSError, ValueError):
+        return
+    need = INOTIFY_MACHINE + INOTIFY_PER_HOST * n_hosts
+    if current >= need:
+        return
+    ledger.add({"kind": "sysctl", "path": str(INOTIFY_LIMIT), "value": current})
+    INOTIFY_LIMIT.write_text(str(need))
+    progress(f"hosts: fs.inotify.max_user_instances {current} -> {need} while the lab runs ({n_hosts} hosts)")
 
 
 # --- up ---------------------------------------------------------------------
@@ -356,6 +381,7 @@ def _build(state: LabState, ledger: Ledger, region: Region, plan: Plan, base: Pa
     _wait_listening({hk: (m.address, m.port, m.pid, m.start_time, logs / f"mis-{hk}.log")
                      for hk, m in state.mis.items()})
 
+    _make_inotify_room(len(plan.nodes), ledger, progress)
     progress(f"hosts: booting {len(plan.nodes)} containers")
     booted = {}
     for node, ep in plan.nodes.items():

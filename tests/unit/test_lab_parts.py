@@ -318,3 +318,25 @@ def test_lab_region_and_connection_data(tmp_path):
     assert hosts[st.hosts["rural-gw"].address]["kontur_node"] == "rural-gw"
     with pytest.raises(InvalidInput, match="not a node of the running lab"):
         ssh_command(st, "nope")
+
+
+def test_the_lab_raises_the_inotify_limit_for_many_hosts_and_down_restores_it(tmp_path, monkeypatch):
+    """20 hosts exhausted the machine's 128 inotify instances (the 20th never booted): up raises the
+    limit only when the hosts need more, the ledger keeps the old value, teardown puts it back."""
+    from kontur.lab import ops
+    from kontur.lab.state import LabState
+
+    limit = tmp_path / "max_user_instances"
+    limit.write_text("128\n")
+    monkeypatch.setattr(ops, "INOTIFY_LIMIT", limit)
+    noted = []
+    ledger = type("L", (), {"add": lambda self, *e: noted.extend(e)})()
+    ops._make_inotify_room(8, ledger, lambda m: None)
+    assert limit.read_text() == "128\n" and noted == []          # 8 hosts fit
+    said = []
+    ops._make_inotify_room(20, ledger, said.append)
+    assert int(limit.read_text()) == ops.INOTIFY_MACHINE + 20 * ops.INOTIFY_PER_HOST > 128
+    assert noted == [{"kind": "sysctl", "path": str(limit), "value": 128}] and "128 -> 248" in said[0]
+    state = LabState(region_name="x", inventory="x", address_map={}, resources=noted)
+    assert ops.teardown(state) == []
+    assert limit.read_text() == "128"
