@@ -81,7 +81,8 @@ def _probe(target: Target, node: str, bundle, timeout: float) -> tuple[dict | No
     params = health.probe_params(target.region, node, bundle)
     script = PROBE.read_text() + f"\nmain(json.loads({json.dumps(json.dumps(params))}))\n"
     ssh = target.ssh(node)
-    argv = ssh.argv(target.region.nodes[node].address, "python3", "-")
+    # -S: no site-packages to scan (the probe is standard library only)
+    argv = ssh.argv(target.region.nodes[node].address, "python3", "-S", "-")
     try:
         p = subprocess.run(argv, input=script, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
