@@ -8,7 +8,7 @@ CREDENTIALS = "/etc/orthanc/credentials.json"
 #: asks the node's own Orthanc as kontur's service account, with the password read on
 #: the node from the file only root and orthanc read: no secret in a command line, in
 #: transit or in a report.  Prints the HTTP status, a newline, the body.
-_AS_SERVICE = """python3 - <<'KONTUR'
+AS_SERVICE = """python3 - <<'KONTUR'
 import base64, json, sys, urllib.error, urllib.request
 users = json.load(open("/etc/orthanc/credentials.json"))["RegisteredUsers"]
 token = base64.b64encode(("kontur:" + users["kontur"]).encode()).decode()
@@ -23,7 +23,7 @@ KONTUR"""
 
 
 def as_service(host, port: int, path: str, method: str = "GET", body: bytes | None = None) -> tuple[int, str]:
-    run = host.run(_AS_SERVICE % (port, path, method, body))
+    run = host.run(AS_SERVICE % (port, path, method, body))
     assert run.rc == 0, f"REST {method} {path} as the service account failed: {run.stderr.strip()[-300:]}"
     status, _, text = run.stdout.partition("\n")
     return int(status), text

@@ -10,12 +10,16 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 from pathlib import Path
 
 from kontur.inventory import EXAMPLE_INVENTORY
 from kontur.testing.orthanc import wait_for
 
 from deploy_helpers import in_netns, kontur, on_host, write_dicom
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "checks"))
+from remote import AS_SERVICE  # noqa: E402  (the audit's own way to ask as the service account)
 
 #: node -> [(words the check prints for it, the audit control that fails there)]
 EXPECTED = {
@@ -105,15 +109,10 @@ def study_undelivered_past_deadline(state, region, tmp: Path) -> None:
     r = kontur("replicate", "--lab", "-i", str(EXAMPLE_INVENTORY), "--node", node, "--study", uid, timeout=120)
     assert r.rc == 0, r.out
     # until the plugin has queued it and found the link down (its status says so), then age it
-    status = """python3 - <<'KONTUR'
-import base64, json, urllib.request
-u = json.load(open("/etc/orthanc/credentials.json"))["RegisteredUsers"]["kontur"]
-r = urllib.request.Request("http://127.0.0.1:%d/kontur/replication",
-                           headers={"Authorization": "Basic " + base64.b64encode(("kontur:" + u).encode()).decode()})
-print(urllib.request.urlopen(r, timeout=10).read().decode())
-KONTUR""" % region.ports(node).http
+    status = AS_SERVICE % (region.ports(node).http, "/kontur/replication", "GET", None)
+
     def queued_with_the_link_down():
-        st = json.loads(on_host(state, node, status).stdout or "{}")
+        st = json.loads(on_host(state, node, status).stdout.partition("\n")[2] or "{}")
         return st if st.get("queue_depth") and st.get("link", {}).get("up") is False else None
     wait_for(queued_with_the_link_down, 180, interval=1.0, message=f"{node} to queue the study with its link down")
     _python(state, node, """
