@@ -58,6 +58,16 @@ def _status(o, value: str) -> dict:
     return body
 
 
+def _told(hl7, mis) -> str:
+    """What each side holds when the MIS lacks a notification: for the failure's message."""
+    with hl7.db() as db:
+        notes = [dict(r) for r in db.execute("SELECT kind, state, attempts, last_error, ack_code FROM notifications")]
+        events = [tuple(r) for r in db.execute("SELECT kind, study_id FROM study_events")]
+    tail = "".join(hl7.log.read_text(encoding="utf-8").splitlines(True)[-15:])
+    return (f"the MIS got {len(mis.messages)}; the service's notifications {notes}; its study events {events}; "
+            f"the service's log:\n{tail}")
+
+
 def _reports(o, study_id: str) -> list[pydicom.Dataset]:
     out = []
     for s in o.get(f"/studies/{study_id}/series"):
@@ -247,8 +257,11 @@ def test_the_mis_is_told_when_its_study_is_archived_here_and_when_it_is_at_the_t
         study = make_study(2, patient_id="12345", study_uid=uid)
         node.store(study)
         wait_delivered(tsami, study)
-        got = wait_for(lambda: (lambda m: m if len(m) >= 2 else None)(mis.received()), 60,
-                       message="both notifications at the MIS")
+        try:
+            got = wait_for(lambda: (lambda m: m if len(m) >= 2 else None)(mis.received()), 60,
+                           message="both notifications at the MIS")
+        except TimeoutError as exc:
+            raise AssertionError(f"{exc}: {_told(hl7, mis)}") from None
         words = [next(o.obx_5.to_er7() for o in m.children if o.name == "OBX" and o.obx_2.to_er7() == "ST")
                  for m in got]
         assert words == ["Исследование сохранено в ЛАМИ", "Исследование передано в ЦАМИ"], words

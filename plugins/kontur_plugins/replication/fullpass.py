@@ -146,6 +146,13 @@ class FullPass:
                 continue
             if state in ("pending", "parked") or (row and row["awaiting_stable"]):
                 continue
+            if row is None and info.get("IsStable") is False:
+                # still arriving (the feed started after its first instances): it waits
+                # for stability as any new study, never sent half received
+                e.outbox.ensure(sid, e.clock(), uid, pid)
+                e.outbox.touch(sid, e.clock())
+                stats["arriving"] += 1
+                continue
             if not decisions.in_full_pass(e.cfg.mode, e.cfg.gateway, bool(row and row["selected"]),
                                           e.outbox.is_flagged(uid)):
                 continue
@@ -199,7 +206,7 @@ class FullPass:
 
 def _zero_stats() -> dict:
     return {"studies": 0, "compared": 0, "equal": 0, "listed_locally": 0, "listed_upstream": 0, "requeued": 0,
-            "divergent": 0, "held_rechecked": 0}
+            "divergent": 0, "held_rechecked": 0, "arriving": 0}
 
 
 def loop(engine: Any, sleep: Callable[[float], bool]) -> None:

@@ -84,6 +84,7 @@ CREATE TABLE IF NOT EXISTS events (
     study_uid TEXT,
     detail TEXT
 );
+CREATE INDEX IF NOT EXISTS events_study ON events(study_id, kind);
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 -- the transfer package (issue 10): the latest validation of each study, and releases
 CREATE TABLE IF NOT EXISTS validation (
@@ -344,7 +345,11 @@ class Outbox:
             before = c.execute("SELECT awaiting_stable, study_uid FROM studies WHERE study_id=?", (study_id,)).fetchone()
             c.execute("INSERT INTO studies(study_id, updated_at) VALUES(?,?) ON CONFLICT(study_id) DO "
                       "UPDATE SET awaiting_stable=0, updated_at=excluded.updated_at", (study_id, now))
-            if before is None or before["awaiting_stable"]:
+            # archived here: when it became complete -- also when the full pass sent it before
+            # the feed read its stable event (once: a stable event without new instances is not news)
+            if (before is None or before["awaiting_stable"]
+                    or c.execute("SELECT 1 FROM events WHERE study_id=? AND kind='archived' LIMIT 1",
+                                 (study_id,)).fetchone() is None):
                 self.event(c, now, "archived", study_id, before["study_uid"] if before is not None else None)
             return dict(c.execute("SELECT * FROM studies WHERE study_id=?", (study_id,)).fetchone())
 

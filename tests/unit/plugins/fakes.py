@@ -59,7 +59,9 @@ class FakeLocal:
         self.last += 1
         self.change_log.append({"ChangeType": kind, "ID": rid, "ResourceType": rtype, "Seq": self.last})
 
-    def add(self, sid, n, uid=None, pid="P", series="se1", log=True, content=b""):
+    def add(self, sid, n, uid=None, pid="P", series="se1", log=True, content=b"", arriving=False):
+        """``arriving``: Orthanc holds the study unstable (its IsStable false) until
+        :meth:`stable`; otherwise it stands for one stored StableAge ago or more."""
         st = self.studies.setdefault(sid, {"uid": uid or f"1.2.{sid}", "pid": pid, "instances": {},
                                            "last_update": "1", "series": {}})
         new = []
@@ -72,6 +74,7 @@ class FakeLocal:
             if log:
                 self._log("NewInstance", iid, "Instance")
         st["last_update"] = str(int(st["last_update"]) + 1)
+        st["stable"] = not arriving and st.get("stable", True)
         return new
 
     def put(self, sid, iid, data, log=True, series="se1"):
@@ -85,7 +88,10 @@ class FakeLocal:
             self._log("NewInstance", iid, "Instance")
 
     def stable(self, sid):
+        if sid in self.studies:
+            self.studies[sid]["stable"] = True
         self._log("StableStudy", sid, "Study")
+
 
     def restart_log(self):
         """The index was restored or rebuilt: the change log numbers from 1 again."""
@@ -103,7 +109,8 @@ class FakeLocal:
         st = self.studies.get(sid)
         if st is None or not st["instances"]:
             return None
-        return {"ID": sid, "LastUpdate": st["last_update"], "MainDicomTags": {"StudyInstanceUID": st["uid"]},
+        return {"ID": sid, "LastUpdate": st["last_update"], "IsStable": st.get("stable", True),
+                "MainDicomTags": {"StudyInstanceUID": st["uid"]},
                 "PatientMainDicomTags": {"PatientID": st["pid"]},
                 "Series": sorted(set(st["series"].values()))}
 

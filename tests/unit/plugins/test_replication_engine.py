@@ -6,7 +6,7 @@ import pytest
 from kontur_plugins.pipeline import StudyRef
 from kontur_plugins.replication.engine import UnknownStudy
 
-from fakes import delivered, drain, make, urgent_during  # noqa: E402
+from fakes import FakeLocal, delivered, drain, make, urgent_during  # noqa: E402
 
 
 def test_stable_study_is_sent_verified_and_late_instances_follow(tmp_path):
@@ -41,6 +41,50 @@ def test_first_start_leaves_history_to_the_full_pass(tmp_path):
     # ... and the full pass finds the history the feed skipped
     assert eng2.run_full_pass()["requeued"] == 1
     assert drain(eng2) == 1 and up.held["old"] == {"old-i0", "old-i1"}
+
+
+def test_a_study_arriving_while_the_plugin_first_starts_waits_for_stability_and_is_archived(tmp_path):
+    """Orthanc takes studies before the plugin's feed has read where /changes
+    ends: the feed starts after their instances.  The full pass must not send
+    such a study at once, half received and untold: it is still arriving
+    (Orthanc's IsStable is false), so it waits for stability like any new
+    study, and its steps are archived, then delivered (found by the suite:
+    the MIS was told "delivered" only)."""
+    local = FakeLocal()
+    local.add("now", 2, arriving=True)             # arriving while the plugin starts
+    eng, _, up, clock, _ = make(tmp_path, local=local)
+    assert eng.outbox.get_meta("changes_seq") == "2"      # past the study's instances
+    stats = eng.run_full_pass()
+    assert stats["requeued"] == 0 and drain(eng) == 0 and up.posts == []
+    assert eng.outbox.get("now")["awaiting_stable"] == 1
+    local.add("now", 1, arriving=True)             # the rest of the study
+    local.stable("now")
+    eng.process_changes()
+    assert drain(eng) == 1 and up.held["now"] == {"now-i0", "now-i1", "now-i2"}
+    assert [e["kind"] for e in eng.outbox.events_after(0)] == ["archived", "delivered"]
+    # no StableStudy at all (Orthanc restarted meanwhile): the quiet period decides, as for any study
+    local.add("later", 1, arriving=True)
+    eng2, *_ = make(tmp_path / "other", local=local, up=up, clock=clock)
+    eng2.run_full_pass()
+    assert eng2.outbox.get("later")["awaiting_stable"] == 1
+    clock.t += 10 + 5
+    assert eng2.sweep_quiet() == 1 and drain(eng2) == 1
+    assert [e["kind"] for e in eng2.outbox.events_after(0)] == ["archived", "delivered"]
+
+
+def test_a_study_the_full_pass_sent_before_its_stable_event_is_still_archived(tmp_path):
+    """The full pass may send a study whose StableStudy the feed reads only
+    afterwards: that stable event still records the study as archived here
+    (once), so the MIS hears of it."""
+    local = FakeLocal()
+    local.add("s", 2, arriving=True)
+    eng, _, up, clock, _ = make(tmp_path, local=local)
+    local.stable("s")                              # stable before the pass lists it
+    assert eng.run_full_pass()["requeued"] == 1 and drain(eng) == 1
+    eng.process_changes()                          # its StableStudy, read now
+    local.stable("s")
+    eng.process_changes()
+    assert [e["kind"] for e in eng.outbox.events_after(0)] == ["delivered", "archived"]
 
 
 def test_lost_stable_event_recovered_after_quiet_period(tmp_path):
