@@ -24,6 +24,7 @@ import testinfra
 from kontur.inventory import load
 from kontur.render import render_node
 from kontur.secrets import SecretStore, default_dir
+from remote import CREDENTIALS, PLUGINS
 
 
 def pytest_addoption(parser):
@@ -88,7 +89,8 @@ class Target:
         self._hosts = {}
         self._bundles = {}
         #: where the nodes keep Orthanc's users (a test points it at a loopback Orthanc's)
-        self.credentials = "/etc/orthanc/credentials.json"
+        self.credentials = CREDENTIALS
+        self.plugins = PLUGINS
         self.min_age = config.getoption("--kontur-min-age")
 
     def host(self, node: str):

@@ -4,10 +4,11 @@ the TsAMI within the deadline, the quarantine's summary."""
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 
-from remote import CREDENTIALS, as_service
+from remote import CREDENTIALS, PLUGINS, as_service
 
 control = pytest.mark.control
 
@@ -23,7 +24,8 @@ def test_responsible_staff_are_recorded(target, node):
 
 
 def _replication(host, target, node) -> dict:
-    status, text = as_service(host, target.region.ports(node).http, "/kontur/replication")
+    status, text = as_service(host, target.region.ports(node).http, "/kontur/replication",
+                              credentials=target.credentials)
     assert status == 200, f"GET /kontur/replication answered {status}"
     return json.loads(text)
 
@@ -83,30 +85,133 @@ def studies_script(port: int, mode: str, arg, credentials: str = CREDENTIALS) ->
             .replace("@MODE@", repr(mode)).replace("@ARG@", repr(arg)).replace("@SAMPLE@", str(SAMPLE)))
 
 
-@control("KONTUR-REG-04", ref="reglament 004 §3.1, §5.4: under policy all every study of the LAMI is at the TsAMI",
-         impact=1.0)
+@control("KONTUR-REG-04", ref="reglament 004 §3.1-3.3, §5.4: the TsAMI holds every study of the LAMI under policy "
+         "all, the studies with pathology under policy pathology", impact=1.0)
 @pytest.mark.roles("lami", "gateway")
 def test_the_tsami_holds_the_hospitals_studies_under_its_policy(host, target, node):
-    """Read from both archives: the most recent studies of the hospital's node (up to 200) that are older
-    than the delivery deadline must each be found at the TsAMI."""
+    """Read from both archives.  Under ``all`` (and from a gateway): the most recent studies of the node
+    (up to 200) older than the delivery deadline must each be at the TsAMI.  Under ``pathology``: every
+    study flagged pathology more than the deadline ago that the node holds (the 1000 latest flags)."""
     region = target.region
     spec = region.nodes[node]
     hospital = next(h for h in region.hospitals.values() if h.node == node)
     policy = "gateway" if spec.role.value == "gateway" else hospital.replication.policy.value
-    if policy != "gateway" and policy != "all":
-        pytest.skip(f"policy {policy}: the TsAMI holds only what was flagged or asked for (REG-02 covers its delivery)")
+    if policy not in ("gateway", "all", "pathology"):
+        pytest.skip(f"policy {policy}: the TsAMI holds only what was asked for (REG-02 covers its delivery)")
     age = hospital.replication.deadline_hours * 3600 + region.defaults.stable_age
     if target.min_age is not None:
         age = target.min_age
-    listed = host.run(studies_script(region.ports(node).http, "list", age, target.credentials))
-    assert listed.rc == 0, listed.stderr[-300:]
-    here = json.loads(listed.stdout)
-    if not here["sample"]:
+    port = region.ports(node).http
+    if policy == "pathology":
+        status, text = as_service(host, port, "/kontur/flags", credentials=target.credentials)
+        assert status == 200, f"GET /kontur/flags answered {status}"
+        now = time.time()
+        flagged = [f["study_uid"] for f in json.loads(text)["flagged"] if now - float(f["flagged_at"]) > age]
+        if not flagged:
+            return
+        held = host.run(studies_script(port, "lookup", flagged, target.credentials))
+        assert held.rc == 0, held.stderr[-300:]
+        sample = [uid for uid, here in json.loads(held.stdout).items() if here]
+        what = "studies flagged pathology"
+    else:
+        listed = host.run(studies_script(port, "list", age, target.credentials))
+        assert listed.rc == 0, listed.stderr[-300:]
+        sample = json.loads(listed.stdout)["sample"]
+        what = "studies"
+    if not sample:
         return
     tsami = target.host(spec.upstream)
-    found = tsami.run(studies_script(region.ports(spec.upstream).http, "lookup", here["sample"], target.credentials))
+    found = tsami.run(studies_script(region.ports(spec.upstream).http, "lookup", sample, target.credentials))
     assert found.rc == 0, found.stderr[-300:]
     missing = sorted(uid for uid, held in json.loads(found.stdout).items() if not held)
-    assert not missing, (f"{len(missing)} of {len(here['sample'])} studies older than "
+    assert not missing, (f"{len(missing)} of {len(sample)} {what} older than "
                          f"{age / 3600:.1f} h at {node} are not at {spec.upstream}: "
                          + ", ".join(missing[:10]))
+
+
+#: on the TsAMI, as the service account: the most recent studies older than AGE (up to PACKAGE_SAMPLE of
+#: them, looking at no more than 10 times as many), each judged by the transfer package's own rules
+#: (kontur's plugin modules on the node) with its hospital's settings (by Issuer of Patient ID).  Prints
+#: each study's UID, issuer, state and reasons -- no name, birth date or other tag value of a patient's.
+_PACKAGE = """python3 - <<'KONTUR'
+import base64, json, sys, time, urllib.request
+sys.path.insert(0, @PLUGINS@)
+from kontur_plugins.transfer.config import parse_transfer
+from kontur_plugins.transfer.rules import Series, StudyFacts, evaluate
+users = json.load(open(@CREDENTIALS@))["RegisteredUsers"]
+auth = {"Authorization": "Basic " + base64.b64encode(("kontur:" + users["kontur"]).encode()).decode()}
+def call(path):
+    req = urllib.request.Request("http://127.0.0.1:@PORT@" + path, headers=auth)
+    with urllib.request.urlopen(req, timeout=30) as r:
+        body = r.read()
+    return body.decode() if path.endswith("/TransferSyntax") else json.loads(body)
+kinds = [parse_transfer({"transfer": {"enabled": True, "validation": v}}).validation for v in @SETTINGS@]
+settings = {issuer: kinds[k] for issuer, k in @ISSUERS@.items()}
+age, want = float(@AGE@), int(@SAMPLE@)
+ids = call("/studies")
+out, looked = [], 0
+for sid in reversed(ids):
+    if len(out) >= want or looked >= 10 * want:
+        break
+    looked += 1
+    s = call("/studies/" + sid)
+    if time.time() - time.mktime(time.strptime(s["LastUpdate"], "%Y%m%dT%H%M%S")) <= age:
+        continue
+    series = []
+    for se in sorted(call("/studies/" + sid + "/series"), key=lambda x: x["ID"]):
+        if se.get("Instances"):
+            first = sorted(se["Instances"])[0]
+            try:
+                ts = call("/instances/" + first + "/metadata/TransferSyntax")
+            except Exception:
+                ts = None
+            series.append(Series(call("/instances/" + first + "/simplified-tags"), ts))
+    facts = StudyFacts(series)
+    issuer = str(facts.first.get("IssuerOfPatientID") or "")
+    v = evaluate(facts, settings.get(issuer) or settings[""])
+    out.append({"study_uid": s["MainDicomTags"].get("StudyInstanceUID"), "issuer": issuer, "state": v.state,
+                "reasons": list(v.reasons) + list(v.notes)})
+print(json.dumps({"total": len(ids), "looked": looked, "checked": out}, ensure_ascii=False))
+KONTUR"""
+PACKAGE_SAMPLE = 20
+
+
+def package_script(port: int, age: float, settings: dict, credentials: str = CREDENTIALS,
+                   plugins: str = PLUGINS) -> str:
+    """``settings``: issuer ("" for any other) -> its validation section; each distinct one is sent once."""
+    kinds: list[dict] = []
+    issuers = {}
+    for issuer, v in settings.items():
+        if v not in kinds:
+            kinds.append(v)
+        issuers[issuer] = kinds.index(v)
+    return (_PACKAGE.replace("@PLUGINS@", repr(plugins)).replace("@CREDENTIALS@", repr(credentials))
+            .replace("@PORT@", str(int(port))).replace("@SETTINGS@", repr(kinds)).replace("@ISSUERS@", repr(issuers))
+            .replace("@AGE@", repr(float(age))).replace("@SAMPLE@", str(PACKAGE_SAMPLE)))
+
+
+@control("KONTUR-REG-05", ref="reglament 004 §5.6: the package sent to the TsAMI carries images in original "
+         "quality, the patient's data, the physician's and the procedure's codes, protocol and conclusion",
+         impact=0.7)
+@pytest.mark.roles("tsami")
+def test_a_sample_of_tsami_studies_carries_the_whole_package(host, target, node):
+    """The TsAMI's most recent studies (up to 20) older than the longest delivery deadline, each judged by
+    the rules the hospitals' nodes apply before sending (their inventory settings), the report included:
+    past the deadline a study without its protocol and conclusion is a finding too."""
+    from kontur.policy import validation_section
+    region = target.region
+    settings = {region.issuer_of(k): validation_section(region, k) for k, h in region.hospitals.items() if h.node}
+    settings[""] = validation_section(region, None)      # a study whose issuer is no hospital's
+    age = max((h.replication.deadline_hours for h in region.hospitals.values()), default=24) * 3600 \
+        + region.defaults.stable_age
+    if target.min_age is not None:
+        age = target.min_age
+    run = host.run(package_script(region.ports(node).http, age, settings, target.credentials, target.plugins))
+    assert run.rc == 0, run.stderr[-300:]
+    answer = json.loads(run.stdout)
+    short = [c for c in answer["checked"] if c["state"] != "valid"]
+    hospital_of = {region.issuer_of(k): k for k in region.hospitals}
+    assert not short, (f"{len(short)} of {len(answer['checked'])} sampled studies older than {age / 3600:.1f} h "
+                       f"lack parts of the package: " + "; ".join(
+                           f"{c['study_uid']} ({hospital_of.get(c['issuer'], c['issuer'] or 'no issuer')}): "
+                           + ", ".join(c["reasons"]) for c in short[:5]))

@@ -126,20 +126,25 @@ def transfer_section(region: Region, node: str) -> dict[str, Any]:
         return {"enabled": False, "reason": f"a {spec.role.value} node stores what it receives as it is"}
     if hospital is None:
         return {"enabled": False, "reason": f"{node} serves no hospital in the inventory"}
-    h = region.hospitals[hospital]
+    return {"enabled": True, "repair_text": True, "issuer": region.issuer_of(hospital),
+            "patient_key": region.transfer.patient_key, "validation": validation_section(region, hospital)}
+
+
+def validation_section(region: Region, hospital: str | None) -> dict[str, Any]:
+    """The §5.6 rules a hospital's studies are held to (the region's, where ``hospital`` is None):
+    rendered for its node's ingest stage, and read by the audit's sample at the TsAMI."""
     pkg = region.transfer
-    switched = {**pkg.rules, **h.transfer_rules}
+    h = region.hospitals[hospital] if hospital is not None else None
+    switched = {**pkg.rules, **(h.transfer_rules if h is not None else {})}
     _plugins_importable()
     from kontur_plugins.transfer.rules import DEFAULT_PATHS, RULES
-    validation: dict[str, Any] = {
-        "mode": h.validation,
+    return {
+        "mode": h.validation if h is not None else "enforce",
         "rules": [r for r in RULES if switched.get(r, True)],
         "paths": {k: list(getattr(pkg, k) or v) for k, v in DEFAULT_PATHS.items()},
         "classifier": ({"version": pkg.classifier.version, "codes": dict(sorted(pkg.classifier.codes.items()))}
                        if pkg.classifier else None),
     }
-    return {"enabled": True, "repair_text": True, "issuer": region.issuer_of(hospital),
-            "patient_key": pkg.patient_key, "validation": validation}
 
 
 def _plugins_importable() -> None:

@@ -15,6 +15,7 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.tag import BaseTag
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
@@ -236,3 +237,53 @@ def with_raw_text(data: bytes, values: dict[int, bytes], *, charset: str | None 
     buf = io.BytesIO()
     ds.save_as(buf, enforce_file_format=True)
     return buf.getvalue()
+
+
+# --- the transfer package (reglament 004 §5.6) --------------------------------------------
+
+#: a regional classifier's code the package studies carry
+PACKAGE_CODES = {"A06.09.005": "Компьютерная томография органов грудной полости"}
+_n = [0]
+
+
+def package_study(*, sex="M", code="A06.09.005", report=False, mutate=None) -> Study:
+    """One CT instance carrying the §5.6 package (physician, procedure; the regional code of
+    :data:`PACKAGE_CODES`), and a Basic Text SR report if asked."""
+    _n[0] += 1
+    k = _n[0]
+    uid = f"1.2.826.0.1.3680043.8.498.90.{k}"
+    inst = make_instance(patient_id=f"VAL-{k}", patient_name="Иванов^Пётр", study_uid=uid, series_uid=uid + ".1")
+    ds = pydicom.dcmread(io.BytesIO(inst.data))
+    ds.PatientSex = sex
+    ds.PerformingPhysicianName = "Петрова^Анна"
+    person = Dataset()
+    code_item = Dataset()
+    code_item.CodeValue, code_item.CodingSchemeDesignator, code_item.CodeMeaning = "4201-777", "RU-42", "Петрова А."
+    person.PersonIdentificationCodeSequence = [code_item]
+    ds.PerformingPhysicianIdentificationSequence = [person]
+    proc = Dataset()
+    proc.CodeValue, proc.CodingSchemeDesignator = code, "RU-804N"
+    proc.CodeMeaning = PACKAGE_CODES.get(code, "Неизвестная услуга")
+    ds.ProcedureCodeSequence = [proc]
+    if mutate is not None:
+        mutate(ds)
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    inst.data = buf.getvalue()
+    study = Study(uid, inst.patient_id, "Иванов^Пётр", [inst])
+    if report:
+        sr = Dataset()
+        sr.file_meta = pydicom.dataset.FileMetaDataset()
+        sr.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.88.11"
+        sr.file_meta.MediaStorageSOPInstanceUID = uid + ".2.1"
+        sr.file_meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
+        sr.SpecificCharacterSet = "ISO_IR 192"
+        sr.SOPClassUID, sr.SOPInstanceUID = "1.2.840.10008.5.1.4.1.1.88.11", uid + ".2.1"
+        sr.StudyInstanceUID, sr.SeriesInstanceUID = uid, uid + ".2"
+        sr.PatientID, sr.PatientName, sr.PatientSex, sr.PatientBirthDate = inst.patient_id, "Иванов^Пётр", sex, "19700101"
+        sr.Modality, sr.SeriesNumber, sr.InstanceNumber = "SR", 2, 1
+        sr.ValueType, sr.CompletionFlag, sr.VerificationFlag = "CONTAINER", "COMPLETE", "UNVERIFIED"
+        buf = io.BytesIO()
+        sr.save_as(buf, enforce_file_format=True)
+        study.instances.append(Instance(uid + ".2.1", uid + ".2", uid, inst.patient_id, buf.getvalue()))
+    return study

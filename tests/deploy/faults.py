@@ -19,7 +19,7 @@ from kontur.testing.orthanc import wait_for
 from deploy_helpers import in_netns, kontur, on_host, write_dicom
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "checks"))
-from remote import AS_SERVICE  # noqa: E402  (the audit's own way to ask as the service account)
+from remote import as_service_script  # noqa: E402  (the audit's own way to ask as the service account)
 
 #: node -> [(words the check prints for it, the audit control that fails there)]
 EXPECTED = {
@@ -109,7 +109,7 @@ def study_undelivered_past_deadline(state, region, tmp: Path) -> None:
     r = kontur("replicate", "--lab", "-i", str(EXAMPLE_INVENTORY), "--node", node, "--study", uid, timeout=120)
     assert r.rc == 0, r.out
     # until the plugin has queued it and found the link down (its status says so), then age it
-    status = AS_SERVICE % (region.ports(node).http, "/kontur/replication", "GET", None)
+    status = as_service_script(region.ports(node).http, "/kontur/replication")
 
     def queued_with_the_link_down():
         st = json.loads(on_host(state, node, status).stdout.partition("\n")[2] or "{}")

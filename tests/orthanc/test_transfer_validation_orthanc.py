@@ -16,13 +16,13 @@ import pydicom
 import pytest
 from pydicom.dataset import Dataset
 
-from kontur.testing.dicom import Study, make_instance, storescu
+from kontur.testing.dicom import PACKAGE_CODES as CODES
+from kontur.testing.dicom import Study, make_instance, package_study, storescu
 from kontur.testing.orthanc import HttpError, wait_for
 from kontur.testing.replication import SCU_AET, wait_delivered
 
 pytestmark = pytest.mark.orthanc
 
-CODES = {"A06.09.005": "Компьютерная томография органов грудной полости"}
 RULES = ["original_quality", "patient_id", "study_uid", "patient_name", "birth_date", "sex",
          "physician", "procedure", "report"]
 
@@ -31,52 +31,6 @@ def transfer(mode="enforce"):
     return {"enabled": True, "repair_text": True, "issuer": "42-TEST",
             "validation": {"mode": mode, "rules": RULES,
                            "classifier": {"version": "2026-01", "codes": CODES}}}
-
-
-_n = [0]
-
-
-def package_study(tmp_path, *, sex="M", code="A06.09.005", report=False, mutate=None) -> Study:
-    """One CT instance carrying the §5.6 package (physician, procedure), and an SR report if asked."""
-    _n[0] += 1
-    k = _n[0]
-    uid = f"1.2.826.0.1.3680043.8.498.90.{k}"
-    inst = make_instance(patient_id=f"VAL-{k}", patient_name="Иванов^Пётр", study_uid=uid, series_uid=uid + ".1")
-    ds = pydicom.dcmread(io.BytesIO(inst.data))
-    ds.PatientSex = sex
-    ds.PerformingPhysicianName = "Петрова^Анна"
-    person = Dataset()
-    code_item = Dataset()
-    code_item.CodeValue, code_item.CodingSchemeDesignator, code_item.CodeMeaning = "4201-777", "RU-42", "Петрова А."
-    person.PersonIdentificationCodeSequence = [code_item]
-    ds.PerformingPhysicianIdentificationSequence = [person]
-    proc = Dataset()
-    proc.CodeValue, proc.CodingSchemeDesignator = code, "RU-804N"
-    proc.CodeMeaning = CODES.get(code, "Неизвестная услуга")
-    ds.ProcedureCodeSequence = [proc]
-    if mutate is not None:
-        mutate(ds)
-    buf = io.BytesIO()
-    ds.save_as(buf, enforce_file_format=True)
-    inst.data = buf.getvalue()
-    study = Study(uid, inst.patient_id, "Иванов^Пётр", [inst])
-    if report:
-        sr = Dataset()
-        sr.file_meta = pydicom.dataset.FileMetaDataset()
-        sr.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.88.11"
-        sr.file_meta.MediaStorageSOPInstanceUID = uid + ".2.1"
-        sr.file_meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
-        sr.SpecificCharacterSet = "ISO_IR 192"
-        sr.SOPClassUID, sr.SOPInstanceUID = "1.2.840.10008.5.1.4.1.1.88.11", uid + ".2.1"
-        sr.StudyInstanceUID, sr.SeriesInstanceUID = uid, uid + ".2"
-        sr.PatientID, sr.PatientName, sr.PatientSex, sr.PatientBirthDate = inst.patient_id, "Иванов^Пётр", sex, "19700101"
-        sr.Modality, sr.SeriesNumber, sr.InstanceNumber = "SR", 2, 1
-        sr.ValueType, sr.CompletionFlag, sr.VerificationFlag = "CONTAINER", "COMPLETE", "UNVERIFIED"
-        buf = io.BytesIO()
-        sr.save_as(buf, enforce_file_format=True)
-        from kontur.testing.dicom import Instance
-        study.instances.append(Instance(uid + ".2.1", uid + ".2", uid, inst.patient_id, buf.getvalue()))
-    return study
 
 
 def send(node, tmp_path, study: Study) -> None:
@@ -128,26 +82,26 @@ def test_each_rule_holds_a_study_that_fails_it_with_its_reason(tmp_path, tsami, 
     studies = {}
     for rule, (mutate, _) in RULE_CASES.items():
         if rule == "study_uid":
-            st = package_study(tmp_path, report=True)
+            st = package_study(report=True)
             # a UID with a leading zero in a component: not a valid DICOM UID
             bad = st.study_uid.rsplit(".", 1)[0] + ".0" + st.study_uid.rsplit(".", 1)[1]
-            st = package_study(tmp_path, report=True, mutate=_set(StudyInstanceUID=bad))
+            st = package_study(report=True, mutate=_set(StudyInstanceUID=bad))
             st.study_uid = bad
             for inst in st.instances:
                 inst.study_uid = bad
             # the SR is part of another study UID now: drop it, the rule is about the image's UID
             st.instances = st.instances[:1]
         elif rule == "procedure":
-            st = package_study(tmp_path, report=True, code="B99.99.999")
+            st = package_study(report=True, code="B99.99.999")
         else:
-            st = package_study(tmp_path, report=True, mutate=mutate)
+            st = package_study(report=True, mutate=mutate)
             if rule == "patient_id":
                 st.patient_id = ""
                 for inst in st.instances:
                     inst.patient_id = ""
         studies[rule] = st
         send(lami, tmp_path, st)
-    good = package_study(tmp_path, report=True)
+    good = package_study(report=True)
     send(lami, tmp_path, good)
     wait_delivered(tsami, good)
     for rule, st in studies.items():
@@ -159,7 +113,7 @@ def test_each_rule_holds_a_study_that_fails_it_with_its_reason(tmp_path, tsami, 
 
 def test_a_complete_package_goes_and_is_valid(tmp_path, tsami, make_node):
     lami = make_node(transfer=transfer())
-    study = package_study(tmp_path, report=True)
+    study = package_study(report=True)
     send(lami, tmp_path, study)
     wait_delivered(tsami, study)
     assert validation(lami, study.orthanc_id())["state"] == "valid"
@@ -167,7 +121,7 @@ def test_a_complete_package_goes_and_is_valid(tmp_path, tsami, make_node):
 
 def test_a_study_without_its_report_is_incomplete_and_still_goes(tmp_path, tsami, make_node):
     lami = make_node(transfer=transfer())
-    study = package_study(tmp_path)
+    study = package_study()
     send(lami, tmp_path, study)
     wait_delivered(tsami, study)
     v = validation(lami, study.orthanc_id())
@@ -176,7 +130,7 @@ def test_a_study_without_its_report_is_incomplete_and_still_goes(tmp_path, tsami
 
 def test_a_quarantined_study_stays_until_its_fix_then_goes(tmp_path, tsami, make_node):
     lami = make_node(transfer=transfer())
-    study = package_study(tmp_path, sex="", code="B99.99.999", report=True)
+    study = package_study(sex="", code="B99.99.999", report=True)
     send(lami, tmp_path, study)
     v = wait_state(lami, study.orthanc_id(), "quarantined")
     assert any("Sex" in r for r in v["reasons"]) and any("B99.99.999" in r and "classifier" in r for r in v["reasons"])
@@ -200,7 +154,7 @@ def test_a_quarantined_study_stays_until_its_fix_then_goes(tmp_path, tsami, make
 
 def test_release_lets_a_quarantined_study_go_and_is_audited(tmp_path, tsami, make_node):
     lami = make_node(transfer=transfer())
-    study = package_study(tmp_path, sex="X", report=True)
+    study = package_study(sex="X", report=True)
     send(lami, tmp_path, study)
     wait_state(lami, study.orthanc_id(), "quarantined")
     with pytest.raises(HttpError) as no_reason:
@@ -221,7 +175,7 @@ def test_release_lets_a_quarantined_study_go_and_is_audited(tmp_path, tsami, mak
 
 def test_in_warn_mode_the_study_goes_and_the_findings_are_kept(tmp_path, tsami, make_node):
     lami = make_node(transfer=transfer("warn"))
-    study = package_study(tmp_path, sex="", report=True)
+    study = package_study(sex="", report=True)
     send(lami, tmp_path, study)
     wait_delivered(tsami, study)
     v = validation(lami, study.orthanc_id())
@@ -236,7 +190,7 @@ def test_two_hospitals_patients_with_one_patient_id_are_never_merged_at_the_tsam
     TsAMI; the same person again from A goes."""
     a = make_node(transfer={**transfer("warn"), "issuer": "42-A"})
     b = make_node(transfer={**transfer("warn"), "issuer": "42-B"})
-    first = package_study(tmp_path, report=True)
+    first = package_study(report=True)
     for inst in first.instances:
         ds = pydicom.dcmread(io.BytesIO(inst.data))
         ds.PatientID = "12345"
@@ -248,8 +202,8 @@ def test_two_hospitals_patients_with_one_patient_id_are_never_merged_at_the_tsam
     wait_delivered(tsami, first)
     assert tsami.get(f"/studies/{first.orthanc_id()}/instances")[0]["ID"]
 
-    other = package_study(tmp_path, report=True)
-    again = package_study(tmp_path, report=True)
+    other = package_study(report=True)
+    again = package_study(report=True)
     for study, name, birth in ((other, "Петрова^Анна", "19851231"), (again, "Иванов^Пётр", "19700101")):
         for inst in study.instances:
             ds = pydicom.dcmread(io.BytesIO(inst.data))
@@ -286,7 +240,7 @@ def test_cli_quarantine_list_and_release_against_a_node(tmp_path, tsami, make_no
         o = capsys.readouterr()
         return rc, o.out, o.err
 
-    study = package_study(tmp_path, sex="", report=True)
+    study = package_study(sex="", report=True)
     send(lami, tmp_path, study)
     wait_state(lami, study.orthanc_id(), "quarantined")
     rc, out, err = run("quarantine", "list", "--hospital", "onco")
@@ -315,7 +269,7 @@ def test_with_regional_keys_two_hospitals_patients_stay_apart_at_the_tsami(tmp_p
              for issuer in ("42-A", "42-B")}
     sent = {}
     for issuer, (name, birth) in zip(nodes, (("Иванов^Пётр", "19700101"), ("Петрова^Анна", "19851231"))):
-        st = package_study(tmp_path, report=True)
+        st = package_study(report=True)
         for inst in st.instances:
             ds = pydicom.dcmread(io.BytesIO(inst.data))
             ds.PatientID, ds.PatientName, ds.PatientBirthDate = "12345", name, birth

@@ -10,6 +10,7 @@ Sending side (LAMIs and gateways; operators, admins only through the roles filte
     POST /kontur/replicate                {"study": ID or UID} | {"patient": PatientID}, "urgent": bool
                                           | {"release_parked": true, "reason": "..."}
     POST /kontur/flag                     {"study": ID or UID, "pathology": bool}
+    GET  /kontur/flags                    the studies flagged pathology (the 1000 latest), with when and why
     POST /kontur/correct                  {"action": "reject", "study"|"series": ID, "reason": "..."}
                                           | {"action": "sync", "study": ID, "reason": "..."}
     POST /kontur/full-pass                {} : run a full pass now
@@ -44,6 +45,7 @@ SENDER_ROUTES = {
     "/kontur/replication/problems": "GET",
     "/kontur/replicate": "POST",
     "/kontur/flag": "POST",
+    "/kontur/flags": "GET",
     "/kontur/correct": "POST",
     "/kontur/full-pass": "POST",
 }
@@ -144,6 +146,8 @@ def handle(engine: Any, method: str, path: str, body: bytes | None,
             return _json(200, {"parked": engine.parked()})
         if path == "/kontur/replication/problems":
             return _json(200, engine.problems())
+        if path == "/kontur/flags":
+            return _json(200, engine.flagged())
         if path == "/kontur/full-pass":
             return _json(202, engine.request_full_pass(f"requested by {caller or 'an operator'}"))
         data = _body(body)

@@ -335,6 +335,11 @@ class Replicator:
         uid, pid = study_keys(info)
         return self.outbox.ensure(study_id, self.clock(), uid, pid)
 
+    def _stable_here(self, study_id: str) -> bool:
+        """Orthanc's own word (IsStable) on a study the outbox knows nothing of yet."""
+        info = self.local.study(study_id)
+        return info is None or info.get("IsStable") is not False
+
     def _on_ready(self, study_id: str, source: str) -> str:
         """A study is complete (Orthanc's StableStudy or a quiet period)."""
         now = self.clock()
@@ -498,6 +503,10 @@ class Replicator:
                 results.append({"study": sid, "state": (self.outbox.get(sid) or {}).get("state", "idle")})
                 continue
             ready = not row.get("awaiting_stable")
+            if ready and not self._stable_here(sid):
+                # still arriving, and the feed has not read it yet: it goes once it is stable
+                self.outbox.touch(sid, now)
+                ready = False
             d = decisions.on_flag(self.cfg.mode, self.cfg.gateway, ready)
             state = self.admit(row, d.reason, urgent=False, source="flag") if d.send else row["state"]
             results.append({"study": sid, "state": state, "note": d.reason})
@@ -843,6 +852,10 @@ class Replicator:
 
     def parked(self) -> list[dict]:
         return self.outbox.parked()
+
+    def flagged(self) -> dict:
+        """The pathology flags (an auditor compares them with the TsAMI: KONTUR-REG-04)."""
+        return self.outbox.flagged()
 
     def problems(self) -> dict:
         """What an operator must look at: parked, storage errors, divergent

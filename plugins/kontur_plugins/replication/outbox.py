@@ -714,6 +714,15 @@ class Outbox:
         row = self._conn().execute("SELECT pathology FROM flags WHERE study_uid=?", (study_uid,)).fetchone()
         return bool(row and row[0])
 
+    def flagged(self, limit: int = 1000) -> dict[str, Any]:
+        """The studies flagged pathology, the most recently flagged first (at most ``limit``)."""
+        c = self._conn()
+        rows = c.execute("SELECT study_uid, flagged_at, source FROM flags WHERE pathology=1 "
+                         "ORDER BY flagged_at DESC LIMIT ?", (int(limit),)).fetchall()
+        total = c.execute("SELECT COUNT(*) FROM flags WHERE pathology=1").fetchone()[0]
+        return {"total": total, "flagged": [{"study_uid": r[0], "flagged_at": round(r[1], 1), "source": r[2]}
+                                            for r in rows]}
+
     # --- views --------------------------------------------------------------
 
     def summary(self, now: float, deadline_seconds: float) -> dict[str, Any]:

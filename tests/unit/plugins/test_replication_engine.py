@@ -173,6 +173,22 @@ def test_pathology_and_on_demand(tmp_path):
         eng2.request(study="9.9.9")
 
 
+def test_a_study_flagged_while_it_arrives_goes_once_it_is_complete(tmp_path):
+    """A result can flag a study before the feed has read its instances: it
+    goes when it is stable, whole and once, archived then delivered -- not at
+    the flag, half received, and again at its stable event."""
+    eng, local, up, clock, _ = make(tmp_path, mode="pathology")
+    local.add("s", 2, arriving=True)
+    eng.flag("1.2.s")
+    assert drain(eng) == 0 and up.posts == []
+    local.add("s", 1, arriving=True)
+    local.stable("s")
+    eng.process_changes()
+    assert drain(eng) == 1 and up.held["s"] == {"s-i0", "s-i1", "s-i2"}
+    assert len(up.posts) == 3
+    assert [e["kind"] for e in eng.outbox.events_after(0)] == ["archived", "delivered"]
+
+
 def test_window_closed_only_urgent_studies_go(tmp_path):
     eng, local, up, clock, _ = make(tmp_path, mode="on-demand", windows=["00:00-00:01"])
     clock.t = 1_700_000_000.0 + 3600 * 5      # some hour well outside that minute (UTC+7 local)
