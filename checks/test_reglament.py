@@ -56,15 +56,29 @@ def test_no_study_is_left_in_quarantine(host, target, node):
 
 #: on an archive, as the service account: "list" its most recent studies (up to SAMPLE) older
 #: than AGE seconds, or "lookup" which of the StudyInstanceUIDs in AGE it holds
-_STUDIES = """python3 - <<'KONTUR'
+#: the start of every script that asks an archive as the service account, its password read on the node
+_ASK = """python3 - <<'KONTUR'
 import base64, json, sys, time, urllib.request
 users = json.load(open(@CREDENTIALS@))["RegisteredUsers"]
 auth = {"Authorization": "Basic " + base64.b64encode(("kontur:" + users["kontur"]).encode()).decode()}
-def call(path, body=None):
+def call(path, body=None, text=False):
     req = urllib.request.Request("http://127.0.0.1:@PORT@" + path, headers=auth, data=None if body is None else body.encode(),
                                  method="GET" if body is None else "POST")
-    return json.loads(urllib.request.urlopen(req, timeout=30).read())
-mode, arg = @MODE@, @ARG@
+    with urllib.request.urlopen(req, timeout=30) as r:
+        data = r.read()
+    return data.decode() if text else json.loads(data)
+"""
+
+
+def _script(body: str, port: int, credentials: str, **values) -> str:
+    """``_ASK`` and ``body`` with their @PLACEHOLDERS@ (``values``' keys, upper case) filled in."""
+    text = (_ASK + body).replace("@CREDENTIALS@", repr(credentials)).replace("@PORT@", str(int(port)))
+    for key, value in values.items():
+        text = text.replace(f"@{key.upper()}@", value)
+    return text
+
+
+_STUDIES = """mode, arg = @MODE@, @ARG@
 if mode == "list":
     ids = call("/studies")
     out = []
@@ -81,8 +95,7 @@ SAMPLE = 200
 
 
 def studies_script(port: int, mode: str, arg, credentials: str = CREDENTIALS) -> str:
-    return (_STUDIES.replace("@CREDENTIALS@", repr(credentials)).replace("@PORT@", str(int(port)))
-            .replace("@MODE@", repr(mode)).replace("@ARG@", repr(arg)).replace("@SAMPLE@", str(SAMPLE)))
+    return _script(_STUDIES, port, credentials, mode=repr(mode), arg=repr(arg), sample=str(SAMPLE))
 
 
 @control("KONTUR-REG-04", ref="reglament 004 §3.1-3.3, §5.4: the TsAMI holds every study of the LAMI under policy "
@@ -133,18 +146,9 @@ def test_the_tsami_holds_the_hospitals_studies_under_its_policy(host, target, no
 #: them, looking at no more than 10 times as many), each judged by the transfer package's own rules
 #: (kontur's plugin modules on the node) with its hospital's settings (by Issuer of Patient ID).  Prints
 #: each study's UID, issuer, state and reasons -- no name, birth date or other tag value of a patient's.
-_PACKAGE = """python3 - <<'KONTUR'
-import base64, json, sys, time, urllib.request
-sys.path.insert(0, @PLUGINS@)
+_PACKAGE = """sys.path.insert(0, @PLUGINS@)
 from kontur_plugins.transfer.config import parse_transfer
 from kontur_plugins.transfer.rules import Series, StudyFacts, evaluate
-users = json.load(open(@CREDENTIALS@))["RegisteredUsers"]
-auth = {"Authorization": "Basic " + base64.b64encode(("kontur:" + users["kontur"]).encode()).decode()}
-def call(path):
-    req = urllib.request.Request("http://127.0.0.1:@PORT@" + path, headers=auth)
-    with urllib.request.urlopen(req, timeout=30) as r:
-        body = r.read()
-    return body.decode() if path.endswith("/TransferSyntax") else json.loads(body)
 kinds = [parse_transfer({"transfer": {"enabled": True, "validation": v}}).validation for v in @SETTINGS@]
 settings = {issuer: kinds[k] for issuer, k in @ISSUERS@.items()}
 age, want = float(@AGE@), int(@SAMPLE@)
@@ -162,7 +166,7 @@ for sid in reversed(ids):
         if se.get("Instances"):
             first = sorted(se["Instances"])[0]
             try:
-                ts = call("/instances/" + first + "/metadata/TransferSyntax")
+                ts = call("/instances/" + first + "/metadata/TransferSyntax", text=True)
             except Exception:
                 ts = None
             series.append(Series(call("/instances/" + first + "/simplified-tags"), ts))
@@ -185,9 +189,8 @@ def package_script(port: int, age: float, settings: dict, credentials: str = CRE
         if v not in kinds:
             kinds.append(v)
         issuers[issuer] = kinds.index(v)
-    return (_PACKAGE.replace("@PLUGINS@", repr(plugins)).replace("@CREDENTIALS@", repr(credentials))
-            .replace("@PORT@", str(int(port))).replace("@SETTINGS@", repr(kinds)).replace("@ISSUERS@", repr(issuers))
-            .replace("@AGE@", repr(float(age))).replace("@SAMPLE@", str(PACKAGE_SAMPLE)))
+    return _script(_PACKAGE, port, credentials, plugins=repr(plugins), settings=repr(kinds), issuers=repr(issuers),
+                   age=repr(float(age)), sample=str(PACKAGE_SAMPLE))
 
 
 @control("KONTUR-REG-05", ref="reglament 004 §5.6: the package sent to the TsAMI carries images in original "
