@@ -164,6 +164,64 @@ def test_a_wrong_called_ae_is_refused(host, bundle, target, node):
         f"a wrong called AE got: {(wrong.stdout + wrong.stderr).strip()[-300:]}"
 
 
+def _store_from_the_hospital(target, node: str, calling: str | None, called: str | None):
+    """C-STORE of a fresh test instance from the network of one of the node's hospital's devices
+    (its lab namespace), as ``calling`` to ``called`` (the device's and the node's AE titles where
+    None); then whether the node holds it (removed again if it does).  (answer, stored)."""
+    import tempfile
+    from pathlib import Path
+
+    from kontur.testing.dicom import make_instance
+    region = target.region
+    device = next((m for h in region.hospitals.values() if h.node == node for m in h.modalities
+                   if m.aet in target.state.modalities), None)
+    if device is None:
+        pytest.skip(f"no device of {node}'s hospitals has a namespace in the lab")
+    inst = make_instance(patient_id="KONTUR-AUDIT", patient_name="AUDIT^PROBE", study_uid=_uid(),
+                         series_uid=_uid(), series_number=1, instance_number=1)
+    with tempfile.TemporaryDirectory(prefix="kontur-audit-") as d:
+        f = Path(d) / "probe.dcm"
+        f.write_bytes(inst.data)
+        run = target.auditor().run(
+            f"ip netns exec {target.state.modalities[device.aet].netns} env TCP_NODELAY=1 storescu -ta 5 -td 5 "
+            f"-to 5 -aet {calling or device.aet} -aec {called or region.nodes[node].aet} "
+            f"{region.nodes[node].address} {region.ports(node).dicom} {f}")
+    host = target.host(node)
+    status, text = as_service(host, region.ports(node).http, "/tools/lookup", "POST", inst.sop_uid.encode())
+    assert status == 200, f"POST /tools/lookup answered {status}"
+    found = [r for r in json.loads(text) if r.get("Type") == "Instance"]
+    for r in found:                        # the probe leaves nothing behind
+        as_service(host, region.ports(node).http, f"/instances/{r['ID']}", "DELETE")
+    return run, bool(found)
+
+
+def _uid() -> str:
+    from pydicom.uid import generate_uid
+    return generate_uid()
+
+
+@control("KONTUR-DCM-03", ref="DICOM PS3.8 §7.1.1; Orthanc Book: DicomAlwaysAllowStore, DicomCheckModalityHost",
+         impact=1.0)
+@pytest.mark.roles("lami", "gateway")
+@pytest.mark.writes
+def test_a_store_from_an_unknown_ae_is_refused(target, node):
+    """C-STORE from a hospital device's own network under an AE title the inventory does not declare:
+    refused, and nothing stored (lab only: it would store a test instance where the node lets it)."""
+    run, stored = _store_from_the_hospital(target, node, "KONTUR_AUDIT", None)
+    assert not stored and run.rc != 0, \
+        f"an undeclared AE stored an instance: {(run.stdout + run.stderr).strip()[-300:]}"
+
+
+@control("KONTUR-DCM-04", ref="DICOM PS3.8 §7.1.1; Orthanc Book: DicomCheckCalledAet", impact=0.7)
+@pytest.mark.roles("lami", "gateway")
+@pytest.mark.writes
+def test_a_store_to_a_wrong_called_ae_is_refused(target, node):
+    """C-STORE from a declared device at its own address, to an AE title that is not the node's: refused."""
+    run, stored = _store_from_the_hospital(target, node, None, "KONTUR_WRONG")
+    assert not stored and run.rc != 0, \
+        f"a wrong called AE stored an instance: {(run.stdout + run.stderr).strip()[-300:]}"
+
+
 _LISTENING = """python3 - <<'KONTUR'
 import json
 ports = set()

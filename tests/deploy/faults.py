@@ -27,7 +27,8 @@ EXPECTED = {
                        ("storage (/var/lib/orthanc/db) is 9", None),
                        ("full: over the critical threshold 90%", "KONTUR-DSK-01")],
     "mammo-gw": [("unreachable over SSH", None)],
-    "gkb3-lami": [("gkb3-us1 is in the inventory but missing from Orthanc's configuration", "KONTUR-CFG-01")],
+    "gkb3-lami": [("gkb3-us1 is in the inventory but missing from Orthanc's configuration", "KONTUR-CFG-01"),
+                  ("", "KONTUR-DCM-03")],
     "research": [("REST authenticates orthanc:orthanc", "KONTUR-SEC-03")],
     "tsami": [("HTTPS without a client certificate answered", "KONTUR-TLS-01")],
     "crb-gw": [("/etc/kontur/tls/node.crt expires in 9 day(s)", "KONTUR-TLS-02"),
@@ -57,13 +58,17 @@ def link_cut(state) -> None:
 
 
 def modality_removed_by_hand(state, key: str) -> None:
-    """gkb3-lami: a device deleted from Orthanc's configuration by hand, Orthanc restarted."""
+    """gkb3-lami: a device deleted from Orthanc's configuration by hand, and stores from any
+    AE title let in (a vendor's engineer "fixing" a device that would not send), Orthanc restarted."""
     _python(state, "gkb3-lami", f"""
 import json
 p = "/etc/orthanc/dicom.json"
 c = json.load(open(p))
 del c["DicomModalities"][{key!r}]
 json.dump(c, open(p, "w"), indent=2)""")
+    _ok(on_host(state, "gkb3-lami", "grep -l '\"DicomAlwaysAllowStore\": false' /etc/orthanc/*.json | "
+                "xargs -r sed -i 's/\"DicomAlwaysAllowStore\": false/\"DicomAlwaysAllowStore\": true/' && "
+                "grep -q '\"DicomAlwaysAllowStore\": true' /etc/orthanc/*.json"), "gkb3-lami: stores from any AE")
     _ok(on_host(state, "gkb3-lami", "systemctl restart orthanc"), "gkb3-lami: restart Orthanc")
 
 

@@ -237,7 +237,8 @@ def test_check_and_audit_catch_each_fault_made_on_purpose(example_lab, deployed,
         assert found["level"] == "red", (node, found)
         text = "\n".join(f["message"] for f in found["findings"])
         for words, _control in expected:
-            assert words in text, f"{node}: {words!r} not in {text}"
+            if words:                       # "": the audit's alone to find
+                assert words in text, f"{node}: {words!r} not in {text}"
     table = kontur("check", "--lab", "-i", str(EXAMPLE_INVENTORY), "--timeout", "8", timeout=300)
     assert table.rc == 1
     for node in faults.EXPECTED:
