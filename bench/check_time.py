@@ -54,14 +54,25 @@ def region_file(which: str, tmp: Path) -> Path:
 
 #: CPU seconds the control machine spent in the checks (kontur and its ssh clients)
 CONTROL_CPU: list[float] = []
+#: CPU seconds the whole machine spent meanwhile (the control machine and every lab host: one kernel)
+MACHINE_CPU: list[float] = []
+
+
+def _busy_seconds() -> float:
+    """CPU time the machine has been busy since boot (/proc/stat, every core)."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)          # idle + iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
 
 
 def timed_check(path: Path, *extra: str) -> tuple[float, int, str]:
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    busy = _busy_seconds()
     t0 = time.monotonic()
     p = subprocess.run([KONTUR, "check", "--lab", "-i", str(path), *extra], capture_output=True, text=True,
                        timeout=900, env={**os.environ, "COLUMNS": "200"})
     seconds = time.monotonic() - t0
+    MACHINE_CPU.append(_busy_seconds() - busy)
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     CONTROL_CPU.append(after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime)
     return seconds, p.returncode, p.stdout + p.stderr
@@ -103,6 +114,10 @@ def main() -> int:
                 print(f"bench: the check was not green on the fresh region:\n{text[-3000:]}", file=sys.stderr)
             healthy = statistics.median(times)
             control_cpu = statistics.median(CONTROL_CPU)
+            machine_cpu = statistics.median(MACHINE_CPU)
+            # one node alone: what a node's own probe costs when no other host shares its cores
+            alone = statistics.median(timed_check(path, "--node", next(
+                n for n, s in region.nodes.items() if s.role.value == "lami"))[0] for _ in range(args.runs))
             victim = next(n for n, s in region.nodes.items() if s.role.value == "lami")
             subprocess.run([KONTUR, "lab", "cut", victim], check=True, capture_output=True)
             try:
@@ -113,6 +128,9 @@ def main() -> int:
             result = {"region": args.region, "nodes": len(region.nodes), "runs": args.runs,
                       "check_seconds_median": round(healthy, 2), "check_seconds_all": [round(t, 2) for t in times],
                       "green": not any(rcs), "control_cpu_seconds_median": round(control_cpu, 2),
+                      "machine_cpu_seconds_median": round(machine_cpu, 2), "cores": os.cpu_count(),
+                      "cores_busy_percent": round(100 * machine_cpu / (healthy * (os.cpu_count() or 1)), 0),
+                      "one_node_alone_seconds_median": round(alone, 2),
                       "one_node_cut": {"node": victim, "timeout": args.timeout, "seconds": round(cut, 2),
                                        "healthy_seconds_same_timeout": round(with_timeout, 2),
                                        "added_seconds": round(cut - with_timeout, 2),
@@ -124,6 +142,9 @@ def main() -> int:
     print(f"kontur check, {result['region']} ({result['nodes']} nodes): median {result['check_seconds_median']:.2f} s "
           f"over {args.runs} runs (goal < 5 s for 20 nodes); the control machine's CPU "
           f"{result['control_cpu_seconds_median']:.2f} s (kontur and its ssh clients)")
+    print(f"the machine (control and every lab host) was busy {result['machine_cpu_seconds_median']:.1f} CPU-s "
+          f"meanwhile: {result['cores_busy_percent']:.0f}% of its {result['cores']} cores; one node checked alone: "
+          f"{result['one_node_alone_seconds_median']:.2f} s")
     c = result["one_node_cut"]
     print(f"one node cut ({c['node']}, --timeout {c['timeout']:g}): {c['seconds']:.2f} s vs {c['healthy_seconds_same_timeout']:.2f} s "
           f"healthy, +{c['added_seconds']:.2f} s ({'within' if c['within_timeout'] else 'OVER'} its timeout); "
