@@ -171,14 +171,16 @@ def _store_from_the_hospital(target, node: str, calling: str | None, called: str
     import tempfile
     from pathlib import Path
 
+    from pydicom.uid import generate_uid
+
     from kontur.testing.dicom import make_instance
     region = target.region
     device = next((m for h in region.hospitals.values() if h.node == node for m in h.modalities
                    if m.aet in target.state.modalities), None)
     if device is None:
         pytest.skip(f"no device of {node}'s hospitals has a namespace in the lab")
-    inst = make_instance(patient_id="KONTUR-AUDIT", patient_name="AUDIT^PROBE", study_uid=_uid(),
-                         series_uid=_uid(), series_number=1, instance_number=1)
+    inst = make_instance(patient_id="KONTUR-AUDIT", patient_name="AUDIT^PROBE", study_uid=generate_uid(),
+                         series_uid=generate_uid(), series_number=1, instance_number=1)
     with tempfile.TemporaryDirectory(prefix="kontur-audit-") as d:
         f = Path(d) / "probe.dcm"
         f.write_bytes(inst.data)
@@ -193,11 +195,6 @@ def _store_from_the_hospital(target, node: str, calling: str | None, called: str
     for r in found:                        # the probe leaves nothing behind
         as_service(host, region.ports(node).http, f"/instances/{r['ID']}", "DELETE")
     return run, bool(found)
-
-
-def _uid() -> str:
-    from pydicom.uid import generate_uid
-    return generate_uid()
 
 
 @control("KONTUR-DCM-03", ref="DICOM PS3.8 §7.1.1; Orthanc Book: DicomAlwaysAllowStore, DicomCheckModalityHost",
