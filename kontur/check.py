@@ -63,9 +63,10 @@ class Target:
         self.operator = operator_cert(self.store, region.region.title)
 
     def ssh(self, node: str) -> reach.Ssh:
+        """How the check's probe reaches ``node`` (X25519 key exchange: reach.CHECK_KEX)."""
         if self.lab:
-            return reach.lab(self.state, node)
-        return dataclasses.replace(reach.production(), port=self.region.ports(node).ssh)
+            return dataclasses.replace(reach.lab(self.state, node), kex=reach.CHECK_KEX)
+        return dataclasses.replace(reach.production(), port=self.region.ports(node).ssh, kex=reach.CHECK_KEX)
 
     def https_client(self, node: str, timeout: float):
         from .nodeapi import SERVICE_USER, NodeClient

@@ -8,30 +8,61 @@ it reads from the node's credentials file -- no secret travels or is printed.
 It prints one JSON object; a part that fails says why in its own key and the
 rest still answers.  ``kontur/health.py`` judges the answers.
 """
-import base64
-import calendar
+import binascii
+import http.client
 import json
 import os
 import ssl
 import subprocess
 import sys
+import threading
 import time
-import urllib.error
-import urllib.request
-from concurrent.futures import ThreadPoolExecutor
+
+# http.client and threading rather than urllib.request and concurrent.futures:
+# the same standard library one layer down, a third less to import on every
+# node at every check (the probe's imports were a third of its CPU)
+
+
+def _request(conn, path, headers=None, method="GET", body=None):
+    try:
+        conn.request(method, path, body=body, headers=headers or {})
+        r = conn.getresponse()
+        return r.status, r.read()
+    finally:
+        conn.close()
 
 
 def _rest(port, path, auth=None, method="GET", body=None, timeout=8):
-    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", method=method,
-                                 data=None if body is None else json.dumps(body).encode())
+    headers = {}
     if auth is not None:
-        req.add_header("Authorization", "Basic " + base64.b64encode(auth.encode()).decode())
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as r:
-            raw = r.read()
-            return r.status, (json.loads(raw) if raw[:1] in (b"{", b"[") else raw.decode("utf-8", "replace"))
-    except urllib.error.HTTPError as exc:
-        return exc.code, None
+        headers["Authorization"] = "Basic " + binascii.b2a_base64(auth.encode(), newline=False).decode()
+    data = None
+    if body is not None:
+        data = json.dumps(body).encode()
+        headers["Content-Type"] = "application/json"
+    status, raw = _request(http.client.HTTPConnection("127.0.0.1", port, timeout=timeout), path, headers,
+                           method, data)
+    if status >= 400:
+        return status, None
+    return status, (json.loads(raw) if raw[:1] in (b"{", b"[") else raw.decode("utf-8", "replace"))
+
+
+def _at_once(calls, limit=8):
+    """Each ``(fn, *args)`` in a thread of its own, at most ``limit`` at a time
+    (they wait on sockets and processes); their answers in order, a failure
+    as ``{"error": ...}`` (:func:`_guard`)."""
+    answers = [None] * len(calls)
+    slots = threading.Semaphore(limit)
+
+    def run(i, call):
+        with slots:
+            answers[i] = _guard(*call)
+    threads = [threading.Thread(target=run, args=(i, c)) for i, c in enumerate(calls)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return answers
 
 
 def _guard(fn, *args):
@@ -75,6 +106,7 @@ def _not_after(path):
         if p.returncode != 0:
             raise ValueError(p.stderr.strip()[:200] or "not a certificate")
         fields = dict(line.split("=", 1) for line in p.stdout.splitlines() if "=" in line)
+        import calendar
         end = calendar.timegm(time.strptime(fields["notAfter"].replace(" GMT", ""), "%b %d %H:%M:%S %Y"))
         return end, fields.get("subject", "").strip()
 
@@ -113,8 +145,8 @@ def orthanc(params):
         c, _ = _rest(port, f"/modalities/{key}/echo", auth, "POST", {"Timeout": 3}, timeout=10)
         return key, c == 200
     keys = [k for k in (configured if isinstance(configured, list) else []) if k in params.get("echo_peers", [])]
-    with ThreadPoolExecutor(max_workers=8) as pool:
-        res["echo_peers"] = dict(pool.map(echo, keys))
+    answers = _at_once([(echo, k) for k in keys])
+    res["echo_peers"] = {k: isinstance(a, tuple) and a[1] for k, a in zip(keys, answers)}
     code, rep = _rest(port, "/kontur/replication", auth)
     res["replication"] = rep if code == 200 else {"error": f"HTTP {code}"}
     code, seen = _rest(port, "/kontur/seen", auth)
@@ -141,12 +173,9 @@ def https_refuses_without_certificate(params):
     """nginx's mutual TLS: a client without a certificate must be refused (HTTP 400)."""
     ctx = ssl.create_default_context(cafile="/etc/kontur/tls/ca.crt")
     ctx.check_hostname = False
-    req = urllib.request.Request(f"https://127.0.0.1:{params['https']}/system")
-    try:
-        with urllib.request.urlopen(req, timeout=8, context=ctx) as r:
-            return {"status": r.status}
-    except urllib.error.HTTPError as exc:
-        return {"status": exc.code}
+    status, _ = _request(http.client.HTTPSConnection("127.0.0.1", params["https"], timeout=8, context=ctx),
+                         "/system")
+    return {"status": status}
 
 
 def main(params):
@@ -155,11 +184,8 @@ def main(params):
            "disk": _guard(disk, params.get("disk", {})),
            "certificates": _guard(certificates, params.get("certificates", []))}
     if params.get("archive"):
-        with ThreadPoolExecutor(max_workers=3) as pool:
-            o = pool.submit(_guard, orthanc, params)
-            e = pool.submit(_guard, echo_in, params)
-            t = pool.submit(_guard, https_refuses_without_certificate, params)
-            out["orthanc"], out["echo"], out["tls_without_certificate"] = o.result(), e.result(), t.result()
+        out["orthanc"], out["echo"], out["tls_without_certificate"] = _at_once(
+            [(orthanc, params), (echo_in, params), (https_refuses_without_certificate, params)])
     out["seconds"] = round(time.time() - started, 2)
     sys.stdout.write(json.dumps(out))
 
