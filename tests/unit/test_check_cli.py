@@ -155,3 +155,20 @@ def test_the_controls_run_the_testinfra_way_with_its_own_options(tmp_path):
     assert "FAILED kontur::KONTUR-SEC-01[city-lami]" in p.stdout and "tsami" not in p.stdout.split("FAILED")[1]
     assert "debug1: Connecting to 127.43.1.10" in p.stdout, p.stdout[-2000:]   # its --ssh-config's LogLevel
     assert "port {}: Connection refused".format(region.read_text().split("ssh: ")[1].split("}")[0]) in p.stdout
+
+
+def test_the_checks_ssh_asks_for_x25519_and_openssh_takes_it(tmp_path):
+    """The probe's sessions carry no secret: X25519 alone (reach.CHECK_KEX) spares the control machine the
+    post-quantum hybrid's key generation; deploys keep OpenSSH's default."""
+    from kontur.check import Target
+    from kontur.inventory import load
+    from kontur.reach import CHECK_KEX, production
+    region = load(loopback_region(tmp_path, {"city-lami": free_port()}))
+    SecretStore(tmp_path / "secrets").password("nodes/city-lami/kontur")
+    argv = Target(region, False, str(tmp_path / "secrets")).ssh("city-lami").argv("127.43.1.10", "true")
+    assert f"KexAlgorithms={CHECK_KEX}" in argv
+    assert not any(a.startswith("KexAlgorithms") for a in production().argv("127.43.1.10", "true"))
+    # ssh(1) itself parses the option as given (-G: print the configuration, connect nowhere)
+    p = subprocess.run([*argv[:-2], "-G", *argv[-2:]], capture_output=True, text=True, timeout=30)
+    assert p.returncode == 0, p.stderr
+    assert f"kexalgorithms {CHECK_KEX}" in p.stdout.splitlines()
