@@ -75,6 +75,7 @@ def cli():
       kontur check -i region.yaml           on-call: every node green / yellow / red
       kontur audit -i region.yaml --report DIR   auditors: the controls, with evidence
       kontur users issue LOGIN --out DIR    a doctor's browser certificate and password
+      kontur secrets export --out FILE      the region's store for a second operator
 
     Exit codes: 0 success, 1 problems found or an operation failed,
     2 invalid input or usage.
@@ -92,7 +93,8 @@ def _register() -> None:
                           ("kontur.replication_cli", "replication_group"),
                           ("kontur.quarantine_cli", "quarantine_group"),
                           ("kontur.study_cli", "study_group"),
-                          ("kontur.users_cli", "users_group")):
+                          ("kontur.users_cli", "users_group"),
+                          ("kontur.secrets_cli", "secrets_group")):
         try:
             mod = __import__(modname, fromlist=[attr])
         except ModuleNotFoundError as exc:

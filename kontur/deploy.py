@@ -59,7 +59,8 @@ def host_data(region: Region, node: str, *, inventory: Path, lab: bool, secrets:
 
 
 def host_groups(inventory: str | Path | None = None, lab: bool = False,
-                nodes: list[str] | None = None) -> dict[str, list[tuple[str, dict]]]:
+                nodes: list[str] | None = None,
+                secrets_dir: str | Path | None = None) -> dict[str, list[tuple[str, dict]]]:
     """pyinfra groups ``{role: [(node, data), ...]}`` for every role.
 
     With ``lab`` the hosts are the running lab's: lab addresses, the lab's
@@ -76,7 +77,7 @@ def host_groups(inventory: str | Path | None = None, lab: bool = False,
             raise InvalidInput(
                 f"the running lab is of region {state.region_name!r}, the inventory {path} is of "
                 f"region {region.region.name!r}; bring the lab up with this inventory: kontur lab up -i {path}")
-        secrets = default_dir(region.region.name, lab=True)
+        secrets = Path(secrets_dir) if secrets_dir else default_dir(region.region.name, lab=True)
         missing = [n for n in region.nodes if n not in state.hosts]
         if missing:
             raise InvalidInput(
@@ -92,7 +93,7 @@ def host_groups(inventory: str | Path | None = None, lab: bool = False,
                              ssh=dict(ssh, ssh_port=h.ssh_port))
             groups[spec.role.value].append((node, data))
     else:
-        secrets = default_dir(region.region.name)
+        secrets = Path(secrets_dir) if secrets_dir else default_dir(region.region.name)
         from .reach import production
         ssh = production().pyinfra_data()   # never trusts a host key on first sight
         for node, spec in region.nodes.items():
@@ -188,7 +189,7 @@ def _quiet_pyinfra() -> None:
 
 def run_deploy(inventory: str | None = None, *, lab: bool = False, limit: list[str] | None = None,
                dry_run: bool = False, emit: Callable[..., None] = lambda line, kind="progress": print(line),
-               show_diff: bool = True) -> DeployResult:
+               show_diff: bool = True, secrets_dir: str | Path | None = None) -> DeployResult:
     """Deploy the region (or ``limit``'s nodes) and return what happened."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -211,7 +212,7 @@ def run_deploy(inventory: str | None = None, *, lab: bool = False, limit: list[s
     from deploys.region import deploy_node
 
     started = time.monotonic()
-    groups = host_groups(inventory, lab=lab)
+    groups = host_groups(inventory, lab=lab, secrets_dir=secrets_dir)
     all_nodes = [n for hosts in groups.values() for n, _ in hosts]
     if limit:
         unknown = [n for n in limit if n not in all_nodes]
@@ -266,6 +267,18 @@ def run_deploy(inventory: str | None = None, *, lab: bool = False, limit: list[s
             fail(n, "connect", f"cannot reach {h.data.get('ssh_hostname')} over SSH "
                                f"as {h.data.get('ssh_user')} (port {h.data.get('ssh_port')})"
                                + (f": {why}" if why else ""))
+            drop([h])
+
+    # the secrets store: every host's record of the store it was deployed from,
+    # read before anything changes on any host (kontur.custody)
+    connected = [inv.get_host(n) for n in wanted if inv.get_host(n) in state.active_hosts]
+    if connected:
+        refused, unread = _foreign_store(state, connected, gevent)
+        if refused is not None:
+            disconnect_all(state)
+            raise refused
+        for h, why in unread.items():
+            fail(h.name, "store check", f"cannot read {h.name}'s record of its secrets store: {why}")
             drop([h])
 
     # prepare: read facts and plan operations on every host in parallel
@@ -356,6 +369,40 @@ def run_deploy(inventory: str | None = None, *, lab: bool = False, limit: list[s
     return DeployResult(results, seconds=time.monotonic() - started)
 
 
+def _foreign_store(state, hosts, gevent) -> tuple[InvalidInput | None, dict]:
+    """The refusal when a host was deployed from another secrets store than the one
+    this deploy would push (:mod:`kontur.custody`), else ``None``; and the hosts
+    whose record could not be read, with why."""
+    from pyinfra.api.facts import get_fact
+    from pyinfra.context import ctx_host, ctx_state
+    from pyinfra.facts.files import FileContents
+
+    from . import custody
+    from .secrets import SecretStore
+    data = hosts[0].data
+    region = load(Path(data.get("kontur_inventory")))
+    store_dir = Path(data.get("kontur_secrets"))
+    ours = SecretStore(store_dir).identity(region.region.title)
+
+    def read(h):
+        try:
+            with ctx_state.use(state), ctx_host.use(h):
+                lines = get_fact(state, h, FileContents, kwargs={"path": custody.STORE_FILE})
+                ca = None if lines is not None else get_fact(state, h, FileContents,
+                                                             kwargs={"path": custody.CA_FILE})
+        except Exception as exc:  # noqa: BLE001 - a lost connection: that host fails, it is not read as "no record"
+            return h, f"{type(exc).__name__}: {exc}"
+        return h, custody.compare(h.name, None if lines is None else "\n".join(lines), ours,
+                                  None if ca is None else "\n".join(ca) + "\n")
+
+    greenlets = [gevent.spawn(read, h) for h in hosts]
+    gevent.joinall(greenlets)
+    answers = [g.value for g in greenlets]
+    unread = {h: why for h, why in answers if isinstance(why, str)}
+    found = [m for _, m in answers if isinstance(m, custody.Mismatch)]
+    return (custody.refusal(found, store_dir) if found else None), unread
+
+
 def _will_change(step, steps: dict) -> bool:
     """In a dry run: would this step change?  A restart, reload or package
     list update waits on other steps (which may wait on others): it happens
@@ -406,7 +453,10 @@ def _file_diff(state, host, f) -> list[str]:
               help="Deploy only this node (repeatable; several names may also be given comma-separated).")
 @click.option("--dry-run", is_flag=True, help="Show what would change, with config diffs (secrets: only 'changed'); change nothing.")
 @click.option("-q", "--quiet", is_flag=True, help="Print only failures and the summary line.")
-def deploy_command(inventory, lab, limit, dry_run, quiet):
+@click.option("--secrets", "secrets_dir", metavar="DIR", default=None,
+              help="The region's secrets store (default: KONTUR_SECRETS, else ~/.local/share/kontur/secrets/REGION; "
+                   "the lab's own with --lab).")
+def deploy_command(inventory, lab, limit, dry_run, quiet, secrets_dir):
     """Deploy the region with pyinfra: every node brought to its rendered state.
 
     \b
@@ -420,20 +470,30 @@ def deploy_command(inventory, lab, limit, dry_run, quiet):
                  changed; services enabled and running; PostgreSQL role and
                  database
 
-    A second deploy with the same inventory changes nothing.  Ends with
-    `hosts: H, changed operations: C, failed: F`; exit 1 if a host failed
-    (host, step and cause are printed), 2 for invalid input.
+    A second deploy with the same inventory changes nothing.  Before anything
+    changes, every host's record of the secrets store it was deployed from
+    (/etc/kontur/store.json) is compared with this one: another store's CA or
+    passwords are refused (exit 2) on every host -- see `kontur secrets`.
+    Ends with `hosts: H, changed operations: C, failed: F`; exit 1 if a host
+    failed (host, step and cause are printed), 2 for invalid input.
     """
     from .cli import err, out
 
     nodes = [n.strip() for item in limit for n in item.split(",") if n.strip()]
+    if not inventory and not os.environ.get("KONTUR_INVENTORY"):
+        if not lab:
+            # other commands read the example region by default; a deploy acts on hospitals
+            raise InvalidInput("kontur deploy needs the region's inventory: -i FILE or KONTUR_INVENTORY "
+                               "(it never deploys the example region by default)")
+        from .lab.state import require_state
+        inventory = require_state().inventory       # the file the running lab was brought up with
 
     def emit(line: str, kind: str = "progress") -> None:
         if quiet and kind != "failure":
             return
         (err if kind == "failure" else out).print(line, markup=False, highlight=False)
 
-    result = run_deploy(inventory, lab=lab, limit=nodes or None, dry_run=dry_run, emit=emit)
+    result = run_deploy(inventory, lab=lab, limit=nodes or None, dry_run=dry_run, emit=emit, secrets_dir=secrets_dir)
     out.print(result.summary() + f" ({result.seconds:.1f} s)", markup=False)
     if result.failed:
         first = result.failed[0]

@@ -72,6 +72,12 @@ def ensure_ca(store: SecretStore, region_title: str) -> KeyPair:
     return KeyPair(crt.read_bytes(), key.read_bytes())
 
 
+def fingerprint(cert_pem: bytes) -> str:
+    """SHA-256 of the certificate's DER, as openssl prints it (``AB:CD:...``)."""
+    cert = x509.load_pem_x509_certificate(cert_pem)
+    return cert.fingerprint(hashes.SHA256()).hex(":").upper()
+
+
 def _sans(cert: x509.Certificate) -> set[str]:
     try:
         ext = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value

@@ -14,6 +14,7 @@ import json
 import os
 import secrets as _random
 import stat
+from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import InvalidInput, OperationFailed
@@ -47,6 +48,19 @@ def atomic_write(path: Path, data: bytes, mode: int = 0o600) -> None:
         os.fsync(dfd)
     finally:
         os.close(dfd)
+
+
+#: the store's own random id, made once (not a secret: it names the store)
+STORE_ID_KEY = "store/id"
+
+
+@dataclass(frozen=True)
+class StoreIdentity:
+    ca_sha256: str
+    store_id: str
+
+    def as_dict(self) -> dict[str, str]:
+        return {"ca_sha256": self.ca_sha256, "store_id": self.store_id}
 
 
 class SecretStore:
@@ -96,6 +110,14 @@ class SecretStore:
 
     def keys(self) -> list[str]:
         return sorted(self._data)
+
+    def identity(self, region_title: str) -> "StoreIdentity":
+        """What a deployed node records of the store it was deployed from: the
+        regional CA's fingerprint and the store's own random id (made with the
+        store's first secret; a store regenerated after a loss has another)."""
+        from .pki import ensure_ca, fingerprint
+        ca = ensure_ca(self, region_title)
+        return StoreIdentity(ca_sha256=fingerprint(ca.cert_pem), store_id=self.password(STORE_ID_KEY, 12))
 
     @property
     def pki_dir(self) -> Path:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import jinja2
 
+from .. import custody
 from ..inventory import REPO_ROOT
 from ..model import Region, Role
 from ..packages import packages_for
@@ -149,6 +150,9 @@ def render_node(region: Region, node: str, store: SecretStore) -> Bundle:
         RenderedFile(oc.CA_FILE, ca.cert_pem, "0644", reloads=tls_reload),
         RenderedFile(oc.CERT_FILE, cert.cert_pem, "0644", reloads=tls_reload),
         RenderedFile(oc.KEY_FILE, cert.key_pem, "0640", "root", key_group, reloads=tls_reload, secret=True),
+        # which store this node was deployed from: deploy refuses another one's CA and passwords
+        RenderedFile(custody.STORE_FILE, as_json(custody.record(region.region.name, store.identity(title))),
+                     "0644"),
     ]
 
     # nginx in front of everything

@@ -5,6 +5,8 @@ The tests run in file order and build on each other, like an operator's day:
 
 1. the region without its type-2 hospital deploys onto clean lab hosts
    (packages from the lab's repository only); a second deploy changes nothing;
+   a deploy from a second control machine's own store is refused on every
+   host until the region's store is imported there;
 2. the planner adds the hospital (``kontur inventory add-hospital`` and
    ``add-modality``); the deploy brings its gateway up and updates the TsAMI,
    whose peers changed; no other node restarts;
@@ -99,6 +101,48 @@ def test_second_deploy_changes_nothing(lab, inventories, first_deploy):
     assert r.changed == 0, r.out
     assert "changed operations: 0" in r.out
     assert {n: unit_stamp(lab, n) for n in before} == before
+
+
+def _deployed_state(lab, node: str):
+    """What a deploy from another store would change: the CA, the node's certificate, its passwords."""
+    p = on_host(lab, node, "sha256sum /etc/kontur/tls/ca.crt /etc/kontur/tls/node.crt /etc/kontur/store.json "
+                           "/etc/orthanc/credentials.json")
+    assert p.returncode == 0, p.stderr
+    return unit_stamp(lab, node), p.stdout
+
+
+def test_a_deploy_from_another_control_machine_is_refused_until_the_region_store_is_imported(
+        lab, inventories, first_deploy, tmp_path):
+    """Issue 14: a second operator's machine with a store of its own (never imported) would push a new CA
+    and new passwords; the deploy is refused on every host before anything changes.  After `kontur secrets
+    export` here and `import` there, the same deploy changes nothing."""
+    work = inventories["work"]
+    nodes = ("tsami", "research", "city-lami")
+    before = {n: _deployed_state(lab, n) for n in nodes}
+    second = tmp_path / "second-machine" / "secrets"
+    r = deploy(work, "--secrets", str(second))
+    assert r.rc == 2, r.out
+    assert "refused: the secrets store" in r.out and "nothing was changed on any host" in r.out, r.out
+    named = [ln for ln in r.out.splitlines() if "deployed with the regional CA" in ln]
+    assert len(named) == 1 and set(named[0].split(":")[0].strip().split(", ")) == set(nodes), r.out
+    assert "Traceback" not in r.out
+    assert {n: _deployed_state(lab, n) for n in nodes} == before
+    # the store moves as one encrypted file
+    passphrase = tmp_path / "passphrase"
+    passphrase.write_text("rehearsal passphrase, not a real one\n")
+    moved = tmp_path / "region.secrets"
+    r = kontur("secrets", "export", "--lab", "-i", str(work), "--out", str(moved), "--passphrase-file", str(passphrase))
+    assert r.rc == 0, r.out
+    r = kontur("secrets", "import", "-i", str(work), "--secrets", str(second), str(moved),
+               "--passphrase-file", str(passphrase))
+    assert r.rc == 2 and "a different secrets store is already at" in r.out, r.out     # the refused deploy's
+    r = kontur("secrets", "import", "-i", str(work), "--secrets", str(second), str(moved), "--replace",
+               "--passphrase-file", str(passphrase))
+    assert r.rc == 0 and "is kept at" in r.out, r.out
+    r = deploy(work, "--secrets", str(second))
+    assert r.rc == 0, r.out
+    assert r.changed == 0, r.out
+    assert {n: _deployed_state(lab, n) for n in nodes} == before
 
 
 def test_adding_a_hospital_updates_only_the_nodes_whose_files_changed(lab, inventories, first_deploy):

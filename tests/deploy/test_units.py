@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from deploys.base.facts import DirectoryEntries, InstalledPackages, PostgresqlRole, UnitStates
 from deploys.postgresql import scram_verifier
+from kontur.inventory import EXAMPLE_INVENTORY as EXAMPLE
 
 
 def test_scram_verifier_is_stable_and_salted_per_role():
@@ -55,9 +56,20 @@ def test_deploy_refuses_an_unknown_node_in_limit(tmp_path, monkeypatch):
     """Refused before any host is contacted (exit 2)."""
     from deploy_helpers import kontur
     monkeypatch.setenv("KONTUR_SECRETS", str(tmp_path / "secrets"))
-    r = kontur("deploy", "--limit", "no-such-node", "--dry-run")
+    r = kontur("deploy", "-i", str(EXAMPLE), "--limit", "no-such-node", "--dry-run")
     assert r.rc == 2, r.out
     assert "unknown node 'no-such-node'" in r.out and "Traceback" not in r.out
+
+
+def test_deploy_never_takes_the_example_region_by_default(tmp_path, monkeypatch):
+    """Other commands read the example region without -i; a deploy must be told which region (issue 14)."""
+    from deploy_helpers import kontur
+    monkeypatch.delenv("KONTUR_INVENTORY", raising=False)
+    monkeypatch.setenv("KONTUR_SECRETS", str(tmp_path / "secrets"))
+    r = kontur("deploy", "--dry-run")
+    assert r.rc == 2, r.out
+    assert "needs the region's inventory: -i FILE or KONTUR_INVENTORY" in r.out and "Traceback" not in r.out
+    assert not (tmp_path / "secrets").exists()          # refused before anything, not even a store made
 
 
 def test_deploy_lab_without_a_lab_says_so(tmp_path, monkeypatch):
