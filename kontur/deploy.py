@@ -105,6 +105,10 @@ def host_groups(inventory: str | Path | None = None, lab: bool = False,
     return groups
 
 
+class Declined(OperationFailed):
+    """The operator answered no: nothing changed."""
+
+
 # --- results -------------------------------------------------------------------------
 
 @dataclass
@@ -116,6 +120,8 @@ class HostResult:
     cause: str | None = None
     changes: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    #: not started: an earlier batch failed (--serial)
+    skipped: bool = False
 
     @property
     def failed(self) -> bool:
@@ -136,9 +142,14 @@ class DeployResult:
     def failed(self) -> list[HostResult]:
         return [h for h in self.hosts.values() if h.failed]
 
+    @property
+    def skipped(self) -> list[HostResult]:
+        return [h for h in self.hosts.values() if h.skipped]
+
     def summary(self) -> str:
         verb = "operations to change" if self.dry_run else "changed operations"
-        return f"hosts: {len(self.hosts)}, {verb}: {self.changed}, failed: {len(self.failed)}"
+        text = f"hosts: {len(self.hosts)}, {verb}: {self.changed}, failed: {len(self.failed)}"
+        return text + (f", not started: {len(self.skipped)}" if self.skipped else "")
 
 
 #: stderr lines that never explain a failure
@@ -189,8 +200,14 @@ def _quiet_pyinfra() -> None:
 
 def run_deploy(inventory: str | None = None, *, lab: bool = False, limit: list[str] | None = None,
                dry_run: bool = False, emit: Callable[..., None] = lambda line, kind="progress": print(line),
-               show_diff: bool = True, secrets_dir: str | Path | None = None) -> DeployResult:
-    """Deploy the region (or ``limit``'s nodes) and return what happened."""
+               show_diff: bool = True, secrets_dir: str | Path | None = None, serial: int | None = None,
+               confirm: Callable[[dict[str, int]], bool] | None = None) -> DeployResult:
+    """Deploy the region (or ``limit``'s nodes) and return what happened.
+
+    ``serial``: hosts in batches of that many, in the inventory's order; a batch
+    with a failed host stops the deploy (the hosts after it are not started).
+    ``confirm``: asked with the planned changes per host once every host is
+    planned, before anything changes; False stops there (:class:`Declined`)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         from gevent import monkey
@@ -308,6 +325,16 @@ def run_deploy(inventory: str | None = None, *, lab: bool = False, limit: list[s
                 return s.name
         return "an operation"
 
+    if confirm is not None and not dry_run:
+        planned = {}
+        for h in active:
+            if h in state.active_hosts:
+                by_meta = {id(st.meta): st for st in contexts[h.name].steps}
+                planned[h.name] = sum(1 for st in contexts[h.name].steps if _will_change(st, by_meta))
+        if not confirm(planned):
+            disconnect_all(state)
+            raise Declined("nothing was changed: the deploy was not confirmed")
+
     if dry_run:
         for h in active:
             if h not in state.active_hosts:
@@ -363,7 +390,19 @@ def run_deploy(inventory: str | None = None, *, lab: bool = False, limit: list[s
             emit(f"{h.name}: done, {r.changed} changed ({r.seconds:.1f} s)")
 
     active = [h for h in active if h in state.active_hosts]
-    gevent.joinall([gevent.spawn(execute, h) for h in active])
+    size = serial or len(active) or 1
+    for i in range(0, len(active), size):
+        batch = active[i:i + size]
+        if serial and len(active) > size:
+            emit(f"batch {i // size + 1} of {-(-len(active) // size)}: {', '.join(h.name for h in batch)}")
+        gevent.joinall([gevent.spawn(execute, h) for h in batch])
+        if any(results[h.name].failed for h in batch) and i + size < len(active):
+            rest = active[i + size:]
+            for h in rest:
+                results[h.name].skipped = True
+            emit(f"stopped after batch {i // size + 1}: a host failed; not started: "
+                 f"{', '.join(h.name for h in rest)}", "failure")
+            break
     state.set_stage(StateStage.Disconnect)
     disconnect_all(state)
     return DeployResult(results, seconds=time.monotonic() - started)
@@ -445,9 +484,23 @@ def _file_diff(state, host, f) -> list[str]:
 
 # --- the command ------------------------------------------------------------------------
 
+def _ask_operator(planned: dict[str, int]) -> bool:
+    """The hosts and how many operations each would change; yes to go on."""
+    from .cli import out
+    total = sum(planned.values())
+    if total == 0:
+        return True                 # nothing would change: nothing to confirm
+    out.print(f"planned: {total} operation(s) to change on {sum(1 for v in planned.values() if v)} of "
+              f"{len(planned)} host(s):", markup=False)
+    for node, n in planned.items():
+        out.print(f"  {node}: {n}", markup=False)
+    return click.confirm("apply these changes to the hosts?", default=False)
+
+
 @click.command("deploy")
 @click.option("-i", "--inventory", "inventory", metavar="FILE", default=None,
-              help="Region inventory (YAML). Default: $KONTUR_INVENTORY, else the example region.")
+              help="Region inventory (YAML). Default: $KONTUR_INVENTORY; with --lab the lab's own. "
+                   "Never the example region by default.")
 @click.option("--lab", is_flag=True, help="Deploy into the running lab (kontur lab up) instead of the real hosts.")
 @click.option("--limit", "limit", metavar="NODE", multiple=True,
               help="Deploy only this node (repeatable; several names may also be given comma-separated).")
@@ -456,7 +509,11 @@ def _file_diff(state, host, f) -> list[str]:
 @click.option("--secrets", "secrets_dir", metavar="DIR", default=None,
               help="The region's secrets store (default: KONTUR_SECRETS, else ~/.local/share/kontur/secrets/REGION; "
                    "the lab's own with --lab).")
-def deploy_command(inventory, lab, limit, dry_run, quiet, secrets_dir):
+@click.option("--serial", type=click.IntRange(1), default=None, metavar="N",
+              help="Hosts in batches of N (inventory order); a failed host stops the deploy after its batch.")
+@click.option("-y", "--yes", is_flag=True,
+              help="Do not ask before changing production hosts (the lab is never asked).")
+def deploy_command(inventory, lab, limit, dry_run, quiet, secrets_dir, serial, yes):
     """Deploy the region with pyinfra: every node brought to its rendered state.
 
     \b
@@ -474,6 +531,10 @@ def deploy_command(inventory, lab, limit, dry_run, quiet, secrets_dir):
     changes, every host's record of the secrets store it was deployed from
     (/etc/kontur/store.json) is compared with this one: another store's CA or
     passwords are refused (exit 2) on every host -- see `kontur secrets`.
+    Production hosts: once every host is planned, the hosts and their change
+    counts are shown and the deploy asks before changing anything (--yes does
+    not ask; without a terminal --yes is required); --serial N deploys N hosts
+    at a time and stops after a batch with a failed host.
     Ends with `hosts: H, changed operations: C, failed: F`; exit 1 if a host
     failed (host, step and cause are printed), 2 for invalid input.
     """
@@ -493,11 +554,20 @@ def deploy_command(inventory, lab, limit, dry_run, quiet, secrets_dir):
             return
         (err if kind == "failure" else out).print(line, markup=False, highlight=False)
 
-    result = run_deploy(inventory, lab=lab, limit=nodes or None, dry_run=dry_run, emit=emit, secrets_dir=secrets_dir)
+    ask = None
+    if not lab and not dry_run and not yes:
+        if not sys.stdin.isatty():
+            raise InvalidInput("a deploy to production hosts asks before it changes them: run it on a terminal, "
+                               "or pass --yes (see what would change with --dry-run)")
+        ask = _ask_operator
+
+    result = run_deploy(inventory, lab=lab, limit=nodes or None, dry_run=dry_run, emit=emit, secrets_dir=secrets_dir,
+                        serial=serial, confirm=ask)
     out.print(result.summary() + f" ({result.seconds:.1f} s)", markup=False)
     if result.failed:
         first = result.failed[0]
         names = ", ".join(f"{h.node} ({h.failed_step})" for h in result.failed)
-        raise OperationFailed(f"deploy failed on {len(result.failed)} host(s): {names}",
+        later = (f"; not started: {', '.join(h.node for h in result.skipped)}" if result.skipped else "")
+        raise OperationFailed(f"deploy failed on {len(result.failed)} host(s): {names}{later}",
                               hint=f"fix {first.node} and run kontur deploy again: a re-run only changes what is left")
     return 0

@@ -21,8 +21,10 @@ The tests run in file order and build on each other, like an operator's day:
 """
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -33,7 +35,7 @@ from kontur.pki import ensure_ca, operator_cert
 from kontur.render.orthanc import SERVICE_USER
 from kontur.secrets import SecretStore, default_dir
 
-from deploy_helpers import deploy, in_netns, kontur, on_host, unit_stamp
+from deploy_helpers import REPO, deploy, in_netns, kontur, on_host, unit_stamp
 
 pytestmark = pytest.mark.lab
 
@@ -142,6 +144,42 @@ def test_a_deploy_from_another_control_machine_is_refused_until_the_region_store
     r = deploy(work, "--secrets", str(second))
     assert r.rc == 0, r.out
     assert r.changed == 0, r.out
+    assert {n: _deployed_state(lab, n) for n in nodes} == before
+
+
+def test_a_production_deploy_shows_its_plan_and_asks_before_it_changes_anything(lab, inventories, first_deploy,
+                                                                                 tmp_path):
+    """The lab's hosts as production ones (an inventory with their addresses, the production SSH settings
+    pointed at the lab's key): without a terminal the deploy is refused unless --yes; on a terminal it
+    lists the hosts with their planned changes and, answered no, changes nothing (issue 14)."""
+    import os
+    import shlex
+    work = inventories["work"]
+    text = work.read_text(encoding="utf-8")
+    for inventory_address, lab_address in lab.address_map.items():
+        text = text.replace(f"address: {inventory_address}\n", f"address: {lab_address}\n")
+    production = tmp_path / "production.yaml"
+    production.write_text(text, encoding="utf-8")
+    env = dict(os.environ, KONTUR_SSH_KEY=lab.ssh_key, KONTUR_KNOWN_HOSTS=lab.known_hosts,
+               KONTUR_SECRETS=str(default_dir(lab.region_name, lab=True)), COLUMNS="200")
+    env.pop("KONTUR_INVENTORY", None)
+    nodes = ("tsami", "research", "city-lami")
+    before = {n: _deployed_state(lab, n) for n in nodes}
+    argv = [sys.executable, "-m", "kontur", "deploy", "-i", str(production)]
+    p = subprocess.run(argv, cwd=REPO, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                       timeout=300)
+    assert p.returncode == 2, p.stdout + p.stderr
+    assert "asks before it changes them" in p.stderr and "--yes" in p.stderr
+    assert "connecting" not in p.stdout                 # refused before any host was contacted
+    # on a terminal (script(1) gives it one), answered "n"
+    p = subprocess.run(["script", "-qec", shlex.join(argv), "/dev/null"], cwd=REPO, env=env, input="n\n",
+                       capture_output=True, text=True, timeout=600)
+    shown = p.stdout.replace("\r", "")
+    assert p.returncode == 1, shown
+    assert "planned:" in shown and "apply these changes to the hosts?" in shown, shown
+    for n in nodes:
+        assert re.search(rf"^  {n}: \d+$", shown, re.M), shown
+    assert "nothing was changed: the deploy was not confirmed" in shown, shown
     assert {n: _deployed_state(lab, n) for n in nodes} == before
 
 
@@ -615,12 +653,23 @@ def test_port_taken_fails_naming_host_step_and_cause(lab, inventories, region):
     port = region.ports("city-lami").dicom
     try:
         _block(lab, "city-lami", "orthanc.service", "0.0.0.0", port)
-        r = deploy(inventories["work"])
+        # one host at a time (--serial 1): the deploy stops after the failed host's batch
+        r = deploy(inventories["work"], "--serial", "1")
         assert r.rc == 1, r.out
         assert r.failed == 1, r.out
         assert "city-lami: FAILED at Orthanc: orthanc.service enabled and running" in r.out, r.out
         assert "already in use" in r.out and f"port = {port}" in r.out, r.out
         assert "deploy failed on 1 host(s): city-lami" in r.out
+        batches = re.findall(r"^batch (\d+) of (\d+): (\S+)$", r.out, re.M)
+        started = [b[2] for b in batches]
+        assert started[-1] == "city-lami" and len(started) < int(batches[0][1]), r.out
+        not_started = re.search(r"not started: ([\w, -]+)$", r.out, re.M).group(1).split(", ")
+        assert len(started) + len(not_started) == r.hosts == int(batches[0][1]), r.out
+        assert f", not started: {len(not_started)}" in r.out
+        for n in started[:-1]:
+            assert any(ln.startswith(f"{n}: done") for ln in r.lines(n)), r.out
+        for n in not_started:
+            assert not r.lines(n), r.out                # never touched
     finally:
         _unblock(lab, "city-lami")
     r = deploy(inventories["work"])

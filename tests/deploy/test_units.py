@@ -78,3 +78,27 @@ def test_deploy_lab_without_a_lab_says_so(tmp_path, monkeypatch):
     r = kontur("deploy", "--lab", "--dry-run")
     assert r.rc == 1, r.out
     assert "no lab is running" in r.out and "Traceback" not in r.out
+
+
+def test_a_production_deploy_without_a_terminal_needs_yes(tmp_path):
+    """Refused before any host is contacted (exit 2); --dry-run and --lab never ask."""
+    import os
+    import subprocess
+    import sys
+    env = dict(os.environ, KONTUR_SECRETS=str(tmp_path / "secrets"))
+    p = subprocess.run([sys.executable, "-m", "kontur", "deploy", "-i", str(EXAMPLE)], stdin=subprocess.DEVNULL,
+                       capture_output=True, text=True, env=env, timeout=120)
+    assert p.returncode == 2, p.stdout + p.stderr
+    assert "asks before it changes them" in p.stderr and "--yes" in p.stderr and "Traceback" not in p.stderr
+    assert "connecting" not in p.stdout and not (tmp_path / "secrets").exists()
+    p = subprocess.run([sys.executable, "-m", "kontur", "deploy", "-i", str(EXAMPLE), "--serial", "0"],
+                       stdin=subprocess.DEVNULL, capture_output=True, text=True, env=env, timeout=120)
+    assert p.returncode == 2 and "--serial" in p.stderr, p.stderr
+
+
+def test_the_summary_counts_hosts_a_failed_batch_left_alone():
+    from kontur.deploy import DeployResult, HostResult
+    r = DeployResult({"a": HostResult("a", changed=2), "b": HostResult("b", failed_step="Orthanc"),
+                      "c": HostResult("c", skipped=True)})
+    assert r.summary() == "hosts: 3, changed operations: 2, failed: 1, not started: 1"
+    assert DeployResult({"a": HostResult("a")}).summary() == "hosts: 1, changed operations: 0, failed: 0"
