@@ -43,3 +43,38 @@ def test_client_for_without_secrets_says_what_to_do(monkeypatch, tmp_path):
     monkeypatch.setenv("KONTUR_SECRETS", str(tmp_path / "none"))
     with pytest.raises(InvalidInput, match="kontur render"):
         nodeapi.client_for(load(), "onco-lami")
+
+
+def test_status_without_a_secrets_store_says_so_not_every_node_unhealthy(capsys, monkeypatch, tmp_path):
+    """A fault of the control machine is exit 2 with its cause, not "5 of 5 nodes need attention" (issue 14)."""
+    monkeypatch.setenv("KONTUR_SECRETS", str(tmp_path / "none"))
+    rc, out, err = run(capsys, "replication", "status")
+    assert rc == 2, err
+    assert "this machine cannot ask any node" in err and "kontur render" in err
+    assert "need attention" not in err + out
+
+
+def test_status_asks_the_nodes_at_once(capsys, monkeypatch):
+    """Five nodes that each take a while answer in about the time of one: every call is in flight together."""
+    import threading
+    inside, most = [0], [0]
+    lock = threading.Lock()
+    barrier = threading.Barrier(5, timeout=30)
+
+    class Slow:
+        def __init__(self, node):
+            self.node = node
+
+        def replication_status(self):
+            with lock:
+                inside[0] += 1
+                most[0] = max(most[0], inside[0])
+            barrier.wait()              # all five must be inside at once, or this times out
+            with lock:
+                inside[0] -= 1
+            return {"enabled": True, "policy": "all", "queue_depth": 0, "window_open": True}
+
+    monkeypatch.setattr(nodeapi, "client_for", lambda region, node, *, lab=False: Slow(node))
+    rc, out, err = run(capsys, "replication", "status", "--json")
+    assert most[0] == 5, (most, err)
+    assert [r["node"] for r in json.loads(out)] == ["onco-lami", "gkb3-lami", "perinatal-lami", "crb-gw", "mammo-gw"]
