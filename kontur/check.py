@@ -24,7 +24,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from . import health, reach
-from .cli import inventory_option, inventory_path, load_region, out
+from .cli import inventory_option, inventory_path, load_region, out, whole
 from .errors import InvalidInput, OperationFailed
 from .inventory import REPO_ROOT
 
@@ -130,7 +130,7 @@ def _table(results: list[health.NodeHealth], region, seconds: float) -> Table:
         colour = _COLOURS[row["level"]]
         t.add_row(f"[{colour}]{'●' if row['node'] else '·'} {row['level']}[/]",
                   *(escape(row[k]) for k in ("node", "what", "detail", "call")))
-    return t
+    return whole(t, "node")
 
 
 def _write_atomically(path: Path, text: str) -> None:

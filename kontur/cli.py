@@ -27,6 +27,21 @@ err = Console(stderr=True, highlight=False, soft_wrap=True, width=_width(sys.std
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 
+def whole(table, *keep: str):
+    """``table`` with nothing cut short on a narrow terminal (80 columns): a word
+    too long for its column folds over lines instead of ending in "…", and the
+    ``keep`` columns (node names, addresses, AE titles) keep the width of their
+    longest value while the others wrap.  Call it once the rows are added."""
+    from rich.text import Text
+    for column in table.columns:
+        column.overflow = "fold"
+        if column.header in keep:
+            cells = [Text.from_markup(c).cell_len if isinstance(c, str) else 0 for c in column.cells]
+            column.min_width = max([len(str(column.header)), *cells])
+            column.no_wrap = True
+    return table
+
+
 def inventory_path(value: str | None) -> Path:
     return Path(value or os.environ.get("KONTUR_INVENTORY") or EXAMPLE_INVENTORY)
 

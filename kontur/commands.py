@@ -6,7 +6,7 @@ from pathlib import Path
 import click
 from rich.table import Table
 
-from .cli import cli, err, inventory_option, inventory_path, load_region, out
+from .cli import cli, err, inventory_option, inventory_path, load_region, out, whole
 from .model import LEGACY_NOTE, Region, Role
 from .secrets import SecretStore, default_dir
 
@@ -80,7 +80,7 @@ def summary_tables(region: Region) -> list[Table]:
                 dest = "files by hand (legacy device)"
             mods.add_row(m.aet, m.modality, key, f"{m.host}:{m.port}", dest,
                          " ".join(x for x in (m.vendor, m.model) if x) or "—", str(m.studies_per_day))
-    return [nodes, hosp, mods]
+    return [whole(nodes, "node", "address", "AET"), whole(hosp, "node"), whole(mods, "AET", "address")]
 
 
 @cli.command()

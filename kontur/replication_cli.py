@@ -13,7 +13,7 @@ import click
 from rich.table import Table
 
 from . import nodeapi
-from .cli import CONTEXT, err, inventory_option, load_region, out
+from .cli import CONTEXT, err, inventory_option, load_region, out, whole
 from .errors import InvalidInput, OperationFailed
 from .model import Region, Role
 
@@ -259,7 +259,7 @@ def status_command(as_json, lab, inventory):
                           _age(st.get("oldest_pending_age_seconds")), flight_s, str(st.get("delivered", 0)),
                           str(st.get("failed", 0)), str(st.get("parked", 0)), window, _full_pass_cell(st),
                           f"[red]{alarm[:80]}[/red]" if alarm else (last.get("message") or "—")[:80])
-        out.print(table)
+        out.print(whole(table, "node"))
     if bad:
         if not as_json:
             for node, probs in bad.items():

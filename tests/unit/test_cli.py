@@ -246,3 +246,19 @@ def test_a_legacy_device_is_named_as_such_everywhere_it_shows_up(tmp_path):
     assert host not in (node_dir / "etc" / "nftables.conf").read_text()
     others = [m["aet"] for m in onco["modalities"][1:]]
     assert others and all(a in (node_dir / "etc" / "orthanc" / "dicom.json").read_text() for a in others)
+
+
+def test_show_on_an_80_column_terminal_cuts_no_address_ae_title_or_node_name():
+    """Issue 14: rich shortened them with "…" to fit; now the other columns wrap and fold instead."""
+    region = load(EXAMPLE)
+    r = kontur("show", env_extra={"COLUMNS": "80"})
+    assert r.returncode == 0, r.stderr
+    assert "…" not in r.stdout
+    assert max(len(line) for line in r.stdout.splitlines()) <= 80
+    cells = {c.strip() for line in r.stdout.splitlines() for c in line.split("│")}
+    for name, spec in region.nodes.items():
+        assert name in cells and spec.address in cells, name
+        assert spec.aet is None or spec.aet in cells, spec.aet
+    for h in region.hospitals.values():
+        for m in h.modalities:
+            assert m.aet in cells and f"{m.host}:{m.port}" in cells, m.aet
