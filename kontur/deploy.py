@@ -538,7 +538,7 @@ def deploy_command(inventory, lab, limit, dry_run, quiet, secrets_dir, serial, y
     Ends with `hosts: H, changed operations: C, failed: F`; exit 1 if a host
     failed (host, step and cause are printed), 2 for invalid input.
     """
-    from .cli import err, out
+    from .cli import err, load_region, out
 
     nodes = [n.strip() for item in limit for n in item.split(",") if n.strip()]
     if not inventory and not os.environ.get("KONTUR_INVENTORY"):
@@ -548,6 +548,7 @@ def deploy_command(inventory, lab, limit, dry_run, quiet, secrets_dir, serial, y
                                "(it never deploys the example region by default)")
         from .lab.state import require_state
         inventory = require_state().inventory       # the file the running lab was brought up with
+    load_region(inventory)              # an invalid inventory: validate's messages, before anything else
 
     def emit(line: str, kind: str = "progress") -> None:
         if quiet and kind != "failure":

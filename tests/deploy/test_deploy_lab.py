@@ -155,9 +155,13 @@ def test_a_production_deploy_shows_its_plan_and_asks_before_it_changes_anything(
     import os
     import shlex
     work = inventories["work"]
+    # the inventory as the lab runs it (kontur.lab.state.lab_region), written out: lab addresses, the lab
+    # network for the region and its hospitals, the bridge as the admin network
     text = work.read_text(encoding="utf-8")
     for inventory_address, lab_address in lab.address_map.items():
-        text = text.replace(f"address: {inventory_address}\n", f"address: {lab_address}\n")
+        text = re.sub(rf"(?<![\d.]){re.escape(inventory_address)}(?![\d.])", lab_address, text)
+    text = re.sub(r"(secure_network|network): 10\.43\.[\d.]+/\d+", r"\1: 198.18.0.0/24", text)
+    text = re.sub(r"- 10\.43\.0\.0/28", f"- {lab.bridge_address}/32", text)
     production = tmp_path / "production.yaml"
     production.write_text(text, encoding="utf-8")
     env = dict(os.environ, KONTUR_SSH_KEY=lab.ssh_key, KONTUR_KNOWN_HOSTS=lab.known_hosts,

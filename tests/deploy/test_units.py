@@ -102,3 +102,18 @@ def test_the_summary_counts_hosts_a_failed_batch_left_alone():
                       "c": HostResult("c", skipped=True)})
     assert r.summary() == "hosts: 3, changed operations: 2, failed: 1, not started: 1"
     assert DeployResult({"a": HostResult("a")}).summary() == "hosts: 1, changed operations: 0, failed: 0"
+
+
+def test_deploy_of_an_invalid_inventory_prints_validates_messages(tmp_path):
+    """Before: a traceback (the runner loaded the file itself)."""
+    import os
+    import subprocess
+    import sys
+    bad = tmp_path / "region.yaml"
+    bad.write_text(EXAMPLE.read_text(encoding="utf-8").replace("role: tsami", "role: tsamii", 1), encoding="utf-8")
+    env = dict(os.environ, KONTUR_SECRETS=str(tmp_path / "secrets"))
+    for extra in (["--dry-run"], ["--yes"]):
+        p = subprocess.run([sys.executable, "-m", "kontur", "deploy", "-i", str(bad), *extra],
+                           stdin=subprocess.DEVNULL, capture_output=True, text=True, env=env, timeout=120)
+        assert p.returncode == 2, p.stdout + p.stderr
+        assert "Traceback" not in p.stderr and "the region is not sound" in p.stderr and "line " in p.stderr
