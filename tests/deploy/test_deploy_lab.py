@@ -175,16 +175,29 @@ def test_a_production_deploy_shows_its_plan_and_asks_before_it_changes_anything(
     assert p.returncode == 2, p.stdout + p.stderr
     assert "asks before it changes them" in p.stderr and "--yes" in p.stderr
     assert "connecting" not in p.stdout                 # refused before any host was contacted
+    # a file edited by hand on city-lami: the deploy has one thing to put back
+    site = "/etc/nginx/sites-available/kontur.conf"
+    assert on_host(lab, "city-lami", f"echo '# edited by hand' >> {site}").returncode == 0
     # on a terminal (script(1) gives it one), answered "n"
     p = subprocess.run(["script", "-qec", shlex.join(argv), "/dev/null"], cwd=REPO, env=env, input="n\n",
                        capture_output=True, text=True, timeout=600)
     shown = p.stdout.replace("\r", "")
     assert p.returncode == 1, shown
-    assert "planned:" in shown and "apply these changes to the hosts?" in shown, shown
-    for n in nodes:
-        assert re.search(rf"^  {n}: \d+$", shown, re.M), shown
+    planned = {n: int(c) for n, c in re.findall(r"^  ([\w-]+): (\d+)$", shown, re.M)}
+    assert set(planned) == set(nodes) and planned["city-lami"] >= 1, shown
+    assert planned["tsami"] == planned["research"] == 0, shown
+    assert f"planned: {planned['city-lami']} operation(s) to change on 1 of 3 host(s):" in shown, shown
+    assert "apply these changes to the hosts?" in shown, shown
     assert "nothing was changed: the deploy was not confirmed" in shown, shown
     assert {n: _deployed_state(lab, n) for n in nodes} == before
+    assert "# edited by hand" in on_host(lab, "city-lami", f"cat {site}").stdout
+    # --yes: no question, the file put back
+    p = subprocess.run([*argv, "--yes"], cwd=REPO, env=env, stdin=subprocess.DEVNULL, capture_output=True,
+                       text=True, timeout=600)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "apply these changes" not in p.stdout, p.stdout
+    assert f"changed operations: {planned['city-lami']}, failed: 0" in p.stdout, p.stdout
+    assert "# edited by hand" not in on_host(lab, "city-lami", f"cat {site}").stdout
 
 
 def test_adding_a_hospital_updates_only_the_nodes_whose_files_changed(lab, inventories, first_deploy):
