@@ -101,6 +101,16 @@ class Node:
     def status(self) -> dict:
         return self.orthanc.get("/kontur/replication")
 
+    def wait_following(self, timeout: float = 60) -> dict:
+        """Until the plugin follows Orthanc's change log (its first start has
+        read where /changes ends) or says replication is disabled here: a
+        study stored before that is the full pass's, not the feed's, and a
+        test that stores at once would race the plugin's start."""
+        def ready():
+            st = self.status()
+            return st if st.get("enabled") is False or st.get("changes_seq") is not None else None
+        return wait_for(ready, timeout, message=f"the plugin on {self.orthanc.name} to follow /changes")
+
     def store(self, study: Study, instances=None) -> None:
         """C-STORE from the test modality, as a device would."""
         send_study(study, self.files, port=self.orthanc.dicom_port, called_aet=self.orthanc.aet,
@@ -141,6 +151,7 @@ def new_node(base: Path, name: str, upstream_url: str, processes: list, *, stabl
     node = Node(o, policy_path, base / "files")
     if start:
         o.start()
+        node.wait_following()
     return node
 
 

@@ -216,6 +216,9 @@ class Replicator:
         poll = self.cfg.t("changes_poll_seconds")
         coalesce = self.cfg.t("changes_coalesce_seconds")
         last_read = float("-inf")
+        # read at once, not at the first change or poll: a first start records where
+        # /changes ends before the node's first study, a restart catches up at once
+        self.wake_changes.set()
         while not self.stop_event.is_set():
             now = self.clock()
             wait = poll if self.feed.ready(now) else max(0.05, min(poll, self.feed.next_try - now))

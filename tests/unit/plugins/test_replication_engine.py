@@ -407,3 +407,23 @@ def test_broken_gate_holds_rather_than_leaks(tmp_path):
     local.stable("s")
     eng.process_changes()
     assert eng.outbox.get("s")["state"] == "held"
+
+
+def test_a_started_engine_follows_the_change_log_at_once_not_at_the_first_change(tmp_path):
+    """The changes thread reads where /changes ends as soon as it starts, not
+    when the first change wakes it (or its poll elapses): otherwise the first
+    study a freshly deployed node receives is left to the full pass and shows
+    as waiting for nothing meanwhile (found by the suite's MPPS test)."""
+    from kontur.testing.orthanc import wait_for
+
+    local = FakeLocal()
+    local.add("old", 1)
+    eng, *_ = make(tmp_path, local=local, first=False, tuning={"changes_poll_seconds": 3600})
+    assert eng.outbox.get_meta("changes_seq") is None
+    eng.start()
+    try:
+        wait_for(lambda: eng.outbox.get_meta("changes_seq") is not None, 30,
+                 message="the feed to record its first position")
+        assert eng.outbox.get_meta("changes_seq") == str(local.last_change())
+    finally:
+        eng.stop()
