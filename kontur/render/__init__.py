@@ -36,6 +36,13 @@ NGINX_UNIT = "nginx.service"
 NFT_UNIT = "nftables.service"
 PG_UNIT = "postgresql.service"
 
+#: TLS 1.2 suites nginx offers and asks for: forward-secret (ECDHE) AEAD only, as Mozilla's
+#: "intermediate" profile; the region's keys are ECDSA, the RSA ones serve a replaced certificate
+TLS12_CIPHERS = ":".join((
+    "ECDHE-ECDSA-AES128-GCM-SHA256", "ECDHE-RSA-AES128-GCM-SHA256",
+    "ECDHE-ECDSA-AES256-GCM-SHA384", "ECDHE-RSA-AES256-GCM-SHA384",
+    "ECDHE-ECDSA-CHACHA20-POLY1305", "ECDHE-RSA-CHACHA20-POLY1305"))
+
 _env = jinja2.Environment(
     loader=jinja2.FileSystemLoader(str(TEMPLATES)),
     undefined=jinja2.StrictUndefined,
@@ -157,7 +164,8 @@ def render_node(region: Region, node: str, store: SecretStore) -> Bundle:
 
     # nginx in front of everything
     nginx_ctx = dict(node=node, role=role.value, https_port=ports.https, http_port=ports.http,
-                     cert_file=oc.CERT_FILE, key_file=oc.KEY_FILE, ca_file=oc.CA_FILE)
+                     cert_file=oc.CERT_FILE, key_file=oc.KEY_FILE, ca_file=oc.CA_FILE,
+                     tls12_ciphers=TLS12_CIPHERS)
     if role == Role.REFERENCE:
         up = spec.reads_from
         nginx_ctx.update(upstream_name=up, upstream_address=region.nodes[up].address,
