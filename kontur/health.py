@@ -25,6 +25,8 @@ GREEN, YELLOW, RED = "green", "yellow", "red"
 _RANK = {GREEN: 0, YELLOW: 1, RED: 2}
 #: a certificate this many days from expiry is red / yellow
 CERT_RED_DAYS, CERT_YELLOW_DAYS = 14, 30
+#: the regional CA's revocation list on a node (kontur.render.CRL_FILE), watched as the certificates are
+CRL_SUFFIX = "/crl.pem"
 #: the HL7 service's AE title as the renderer declares it on a node (kontur.render.orthanc)
 HL7_AET = "KONTUR_HL7"
 
@@ -67,7 +69,8 @@ def probe_params(region: Region, node: str, bundle) -> dict[str, Any]:
     archive = spec.role in (Role.TSAMI, Role.LAMI, Role.GATEWAY, Role.RESEARCH)
     params: dict[str, Any] = {
         "units": list(bundle.services), "archive": archive,
-        "certificates": sorted(f.path for f in bundle.files if f.path.endswith(".crt")),
+        # the certificates and the revocation list (nginx refuses every client certificate once it lapses)
+        "certificates": sorted(f.path for f in bundle.files if f.path.endswith((".crt", CRL_SUFFIX))),
         "disk": {}}
     if archive:
         dicom = json.loads(bundle.file("/etc/orthanc/dicom.json").content)
@@ -163,16 +166,20 @@ def _certificates(h: NodeHealth, answer: Any, now: float) -> None:
         h.add(YELLOW, "certificates", f"cannot read the certificates: {_error(answer)}")
         return
     for path, c in (answer or {}).items():
+        crl = path.endswith(CRL_SUFFIX)
+        what = "revocation list" if crl else "certificate"
+        after = ("; nginx refuses every client certificate after that, and the next `kontur deploy` "
+                 "signs a new list") if crl else ""
         if "error" in c:
-            h.add(RED, path, f"certificate {path}: {c['error']}")
+            h.add(RED, path, f"{what} {path}: {c['error']}")
             continue
         left = days_left(c["not_after"], now)
         if left < 0:
-            h.add(RED, path, f"certificate {path} expired {-left} day(s) ago")
+            h.add(RED, path, f"{what} {path} expired {-left} day(s) ago{after}")
         elif left <= CERT_RED_DAYS:
-            h.add(RED, path, f"certificate {path} expires in {left} day(s)")
+            h.add(RED, path, f"{what} {path} expires in {left} day(s){after}")
         elif left <= CERT_YELLOW_DAYS:
-            h.add(YELLOW, path, f"certificate {path} expires in {left} day(s)")
+            h.add(YELLOW, path, f"{what} {path} expires in {left} day(s){after}")
 
 
 def _archive(h: NodeHealth, region: Region, node: str, bundle, probe: dict, now: float) -> None:

@@ -172,3 +172,19 @@ def user_p12(store: SecretStore, region_title: str, login: str, *, legacy: bool 
         login.encode(), serialization.load_pem_private_key(pair.key_pem, None),
         x509.load_pem_x509_certificate(pair.cert_pem), [x509.load_pem_x509_certificate(ca.cert_pem)], enc)
     return data, passphrase
+
+
+def _user_dir(store: SecretStore) -> Path:
+    return store.pki_dir / "users"
+
+
+def issued_user_cert(store: SecretStore, login: str) -> bytes | None:
+    """``login``'s browser certificate as the store holds it, or None if none was issued."""
+    crt = _user_dir(store) / f"{login}.crt"
+    return crt.read_bytes() if crt.exists() else None
+
+
+def forget_user_cert(store: SecretStore, login: str) -> None:
+    """Remove ``login``'s certificate and key (revoked): ``user_cert`` makes a new pair."""
+    for suffix in (".crt", ".key"):
+        (_user_dir(store) / f"{login}{suffix}").unlink(missing_ok=True)

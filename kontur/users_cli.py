@@ -84,6 +84,8 @@ def users_group():
       kontur users list                         who may log in where
       kontur users issue ivanova --out hand-over/
                                                 browser certificate + password sheet
+      kontur users revoke ivanova --reason "laptop stolen, ticket 4711"
+                                                her certificate is refused after the next deploy
     """
 
 
@@ -158,4 +160,33 @@ def issue_cmd(login, inventory, out_dir, lab, legacy_p12, secrets_dir):
         out.print(f"  {n}: {browser_url(region, n)}", markup=False)
     for note in _unreachable(region, user, nodes):
         err.print(f"warning: {note}", markup=False)
+    err.print(f"secrets store: {store.dir}", markup=False)
+
+
+@users_group.command("revoke")
+@click.argument("login")
+@inventory_option
+@click.option("--reason", required=True, metavar="TEXT",
+              help="Who asked for it and why (kept with the revocation list).")
+@click.option("--lab", is_flag=True, help="The lab's secrets store (kontur lab up).")
+@secrets_option
+def revoke_cmd(login, inventory, reason, lab, secrets_dir):
+    """Revoke LOGIN's browser certificate (a lost laptop, a person who left).
+
+    The certificate's serial joins the regional CA's revocation list in the
+    secrets store; the next `kontur deploy` puts the list on every node, and
+    nginx then refuses that certificate (400) while every other one works.  The
+    account and its password stay: `kontur users issue LOGIN` hands over a new
+    certificate.  To close the account, remove the user from the inventory (a
+    person already removed can still be revoked).
+    """
+    from . import revocation
+    from .pki import forget_user_cert, issued_user_cert
+
+    region = _region(inventory, lab)            # a person removed from the inventory is revoked too
+    store = open_store(region, secrets_dir, lab=lab)
+    row = revocation.revoke(store, login, issued_user_cert(store, login), reason)
+    forget_user_cert(store, login)
+    out.print(f"{login}: certificate {row.serial:x} revoked ({row.reason}); nginx on every node refuses it "
+              f"after the next `kontur deploy`", markup=False)
     err.print(f"secrets store: {store.dir}", markup=False)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import jinja2
 
-from .. import custody
+from .. import custody, revocation
 from ..inventory import REPO_ROOT
 from ..model import Region, Role
 from ..packages import packages_for
@@ -35,6 +35,9 @@ ORTHANC_UNIT = "orthanc.service"
 NGINX_UNIT = "nginx.service"
 NFT_UNIT = "nftables.service"
 PG_UNIT = "postgresql.service"
+
+#: the regional CA's revocation list (kontur.revocation), next to the node's certificate
+CRL_FILE = f"{oc.TLS_DIR}/crl.pem"
 
 #: TLS 1.2 suites nginx offers and asks for: forward-secret (ECDHE) AEAD only, as Mozilla's
 #: "intermediate" profile; the region's keys are ECDSA, the RSA ones serve a replaced certificate
@@ -157,6 +160,8 @@ def render_node(region: Region, node: str, store: SecretStore) -> Bundle:
         RenderedFile(oc.CA_FILE, ca.cert_pem, "0644", reloads=tls_reload),
         RenderedFile(oc.CERT_FILE, cert.cert_pem, "0644", reloads=tls_reload),
         RenderedFile(oc.KEY_FILE, cert.key_pem, "0640", "root", key_group, reloads=tls_reload, secret=True),
+        # browser certificates revoked with `kontur users revoke` (nginx refuses them)
+        RenderedFile(CRL_FILE, revocation.crl_pem(store, ca.cert_pem, ca.key_pem), "0644", reloads=tls_reload),
         # which store this node was deployed from: deploy refuses another one's CA and passwords
         RenderedFile(custody.STORE_FILE, as_json(custody.record(region.region.name, store.identity(title))),
                      "0644"),
@@ -165,7 +170,7 @@ def render_node(region: Region, node: str, store: SecretStore) -> Bundle:
     # nginx in front of everything
     nginx_ctx = dict(node=node, role=role.value, https_port=ports.https, http_port=ports.http,
                      cert_file=oc.CERT_FILE, key_file=oc.KEY_FILE, ca_file=oc.CA_FILE,
-                     tls12_ciphers=TLS12_CIPHERS)
+                     crl_file=CRL_FILE, tls12_ciphers=TLS12_CIPHERS)
     if role == Role.REFERENCE:
         up = spec.reads_from
         nginx_ctx.update(upstream_name=up, upstream_address=region.nodes[up].address,

@@ -93,9 +93,23 @@ def disk(paths):
     return out
 
 
+def _next_update(path):
+    """(nextUpdate as seconds, issuer) of a PEM certificate revocation list, by openssl."""
+    p = subprocess.run(["openssl", "crl", "-noout", "-nextupdate", "-issuer", "-in", path],
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=10)
+    fields = dict(line.split("=", 1) for line in p.stdout.splitlines() if "=" in line)
+    if p.returncode != 0 or "nextUpdate" not in fields:
+        raise ValueError(p.stderr.strip()[:200] or "not a revocation list with a next update")
+    import calendar
+    end = calendar.timegm(time.strptime(fields["nextUpdate"].replace(" GMT", ""), "%b %d %H:%M:%S %Y"))
+    return end, fields.get("issuer", "").strip()
+
+
 def _not_after(path):
     """(notAfter as seconds, subject) of a PEM certificate: CPython's own decoder (no process
-    per certificate), else openssl."""
+    per certificate), else openssl; of a revocation list, its next update."""
+    if path.endswith("/crl.pem"):
+        return _next_update(path)
     try:
         decoded = ssl._ssl._test_decode_cert(path)      # in CPython since 3.3; Debian 12 and 13
         subject = ",".join("=".join(kv) for rdn in decoded.get("subject", ()) for kv in rdn)

@@ -30,7 +30,7 @@ from typing import Any
 
 from ..inventory import load
 from ..pki import node_cert
-from ..render import render_node
+from ..render import CRL_FILE, render_node
 from ..render import orthanc as oc
 from ..secrets import SecretStore
 from .orthanc import LOOPBACK, OrthancProcess, free_port
@@ -115,6 +115,7 @@ class RenderedNode:
         title = self.region.region.title
         pair = node_cert(self.store, title, f"{node}-loopback", [LOOPBACK])
         (self.tls / "ca.crt").write_bytes(self.bundle.file(oc.CA_FILE).content)
+        (self.tls / "crl.pem").write_bytes(self.bundle.file(CRL_FILE).content)
         (self.tls / "node.crt").write_bytes(pair.cert_pem)
         (self.tls / "node.key").write_bytes(pair.key_pem)
         os.chmod(self.tls / "node.key", 0o600)
@@ -159,7 +160,7 @@ class RenderedNode:
         ports = self.region.ports(self.node)
         site = re.sub(rf"\blisten {ports.https} ssl;", f"listen {LOOPBACK}:{self.https_port} ssl;", site)
         site = site.replace(f"127.0.0.1:{ports.http}", f"127.0.0.1:{orthanc_port}")
-        for name in ("ca.crt", "node.crt", "node.key"):
+        for name in ("ca.crt", "node.crt", "node.key", "crl.pem"):
             site = site.replace(f"{oc.TLS_DIR}/{name}", str(self.tls / name))
         if f"{LOOPBACK}:{self.https_port}" not in site:
             raise AssertionError("the rendered nginx site did not have the expected listen line")

@@ -62,3 +62,38 @@ def test_tls_1_3_is_offered(tsami):
     done = handshake(tsami, "-tls1_3")
     out = (done.stdout + done.stderr).decode(errors="replace")
     assert "Protocol version: TLSv1.3" in out, out
+
+
+def test_a_revoked_browser_certificate_is_refused_and_a_colleagues_still_works(tmp_path):
+    """`kontur users revoke`, then the node as rendered: Debian's nginx refuses
+    the revoked certificate (400, "certificate revoked" in its log) and lets
+    the colleague's through to Orthanc's own login (401 without a password)."""
+    from kontur import revocation
+    from kontur.inventory import load
+    from kontur.pki import user_cert
+    from kontur.secrets import SecretStore
+
+    store = SecretStore(tmp_path / "secrets")
+    title = load(REGION).region.title
+    users = {}
+    for login in ("lost", "colleague"):
+        pair = user_cert(store, title, login)
+        d = tmp_path / login
+        d.mkdir()
+        (d / "u.crt").write_bytes(pair.cert_pem)
+        (d / "u.key").write_bytes(pair.key_pem)
+        users[login] = d
+    revocation.revoke(store, "lost", (users["lost"] / "u.crt").read_bytes(), "laptop lost")
+
+    def status(node, login):
+        d = users[login]
+        p = subprocess.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "20",
+                            "--cacert", str(node.tls / "ca.crt"), "--cert", str(d / "u.crt"),
+                            "--key", str(d / "u.key"), node.url + "system"],
+                           capture_output=True, text=True, timeout=30)
+        return p.stdout
+
+    with RenderedNode(REGION, "repl-tsami", tmp_path / "tsami", store=store) as node:
+        assert status(node, "colleague") == "401"
+        assert status(node, "lost") == "400"
+        assert "certificate revoked" in (node.nginx.workdir / "error.log").read_text()

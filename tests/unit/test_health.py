@@ -89,6 +89,8 @@ def mutate(region, bundles, node, change):
      "red", "certificate /etc/kontur/tls/node.crt expires in 10 day(s)"),
     ("rural-gw", lambda a: a["certificates"]["/etc/kontur/tls/node.crt"].update(not_after=NOW + 20 * DAY + 60),
      "yellow", "expires in 20 day(s)"),
+    ("tsami", lambda a: a["certificates"]["/etc/kontur/tls/crl.pem"].update(not_after=NOW + 5 * DAY + 60),
+     "red", "revocation list /etc/kontur/tls/crl.pem expires in 5 day(s); nginx refuses every client certificate"),
     ("rural-gw", lambda a: a["disk"]["storage"].update(used_percent=96.0), "red",
      "storage (/var/lib/orthanc/db) is 96% full: over the critical threshold 90%"),
     ("rural-gw", lambda a: a["disk"]["storage"].update(used_percent=85.0), "yellow", "over the warning threshold 80%"),
@@ -157,3 +159,30 @@ def test_json_and_the_textfile_collector_format(region, bundles):
     assert 'kontur_check_level{node="tsami",role="tsami"} 2' in text
     assert 'kontur_check_reachable{node="tsami"} 0' in text
     assert 'kontur_check_certificate_days_left{node="city-lami",file="/etc/kontur/tls/node.crt"} 300' in text
+
+
+def test_the_probe_reads_a_revocation_lists_next_update_as_a_certificates_end(tmp_path):
+    """The probe (as it runs on a node) on a real CRL and certificate from the store."""
+    import datetime as dt
+    import importlib.util
+
+    from cryptography import x509
+
+    from kontur import revocation
+    from kontur.pki import ensure_ca
+    from kontur.secrets import SecretStore
+
+    spec = importlib.util.spec_from_file_location("health_probe", REPO / "kontur" / "scripts" / "health_probe.py")
+    probe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(probe)
+    ca = ensure_ca(SecretStore(tmp_path / "s"), "test")
+    tls = tmp_path / "tls"
+    tls.mkdir()
+    (tls / "crl.pem").write_bytes(revocation.crl_pem(SecretStore(tmp_path / "s"), ca.cert_pem, ca.key_pem))
+    (tls / "ca.crt").write_bytes(ca.cert_pem)
+    got = probe.certificates([str(tls / "crl.pem"), str(tls / "ca.crt")])
+    crl = x509.load_pem_x509_crl((tls / "crl.pem").read_bytes())
+    assert got[str(tls / "crl.pem")]["not_after"] == round(crl.next_update_utc.timestamp())
+    cert = x509.load_pem_x509_certificate(ca.cert_pem)
+    assert got[str(tls / "ca.crt")]["not_after"] == round(cert.not_valid_after_utc.timestamp())
+    assert crl.next_update_utc > dt.datetime.now(dt.timezone.utc)
