@@ -216,6 +216,45 @@ def test_one_study_walks_the_reglaments_path_and_its_link_opens_for_the_hospital
     assert [a["what"] for a in audit][-3:] == ["shared", "opened through share", "share revoked"], audit
 
 
+def test_a_revoked_doctors_certificate_is_refused_after_the_next_deploy_and_a_colleagues_still_works(
+        example_lab, deployed, region, tmp_path):
+    """`kontur users revoke fedorova`, then `kontur deploy`: gkb3-lami's nginx
+    refuses her certificate (400) while a colleague's still reaches Orthanc's
+    login (401 without a password), and the certificate `users issue` hands
+    her next works."""
+    from deploy_helpers import kontur
+    from kontur.pki import user_cert
+
+    store = SecretStore(default_dir(example_lab.region_name, lab=True))
+    title = region.region.title
+    spec = region.nodes["gkb3-lami"]
+    url = f"https://{spec.address}:{region.ports('gkb3-lami').https}/system"
+    ca = operator_cert(store, title)[0]
+
+    def files(login: str, tag: str) -> tuple[Path, Path]:
+        pair = user_cert(store, title, login)
+        crt, key = tmp_path / f"{tag}.crt", tmp_path / f"{tag}.key"
+        crt.write_bytes(pair.cert_pem)
+        key.write_bytes(pair.key_pem)
+        return crt, key
+
+    def status(cert: tuple[Path, Path]) -> str:
+        p = subprocess.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "20",
+                            "--cacert", str(ca), "--cert", str(cert[0]), "--key", str(cert[1]), url],
+                           stdout=subprocess.PIPE, text=True, timeout=60)
+        return p.stdout
+
+    hers, colleague = files("fedorova", "fedorova-old"), files("archivist", "archivist")
+    assert (status(hers), status(colleague)) == ("401", "401")
+    r = kontur("users", "revoke", "fedorova", "--lab", "--reason", "laptop stolen (lab test)")
+    assert r.rc == 0, r.out
+    assert status(hers) == "401"                        # nothing on the nodes changes before the deploy
+    again = deploy(EXAMPLE_INVENTORY)
+    assert again.rc == 0 and again.failed == 0 and again.changed > 0, again.out
+    assert (status(hers), status(colleague)) == ("400", "401")
+    assert status(files("fedorova", "fedorova-new")) == "401"
+
+
 def test_check_and_audit_catch_each_fault_made_on_purpose(example_lab, deployed, region, tmp_path):
     """Issue 13's faults, made at once on six nodes (tests/deploy/faults.py):
     Orthanc stopped and a disk over its critical threshold; a link cut; a
