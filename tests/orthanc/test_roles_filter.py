@@ -6,6 +6,7 @@ table is refused; kontur's own routes are for admins."""
 from __future__ import annotations
 
 import base64
+import json
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -16,7 +17,7 @@ from kontur.inventory import load
 from kontur.model import Permissions
 from kontur.render.orthanc import SERVICE_USER, plugin_config, roles_table
 from kontur.testing.dicom import make_study
-from kontur.testing.orthanc import OrthancProcess
+from kontur.testing.orthanc import OrthancProcess, wait_for
 
 pytestmark = pytest.mark.orthanc
 
@@ -350,3 +351,20 @@ def test_storing_and_deleting_take_their_own_rights(lami, ids):
         assert call(o, "peer-tsami", "DELETE", f"/instances/{iid}") == 403
         assert call(o, SERVICE_USER, "DELETE", f"/instances/{iid}") == 200
     assert set(o.instance_ids()) == before
+
+
+def test_an_asynchronous_archive_is_a_download_too(lami, ids):
+    """The radiologist's archive job and its output: a view-only user can
+    neither start one nor read the job or fetch the ZIP it made."""
+    o, _t, _s = lami
+    sid = ids["study"]
+    assert call(o, VIEWER, "POST", f"/studies/{sid}/archive", b'{"Asynchronous": true}') == 403
+    req = urllib.request.Request(o.url + f"studies/{sid}/archive", data=b'{"Asynchronous": true}', method="POST")
+    req.add_header("Authorization", "Basic " + base64.b64encode(b"ivanova:pw-ivanova").decode())
+    with urllib.request.urlopen(req, timeout=30) as r:
+        job = json.loads(r.read())["ID"]
+    wait_for(lambda: o.get(f"/jobs/{job}")["State"] == "Success", 60, message="the archive job done")
+    for path in (f"/jobs/{job}", f"/jobs/{job}/archive"):
+        assert call(o, VIEWER, "GET", path) == 403, path
+        assert call(o, "ivanova", "GET", path) == 200, path
+    assert call(o, "ivanova", "GET", "/jobs") == 403              # everyone's jobs: operators'
