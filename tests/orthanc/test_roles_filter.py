@@ -368,3 +368,38 @@ def test_an_asynchronous_archive_is_a_download_too(lami, ids):
         assert call(o, VIEWER, "GET", path) == 403, path
         assert call(o, "ivanova", "GET", path) == 200, path
     assert call(o, "ivanova", "GET", "/jobs") == 403              # everyone's jobs: operators'
+
+
+SPY_LUA = """
+function IncomingHttpRequestFilter(method, uri, ip, username, httpHeaders)
+  print("kontur-filter-saw|" .. method .. "|" .. uri .. "|")
+  return true
+end
+"""
+
+
+def test_what_orthanc_passes_to_the_filter_as_uri(tmp_path):
+    """What roles.lua relies on, asked of Debian's Orthanc itself: the path
+    without its query string (so WADO-URI's contentType is out of sight),
+    percent-decoded (%2F included) and without dot segments or doubled
+    slashes, but with a trailing slash kept (hence the split into components)."""
+    lua = tmp_path / "spy.lua"
+    lua.write_text(SPY_LUA)
+    cfg = plugin_config(load(SMALL), NODE, python=False)
+    cfg["Plugins"] = [p for p in cfg["Plugins"] if "PostgreSQL" not in p]
+    cfg["LuaScripts"] = [str(lua)]
+    o = OrthancProcess("spy", cfg, tmp_path / "orthanc", username=SERVICE_USER, password=f"pw-{SERVICE_USER}")
+    o.start()
+    try:
+        sent = ["/wado?requestType=WADO&studyUID=1.2.3&seriesUID=1.2.3.4&objectUID=1.2.3.4.5&contentType=image/jpeg",
+                "/instances/abc/fil%65", "/instances/x/../abc/file", "/instances/abc/./file", "//instances//abc//file",
+                "/instances%2Fabc%2Ffile", "/instances/abc/file/", "/dicom-web/studies/1.2.3/"]
+        for path in sent:
+            call(o, SERVICE_USER, "GET", path)
+    finally:
+        o.stop()
+    seen = [line.split("kontur-filter-saw|", 1)[1].rsplit("|", 1)[0]
+            for line in o.log_path.read_text(errors="replace").splitlines() if "kontur-filter-saw|GET|" in line]
+    assert seen[-len(sent):] == ["GET|/wado", "GET|/instances/abc/file", "GET|/instances/abc/file",
+                                 "GET|/instances/abc/file", "GET|/instances/abc/file", "GET|/instances/abc/file",
+                                 "GET|/instances/abc/file/", "GET|/dicom-web/studies/1.2.3/"], seen
