@@ -8,14 +8,19 @@ the checks -- reads this model, never the raw YAML.
 from __future__ import annotations
 
 import ipaddress
+import math
+import posixpath
 import re
+import unicodedata
 import zoneinfo
 from enum import Enum
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     field_validator,
@@ -32,9 +37,64 @@ MODALITY_CODES = (
     "OT", "SC", "XC", "IO", "PX", "OP",
 )
 
-_HOSTNAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
-_SLUG_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,46}[a-z0-9])?$")
-_WINDOW_RE = re.compile(r"^(\d{2}):(\d{2})-(\d{2}):(\d{2})$")
+# Every pattern is matched with re.fullmatch and ASCII classes only: ``^...$``
+# with re.match accepts a trailing newline ("okb-lami\n" would land in
+# nftables.conf) and ``\d`` accepts any Unicode digit (full-width "４２").
+_HOSTNAME_RE = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?", re.ASCII)
+_SLUG_RE = re.compile(r"[a-z0-9]([a-z0-9-]{0,46}[a-z0-9])?", re.ASCII)
+_WINDOW_RE = re.compile(r"([0-9]{2}):([0-9]{2})-([0-9]{2}):([0-9]{2})", re.ASCII)
+_REGION_CODE_RE = re.compile(r"[0-9]{2,3}", re.ASCII)
+_ATTRIBUTE_PATH_RE = re.compile(r"[A-Z][A-Za-z0-9]*(/[A-Z][A-Za-z0-9]*)*", re.ASCII)
+_ISSUER_RE = re.compile(r"[^\\\x00-\x1f\x7f]{1,64}")
+#: a mirror's host: DNS labels or an IPv4 address (IDNs in their xn-- form)
+_URL_HOST_RE = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*",
+                          re.ASCII)
+#: a mirror's path: RFC 3986 path characters (unreserved, sub-delims, ':', '@', '/', '%')
+_URL_PATH_RE = re.compile(r"[A-Za-z0-9._~!$&'()*+,;=:@/%-]+", re.ASCII)
+#: the POSIX portable file name characters, and '/'
+_PATH_RE = re.compile(r"[A-Za-z0-9._/-]+", re.ASCII)
+
+#: Orthanc's storage lives strictly below one of these (the deploy chowns it to
+#: orthanc: a system directory must never be one).  /var/lib/orthanc is the
+#: Debian package's home of the orthanc user (its default storage is
+#: /var/lib/orthanc/db); /srv is where a site mounts a dedicated archive disk.
+#: The roots themselves are refused (chowning /srv or the orthanc home is not
+#: kontur's to do), and nothing else kontur renders lives below them
+#: (kontur's own state is /var/lib/kontur, PostgreSQL's /var/lib/postgresql).
+STORAGE_ROOTS = ("/var/lib/orthanc", "/srv")
+
+#: node names kontur's secrets store and bundles use for themselves: the
+#: store keeps node certificates next to the CA (pki/ca.*), the control
+#: machine's client certificate (pki/kontur-operator.*) and the users'
+#: certificates (pki/users/); a node with one of these names would take
+#: their files.  Names starting with RESERVED_NODE_PREFIX are kontur's too
+#: (as logins starting with "kontur" are).
+RESERVED_NODE_NAMES = frozenset({"ca", "kontur-operator", "users", "pki", "secrets"})
+RESERVED_NODE_PREFIX = "kontur"
+
+#: the widest network the inventory accepts (secure, admin and hospital
+#: networks): 10.0.0.0/8, the largest private block (RFC 1918), is as wide
+#: as any region's network gets; anything wider spans the public internet,
+#: and a typo such as 0.0.0.0/0 would open HTTPS and ssh to everyone
+WIDEST_PREFIX = 8
+
+
+def control_character(value: str) -> str | None:
+    """The first control character (C0, DEL, C1) or line/paragraph separator in ``value``."""
+    for c in value:
+        if unicodedata.category(c) in ("Cc", "Zl", "Zp"):
+            return c
+    return None
+
+
+def check_text(value: str) -> str:
+    """Free text (titles, names, phones...): anything printable, no control characters."""
+    c = control_character(value)
+    if c is not None:
+        raise ValueError(
+            f"{value!r} contains the control character {c!r} (U+{ord(c):04X}); expected text on one line "
+            "without control characters (no newlines, tabs or escapes)")
+    return value
 
 
 def check_aet(value: str) -> str:
@@ -58,7 +118,7 @@ def check_aet(value: str) -> str:
 
 
 def check_hostname(value: str) -> str:
-    if not _HOSTNAME_RE.match(value):
+    if not _HOSTNAME_RE.fullmatch(value):
         raise ValueError(
             f"{value!r} is not a valid host name; expected lowercase letters, digits and "
             "hyphens, 1-63 characters, not starting or ending with a hyphen")
@@ -66,7 +126,7 @@ def check_hostname(value: str) -> str:
 
 
 def check_slug(value: str) -> str:
-    if not _SLUG_RE.match(value):
+    if not _SLUG_RE.fullmatch(value):
         raise ValueError(
             f"{value!r} is not a valid identifier; expected lowercase letters, digits and "
             "hyphens, 1-48 characters, not starting or ending with a hyphen")
@@ -83,14 +143,20 @@ def check_ipv4(value: str) -> str:
 
 def check_network(value: str) -> str:
     try:
-        ipaddress.IPv4Network(value, strict=True)
+        net = ipaddress.IPv4Network(value, strict=True)
     except ValueError as exc:
         raise ValueError(f"{value!r} is not an IPv4 network; expected CIDR such as 10.42.0.0/16 ({exc})") from None
+    if net.prefixlen == 0:
+        raise ValueError(f"{value!r} is the whole internet; expected the region's own network, "
+                         "such as 10.42.0.0/16")
+    if net.prefixlen < WIDEST_PREFIX:
+        raise ValueError(f"{value!r} is wider than /{WIDEST_PREFIX} (it reaches beyond any private "
+                         "network); expected a network of the region, such as 10.42.0.0/16")
     return value
 
 
 def check_window(value: str) -> str:
-    m = _WINDOW_RE.match(value)
+    m = _WINDOW_RE.fullmatch(value)
     if not m:
         raise ValueError(f"{value!r} is not a transfer window; expected HH:MM-HH:MM such as 20:00-07:00")
     h1, m1, h2, m2 = (int(g) for g in m.groups())
@@ -109,6 +175,98 @@ def check_code(value: str) -> str:
     return value
 
 
+def check_region_code(value: str) -> str:
+    if not _REGION_CODE_RE.fullmatch(value):
+        raise ValueError(f"{value!r} is not a region code; expected 2 or 3 digits 0-9 in quotes, such as \"42\"")
+    return value
+
+
+def check_attribute_path(value: str) -> str:
+    if not _ATTRIBUTE_PATH_RE.fullmatch(value):
+        raise ValueError(f"{value!r} is not a DICOM keyword path; expected keywords separated by '/', such as "
+                         "RequestAttributesSequence/RequestedProcedureCodeSequence")
+    return value
+
+
+def check_issuer(value: str) -> str:
+    if not _ISSUER_RE.fullmatch(value) or control_character(value):
+        raise ValueError(f"{value!r} is not an Issuer of Patient ID; expected 1-64 characters without "
+                         "backslash or control characters, such as 42-ONCO")
+    return value
+
+
+def check_mirror(value: str) -> str:
+    """The region's Debian mirror: a plain http(s) URL with a host and a path.
+    It becomes the URIs of the apt source; kontur derives the security
+    archive as ``<mirror>-security``, so the path must name a directory."""
+    c = control_character(value)
+    if c is not None:
+        raise ValueError(f"{value!r} contains the control character {c!r}; expected one URL such as "
+                         "http://mirror.example.org/debian")
+    if any(ch.isspace() for ch in value):
+        raise ValueError(f"{value!r} contains a space; expected one URL such as http://mirror.example.org/debian")
+    try:
+        url = urlsplit(value)
+        port = url.port
+    except ValueError:
+        raise ValueError(f"{value!r} has an invalid host or port; expected a URL such as "
+                         "http://mirror.example.org:8080/debian") from None
+    if url.scheme not in ("http", "https"):
+        raise ValueError(f"{value!r} is not an http or https URL; expected one such as http://mirror.example.org/debian")
+    if url.username is not None or url.password is not None or "@" in url.netloc:
+        raise ValueError(f"{value!r} carries credentials; a mirror URL has none (secrets never go in the inventory)")
+    host = url.hostname or ""
+    if not _URL_HOST_RE.fullmatch(host):
+        raise ValueError(f"{value!r} has no valid host; expected a host name or IPv4 address, such as "
+                         "http://mirror.example.org/debian")
+    if port == 0:
+        raise ValueError(f"{value!r}: port 0; expected a port 1-65535")
+    if url.query or url.fragment or "?" in value or "#" in value:
+        raise ValueError(f"{value!r} has a query or fragment; expected a base URL such as http://mirror.example.org/debian")
+    path = url.path.rstrip("/")
+    if not path or not _URL_PATH_RE.fullmatch(path):
+        raise ValueError(f"{value!r} has no path; expected the archive's directory, such as "
+                         "http://mirror.example.org/debian (its security archive is <mirror>-security)")
+    return value
+
+
+def check_storage_dir(value: str) -> str:
+    if control_character(value) is not None:
+        return check_text(value)
+    if not value.startswith("/"):
+        raise ValueError(f"{value!r} is not an absolute path; expected a directory under "
+                         f"{' or '.join(STORAGE_ROOTS)}, such as /var/lib/orthanc/db")
+    if not _PATH_RE.fullmatch(value):
+        raise ValueError(f"{value!r} has characters other than letters, digits, '.', '_', '-' and '/'")
+    if posixpath.normpath(value) != value or "//" in value or ".." in value.split("/"):
+        raise ValueError(f"{value!r} is not a normal path; write it as {posixpath.normpath(value)!r} "
+                         "(no '..', '.', '//' or trailing '/')")
+    if not any(value.startswith(root + "/") for root in STORAGE_ROOTS):
+        raise ValueError(f"{value!r} is not under {' or '.join(r + '/' for r in STORAGE_ROOTS)}; the deploy gives "
+                         "Orthanc's storage to the orthanc user, so it must be a directory of its own there, "
+                         "such as /var/lib/orthanc/db or /srv/orthanc")
+    return value
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{value!r} is not a finite number; expected megabits per second from 0.1 to 100000 "
+                         "(leave it out for no cap)")
+    return value
+
+
+def _strict_hospital_type(value: Any) -> Any:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{value!r} is not a hospital type; expected the number 1, 2 or 3 (without quotes)")
+    return value
+
+
+def _strict_schema(value: Any) -> Any:
+    if isinstance(value, bool) or value != SCHEMA_VERSION or not isinstance(value, int):
+        raise ValueError(f"{value!r} is not a schema version; expected {SCHEMA_VERSION}")
+    return value
+
+
 AET = Annotated[str, AfterValidator(check_aet)]
 Code = Annotated[str, AfterValidator(check_code)]
 HostName = Annotated[str, AfterValidator(check_hostname)]
@@ -116,14 +274,46 @@ Slug = Annotated[str, AfterValidator(check_slug)]
 IPv4 = Annotated[str, AfterValidator(check_ipv4)]
 Network = Annotated[str, AfterValidator(check_network)]
 Window = Annotated[str, AfterValidator(check_window)]
-Port = Annotated[int, Field(ge=1, le=65535)]
+Text = Annotated[str, AfterValidator(check_text)]
+#: integers are strict: YAML's true is not 1, "443" and 443.0 are not 443
+Port = Annotated[int, Field(strict=True, ge=1, le=65535)]
+Flag = Annotated[bool, Field(strict=True)]
+
+
+def Int(default: int, ge: int, le: int):  # noqa: N802 - a Field factory read like a type
+    return Field(default, strict=True, ge=ge, le=le)
 
 #: keys that would carry a secret; they are refused anywhere in the inventory
 SECRET_KEYS = frozenset({"password", "passwd", "secret", "private_key", "key", "token"})
 
 
+def _no_controls(value: Any, where: str = "") -> None:
+    if isinstance(value, str):
+        c = control_character(value)
+        if c is not None:
+            raise ValueError(
+                f"{value!r}{where} contains the control character {c!r} (U+{ord(c):04X}); expected text on "
+                "one line without control characters (no newlines, tabs or escapes)")
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            _no_controls(v, f" (item {i})")
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            _no_controls(k, " (a key)")
+            _no_controls(v, f" (at {k!r})")
+
+
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=False, str_strip_whitespace=False)
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _no_control_characters(cls, value: Any) -> Any:
+        """No inventory string carries a control character: titles, names,
+        phones and codes reach JSON, nftables, nginx and apt files, and a
+        newline there starts a new line of configuration."""
+        _no_controls(value)
+        return value
 
 
 # --- parts ----------------------------------------------------------------
@@ -153,8 +343,8 @@ class PortsOverride(Strict):
 
 
 class Disk(Strict):
-    warning_percent: int = Field(80, ge=1, le=99)
-    critical_percent: int = Field(90, ge=2, le=100)
+    warning_percent: int = Int(80, ge=1, le=99)
+    critical_percent: int = Int(90, ge=2, le=100)
 
     @model_validator(mode="after")
     def _order(self) -> "Disk":
@@ -184,18 +374,20 @@ class Replication(Strict):
     #: local time windows in the region's time zone; empty means any time
     windows: list[Window] = Field(default_factory=list)
     #: cap on the link to the TsAMI, megabits per second; none means no cap
-    bandwidth_mbit: float | None = Field(None, gt=0)
+    #: (0.1 to 100000: the pacer waits size/bandwidth, and 1e-300 overflows it; .inf is not JSON)
+    bandwidth_mbit: Annotated[float, BeforeValidator(_finite),
+                              Field(strict=True, allow_inf_nan=False, ge=0.1, le=100_000)] | None = None
     #: a study must be delivered within this many hours of becoming ready
-    deadline_hours: int = Field(24, ge=1, le=24 * 30)
+    deadline_hours: int = Int(24, ge=1, le=24 * 30)
     #: gateways: days to keep a study after its delivery was verified
-    retention_days: int = Field(7, ge=0, le=3650)
+    retention_days: int = Int(7, ge=0, le=3650)
 
 
 #: the transfer package's rules (plugins/kontur_plugins/transfer/rules.py has their meaning)
 TransferRule = Literal["original_quality", "patient_id", "study_uid", "patient_name", "birth_date", "sex",
                        "physician", "procedure", "report"]
 #: DICOM keyword paths (Keyword/Keyword through sequences) where the rules look
-AttributePath = Annotated[str, Field(pattern=r"^[A-Z][A-Za-z0-9]*(/[A-Z][A-Za-z0-9]*)*$")]
+AttributePath = Annotated[str, AfterValidator(check_attribute_path)]
 
 
 class Classifier(Strict):
@@ -216,7 +408,7 @@ class TransferPackage(Strict):
     #: (which keys patients by Patient ID alone) keeps two hospitals' patients apart
     patient_key: Literal["local", "regional"] = "local"
     #: rules switched on or off region-wide (all on by default)
-    rules: dict[TransferRule, bool] = Field(default_factory=dict)
+    rules: dict[TransferRule, Flag] = Field(default_factory=dict)
     physician_code: list[AttributePath] | None = None
     physician_name: list[AttributePath] | None = None
     procedure_code: list[AttributePath] | None = None
@@ -236,9 +428,9 @@ class Modality(Strict):
     name: Slug | None = None
     vendor: str | None = None
     model: str | None = None
-    studies_per_day: int = Field(0, ge=0, le=100000)
+    studies_per_day: int = Int(0, ge=0, le=100000)
     #: a legacy device that cannot speak DICOM network drops files into a folder (R8)
-    legacy_folder: bool = False
+    legacy_folder: Flag = False
     #: the names the hospital's MIS uses for this device in its orders (IPC-7), besides its AE title
     station_names: list[str] = Field(default_factory=list)
 
@@ -274,7 +466,7 @@ class HospitalType(int, Enum):
 
 class Hospital(Strict):
     title: str = Field(min_length=1)
-    type: HospitalType
+    type: Annotated[HospitalType, BeforeValidator(_strict_hospital_type)]
     network: Network | None = None
     node: HostName | None = None
     staff: list[Person] = Field(default_factory=list)
@@ -282,16 +474,16 @@ class Hospital(Strict):
     replication: Replication = Field(default_factory=Replication)
     modalities: list[Modality] = Field(default_factory=list)
     #: a mobile unit's link comes and goes (R10)
-    intermittent_link: bool = False
+    intermittent_link: Flag = False
     #: Issuer of Patient ID (0010,0021) stamped at ingest on what this hospital's
     #: devices send; default "<region code>-<HOSPITAL KEY>" (issue 10)
-    patient_id_issuer: str | None = Field(None, pattern=r"^[^\\\x00-\x1f]{1,64}$")
+    patient_id_issuer: Annotated[str, AfterValidator(check_issuer)] | None = None
     #: the transfer package: enforce (a failing study is quarantined here) or
     #: warn (it goes, and the findings are recorded).  warn by default: a region
     #: sees what its devices send before it turns enforce on, hospital by hospital
     validation: Literal["enforce", "warn"] = "warn"
     #: per-hospital overrides of the region's rules
-    transfer_rules: dict[TransferRule, bool] = Field(default_factory=dict)
+    transfer_rules: dict[TransferRule, Flag] = Field(default_factory=dict)
 
 
 class Role(str, Enum):
@@ -318,22 +510,16 @@ class Node(Strict):
     index: Literal["postgresql", "sqlite"] | None = None
     ports: PortsOverride = Field(default_factory=PortsOverride)
     disk: Disk | None = None
-    storage_dir: str = "/var/lib/orthanc/db"
-
-    @field_validator("storage_dir")
-    @classmethod
-    def _abs(cls, value: str) -> str:
-        if not value.startswith("/") or ".." in value.split("/"):
-            raise ValueError(f"{value!r} is not an absolute path without '..'")
-        return value
+    #: strictly below one of STORAGE_ROOTS, normalised
+    storage_dir: Annotated[str, AfterValidator(check_storage_dir)] = "/var/lib/orthanc/db"
 
 
 class Permissions(Strict):
-    view: bool = True
-    download: bool = False
-    upload: bool = False
-    delete: bool = False
-    admin: bool = False
+    view: Flag = True
+    download: Flag = False
+    upload: Flag = False
+    delete: Flag = False
+    admin: Flag = False
 
 
 class User(Strict):
@@ -348,12 +534,13 @@ class User(Strict):
 class RegionInfo(Strict):
     name: Slug
     title: str = Field(min_length=1)
-    code: str = Field(pattern=r"^[0-9]{2,3}$")
+    code: Annotated[str, AfterValidator(check_region_code)]
     timezone: str = "Europe/Moscow"
     secure_network: Network
     admin_networks: list[Network] = Field(default_factory=list)
     #: base URL of the region's Debian mirror (a closed network has its own)
-    package_mirror: str | None = None
+    #: (a plain http/https URL with a host and a path: it is written into every node's apt source)
+    package_mirror: Annotated[str, AfterValidator(check_mirror)] | None = None
     #: Orthanc's DefaultEncoding: Utf8 keeps Cyrillic names intact
     encoding: Literal["Utf8", "Latin1", "Cyrillic"] = "Utf8"
 
@@ -371,7 +558,7 @@ class Defaults(Strict):
     ports: Ports = Field(default_factory=Ports)
     disk: Disk = Field(default_factory=Disk)
     #: seconds without a new instance before Orthanc calls a study stable
-    stable_age: int = Field(60, ge=5, le=3600)
+    stable_age: int = Int(60, ge=5, le=3600)
 
 
 class Centre(Strict):
@@ -380,7 +567,7 @@ class Centre(Strict):
 
 
 class Region(Strict):
-    kontur: Literal[1] = SCHEMA_VERSION
+    kontur: Annotated[Literal[1], BeforeValidator(_strict_schema)] = SCHEMA_VERSION
     region: RegionInfo
     centre: Centre
     defaults: Defaults = Field(default_factory=Defaults)

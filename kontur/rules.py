@@ -9,7 +9,7 @@ import ipaddress
 from collections import defaultdict
 from typing import Iterator
 
-from .model import HospitalType, Region, Role
+from .model import RESERVED_NODE_NAMES, RESERVED_NODE_PREFIX, HospitalType, Region, Role
 
 Loc = tuple
 Found = Iterator[tuple[Loc, str]]
@@ -198,11 +198,28 @@ def addresses_in_networks(region: Region) -> Found:
         if not h.network:
             continue
         net = ipaddress.IPv4Network(h.network)
+        if not net.subnet_of(secure):
+            # the hospital's network is let in to HTTPS (its users read in a browser):
+            # outside the secure network it would open the archives to another network
+            yield ("hospitals", hk, "network"), (
+                f"{net} is not inside the region's secure network {secure}; expected a hospital network "
+                f"inside it (its users reach the archives' HTTPS from there)")
+            continue
         if h.node and h.node in region.nodes and ipaddress.IPv4Address(region.nodes[h.node].address) not in net:
             yield ("hospitals", hk, "node"), f"node {h.node} ({region.nodes[h.node].address}) is outside the hospital network {net}"
         for i, m in enumerate(h.modalities):
             if ipaddress.IPv4Address(m.host) not in net:
                 yield ("hospitals", hk, "modalities", i, "host"), f"{m.host} is outside the hospital network {net}"
+
+
+def reserved_node_names(region: Region) -> Found:
+    """Issue 15: a node named like one of the store's own files would take them."""
+    for name in region.nodes:
+        if name in RESERVED_NODE_NAMES or name.startswith(RESERVED_NODE_PREFIX):
+            yield ("nodes", name), (
+                f"node name {name!r} is reserved: kontur's secrets store and bundles use "
+                f"{', '.join(sorted(RESERVED_NODE_NAMES))} and names starting with {RESERVED_NODE_PREFIX!r} "
+                "for themselves; give the node another host name")
 
 
 def users_unique(region: Region) -> Found:
@@ -264,4 +281,4 @@ def mis_orders(region: Region) -> Found:
                 names.setdefault(n, m.aet)
 
 
-RULES = [staff_named, unique_issuers, references, roles_present, routes, unique_aets, unique_endpoints, addresses_in_networks, users_unique, mis_orders]
+RULES = [reserved_node_names, staff_named, unique_issuers, references, roles_present, routes, unique_aets, unique_endpoints, addresses_in_networks, users_unique, mis_orders]

@@ -16,7 +16,7 @@ import jinja2
 
 from .. import custody, revocation
 from ..inventory import REPO_ROOT
-from ..model import Region, Role
+from ..model import STORAGE_ROOTS, Region, Role
 from ..packages import packages_for
 from ..pki import ensure_ca, node_cert
 from ..rules import services_of
@@ -25,6 +25,22 @@ from . import hl7
 from . import orthanc as oc
 from . import system
 from .bundle import Bundle, Directory, RenderedFile
+
+#: where rendered files and directories may land on a node (issue 15): every
+#: path of a bundle is one of these or below one.  Orthanc's storage is below
+#: one of model.STORAGE_ROOTS, which are listed here too.
+RENDERED_ROOTS = (
+    "/etc/apt/sources.list.d",      # the region's package mirror (system.APT_SOURCE)
+    "/etc/kontur",                  # TLS material, policy, the store's record, the HL7 service's config
+    "/etc/nftables.conf",           # the firewall
+    "/etc/nginx/sites-available",   # the HTTPS front
+    "/etc/orthanc",                 # Orthanc's configuration
+    "/etc/postgresql",              # PostgreSQL's conf.d drop-in (system.POSTGRESQL_CONF)
+    "/etc/systemd/system",          # Orthanc's drop-in, the HL7 service's unit
+    "/usr/lib/kontur",              # plugins, Lua, scripts, the HL7 service and its wheels
+    "/var/lib/kontur",              # kontur's state on the node
+    *STORAGE_ROOTS,                 # Orthanc's storage (strictly below a root)
+)
 
 TEMPLATES = REPO_ROOT / "templates"
 PLUGINS = REPO_ROOT / "plugins"

@@ -10,6 +10,8 @@ the two stay small; :func:`kontur.render.render_node` calls these.
 """
 from __future__ import annotations
 
+import re
+
 from ..model import Region
 from .bundle import Bundle, RenderedFile
 
@@ -32,22 +34,37 @@ def postgresql_conf(port: int) -> bytes:
     ).encode()
 
 
+_DEB822_FIELD = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]*", re.ASCII)
+_KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
+
+
+def deb822(stanzas: list[list[tuple[str, str]]]) -> str:
+    """Stanzas of ``(field, value)`` in deb822 form (sources.list(5)).
+
+    Built from fields, never from interpolated text: a value is one line of
+    printable characters (a newline would add a field such as ``Trusted: yes``
+    or a whole repository), a field name is letters, digits and hyphens."""
+    out = []
+    for stanza in stanzas:
+        lines = []
+        for field, value in stanza:
+            if not _DEB822_FIELD.fullmatch(field):
+                raise ValueError(f"deb822 field name {field!r} is not letters, digits and hyphens")
+            if not value or value != value.strip() or any(not c.isprintable() for c in value):
+                raise ValueError(f"deb822 field {field}: {value!r} is not one line of printable text")
+            lines.append(f"{field}: {value}\n")
+        out.append("".join(lines))
+    return "\n".join(out)
+
+
 def apt_source(mirror: str) -> bytes:
     mirror = mirror.rstrip("/")
-    return (
-        "# Rendered by kontur — the region's package mirror is this node's only source.\n"
-        "Types: deb\n"
-        f"URIs: {mirror}\n"
-        f"Suites: {DEBIAN_SUITE} {DEBIAN_SUITE}-updates\n"
-        "Components: main\n"
-        "Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg\n"
-        "\n"
-        "Types: deb\n"
-        f"URIs: {mirror}-security\n"
-        f"Suites: {DEBIAN_SUITE}-security\n"
-        "Components: main\n"
-        "Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg\n"
-    ).encode()
+    return ("# Rendered by kontur — the region's package mirror is this node's only source.\n" + deb822([
+        [("Types", "deb"), ("URIs", mirror), ("Suites", f"{DEBIAN_SUITE} {DEBIAN_SUITE}-updates"),
+         ("Components", "main"), ("Signed-By", _KEYRING)],
+        [("Types", "deb"), ("URIs", f"{mirror}-security"), ("Suites", f"{DEBIAN_SUITE}-security"),
+         ("Components", "main"), ("Signed-By", _KEYRING)],
+    ])).encode()
 
 
 def add_apt_source(region: Region, bundle: Bundle) -> None:
