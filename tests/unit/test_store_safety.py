@@ -1,11 +1,14 @@
 # SPDX-License-Identifier: AGPL-3.0-or-later
-"""The secrets store cannot be damaged by a node's name, a lost file or two
-kontur commands at once (issue 15)."""
+"""The secrets store and the render output cannot be damaged by a node's name,
+a lost file, two kontur commands at once, or links planted in --out (issue 15)."""
 from __future__ import annotations
 
 import json
 import multiprocessing
 import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -18,6 +21,7 @@ from kontur.inventory import load
 from kontur.render import render_region
 from kontur.secrets import SecretStore
 
+REPO = Path(__file__).resolve().parents[2]
 TITLE = "Test region"
 
 
@@ -229,6 +233,70 @@ def test_a_deleted_entry_is_made_again_with_a_warning_naming_it(tmp_path, capfd)
     assert "warning" in err and "links/onco-lami->tsami" in err
     again.password("nodes/new-node/kontur")                             # new, not deleted: no warning
     assert "warning" not in capfd.readouterr().err
+
+
+# --- 9: the render output ----------------------------------------------------------------
+
+def kontur(*args: str, env: dict) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "kontur", *args], capture_output=True, text=True,
+                          env={**os.environ, **env}, cwd=REPO, timeout=120)
+
+
+def test_render_does_not_write_through_links_planted_in_out(tmp_path):
+    env = {"KONTUR_SECRETS": str(tmp_path / "s")}
+    out = tmp_path / "out"
+    assert kontur("render", "--node", "onco-lami", "--out", str(out), env=env).returncode == 0
+    key = out / "onco-lami" / "etc" / "kontur" / "tls" / "node.key"
+    victim = tmp_path / "someone-elses-file"
+    victim.write_text("theirs\n")
+    key.unlink()
+    key.symlink_to(victim)
+    (out / "onco-lami" / "etc" / "orthanc").rename(tmp_path / "moved")
+    (out / "onco-lami" / "etc" / "orthanc").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    r = kontur("render", "--node", "onco-lami", "--out", str(out), env=env)
+    assert r.returncode == 0, r.stderr
+    assert victim.read_text() == "theirs\n" and not (tmp_path / "elsewhere").exists()
+    assert not key.is_symlink() and key.read_bytes().startswith(b"-----BEGIN PRIVATE KEY")
+    assert oct(key.stat().st_mode & 0o777) == "0o600"
+    assert (out / "onco-lami" / "etc" / "orthanc").is_dir() and not (out / "onco-lami" / "etc" / "orthanc").is_symlink()
+    assert sorted(p.name for p in out.iterdir()) == ["onco-lami"]
+
+
+def test_the_folders_of_removed_nodes_leave_out_with_their_keys(tmp_path):
+    from kontur.render.bundle import write_out
+    region, out = load(), tmp_path / "out"
+    bundles = render_region(region, SecretStore(tmp_path / "s"))
+    write_out(out, bundles, keep=set(region.nodes))
+    assert (out / "research" / "etc" / "kontur" / "tls" / "node.key").is_file()
+    kept = [b for b in bundles if b.node != "research"]           # research left the region
+    write_out(out, kept[:1], keep={b.node for b in kept})          # (even rendering one node: `--node`)
+    assert sorted(p.name for p in out.iterdir()) == sorted(b.node for b in kept)
+
+
+def test_an_out_that_kontur_did_not_write_is_refused_and_left_alone(tmp_path):
+    env = {"KONTUR_SECRETS": str(tmp_path / "s")}
+    out = tmp_path / "home"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine\n")
+    r = kontur("render", "--out", str(out), env=env)
+    assert r.returncode != 0 and "notes.txt" in r.stderr and "did not write" in r.stderr
+    assert "Traceback" not in r.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+
+
+def test_os_errors_on_out_are_messages_not_tracebacks(tmp_path):
+    env = {"KONTUR_SECRETS": str(tmp_path / "s")}
+    a_file = tmp_path / "a-file"
+    a_file.write_text("x")
+    r = kontur("render", "--node", "tsami", "--out", str(a_file), env=env)
+    assert r.returncode != 0 and "Traceback" not in r.stderr and "not a folder" in r.stderr, r.stderr
+    r = kontur("render", "--node", "tsami", "--out", str(a_file / "sub"), env=env)
+    assert r.returncode != 0 and "Traceback" not in r.stderr and str(a_file) in r.stderr, r.stderr
+    if os.geteuid() != 0:
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o500)
+        r = kontur("render", "--node", "tsami", "--out", str(locked), env=env)
+        assert r.returncode == 1 and "Traceback" not in r.stderr and "ermission denied" in r.stderr, r.stderr
 
 
 # --- custody: exports move the new layout, and an older kontur's export still imports ------
