@@ -124,11 +124,15 @@ def render(inventory, out_dir, nodes, lab, secrets_dir):
     unknown = [n for n in nodes if n not in region.nodes]
     if unknown:
         raise InvalidInput(f"unknown node {unknown[0]!r}; expected one of: {', '.join(region.nodes)}")
-    store = open_store(region, secrets_dir, lab=lab)
-    bundles = render_region(region, store, list(nodes) or None)
+    from .errors import OperationFailed
+    from .render.bundle import write_out
+    try:
+        store = open_store(region, secrets_dir, lab=lab)
+        bundles = render_region(region, store, list(nodes) or None)
+    except OSError as exc:
+        raise OperationFailed(f"the secrets store: {exc.filename or ''}: {exc.strerror or exc}") from None
     target = Path(out_dir)
-    for b in bundles:
-        b.write(target)
+    write_out(target, bundles, keep=set(region.nodes))
     table = Table(title=f"rendered into {target}/", title_justify="left")
     for col in ("node", "role", "files", "services"):
         table.add_column(col)

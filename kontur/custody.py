@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import InvalidInput
-from .secrets import SecretStore, StoreIdentity, atomic_write
+from .secrets import SecretStore, StoreIdentity, atomic_write, layout_name
 
 #: on every node: the store it was deployed from
 STORE_FILE = "/etc/kontur/store.json"
@@ -123,11 +123,21 @@ def _fernet(passphrase: str, salt: bytes, n: int = SCRYPT_N, r: int = SCRYPT_R, 
 
 
 def _contents(store: SecretStore) -> dict[str, object]:
+    """The passwords, and every file under ``pki/`` by its path there
+    (``ca.crt``, ``nodes/tsami.key``, ``users/ivanova.crt``...)."""
     files = {}
-    for path in sorted(store.pki_dir.iterdir()):
-        if path.is_file():
-            files[path.name] = base64.b64encode(path.read_bytes()).decode()
+    root = store.pki_dir
+    for path in sorted(root.rglob("*")):
+        rel = path.relative_to(root)
+        if any(part.startswith(".") for part in rel.parts) or path.is_symlink() or not path.is_file():
+            continue
+        files[rel.as_posix()] = base64.b64encode(path.read_bytes()).decode()
     return {"secrets": {k: store.get(k) for k in store.keys()}, "pki": files}
+
+
+def _normalised(pki: dict[str, str]) -> dict[str, str]:
+    """An export of an older kontur names node certificates beside the CA: where they go now."""
+    return {layout_name(name): b64 for name, b64 in pki.items()}
 
 
 def export_store(store: SecretStore, region_name: str, region_title: str, passphrase: str) -> bytes:
@@ -164,8 +174,15 @@ def read_export(data: bytes, passphrase: str, source: str) -> tuple[dict, dict]:
     if not isinstance(body.get("secrets"), dict) or not isinstance(body.get("pki"), dict):
         raise InvalidInput(f"{source}: decrypted, but holds no store; export it again")
     for name in body["pki"]:
-        if not name or "/" in name or name.startswith("."):
+        parts = name.split("/") if isinstance(name, str) else [""]
+        if len(parts) > 2 or any(not part or part.startswith(".") for part in parts) \
+                or not isinstance(body["pki"][name], str):
             raise InvalidInput(f"{source}: holds an unexpected file name {name!r}; nothing was imported")
+    for key, value in body["secrets"].items():
+        if not isinstance(value, str):
+            raise InvalidInput(f"{source}: the secret {key!r} is {type(value).__name__}, not a string; "
+                               f"nothing was imported")
+    body["pki"] = _normalised(body["pki"])
     return header, body
 
 
@@ -182,7 +199,7 @@ def import_store(data: bytes, passphrase: str, source: str, directory: Path, reg
         "store/id", "")))
     directory = Path(directory)
     kept = None
-    if directory.exists() and any(directory.iterdir()):
+    if directory.exists() and any(p.name != SecretStore.LOCK for p in directory.iterdir()):
         if _same(directory, body):
             return identity, None
         if not replace:
@@ -197,10 +214,13 @@ def import_store(data: bytes, passphrase: str, source: str, directory: Path, reg
     (tmp / "pki").mkdir(parents=True, mode=0o700)
     os.chmod(tmp, 0o700)
     for name, b64 in body["pki"].items():
-        atomic_write(tmp / "pki" / name, base64.b64decode(b64), 0o644 if name.endswith(".crt") else 0o600)
+        target = tmp / "pki" / name
+        target.parent.mkdir(mode=0o700, exist_ok=True)
+        atomic_write(target, base64.b64decode(b64), 0o644 if name.endswith(".crt") else 0o600)
     atomic_write(tmp / SecretStore.FILE,
                  (json.dumps(body["secrets"], indent=2, sort_keys=True) + "\n").encode())
-    if directory.exists():          # empty
+    if directory.exists():          # empty (but for the lock file of a store opened once)
+        (directory / SecretStore.LOCK).unlink(missing_ok=True)
         directory.rmdir()
     directory.parent.mkdir(parents=True, exist_ok=True)
     os.replace(tmp, directory)

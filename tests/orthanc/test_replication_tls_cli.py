@@ -31,7 +31,7 @@ def pki(tmp_path):
     node_cert(store, "Test region", "tsami", ["127.0.0.1"])
     node_cert(store, "Test region", "lami", ["127.0.0.1"])
     d = store.pki_dir
-    return {"store": store, "ca": str(d / "ca.crt"), "dir": d}
+    return {"store": store, "ca": str(d / "ca.crt"), "dir": d / "nodes"}
 
 
 def server_context(pki, name: str) -> ssl.SSLContext:

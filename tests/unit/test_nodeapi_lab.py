@@ -35,7 +35,7 @@ def test_client_for_a_real_node_uses_its_inventory_address_and_the_operator_cert
     assert c.name == "onco-lami"
     assert c._headers["Authorization"].startswith("Basic ")
     assert isinstance(c._context, ssl.SSLContext) and c._context.verify_mode == ssl.CERT_REQUIRED
-    assert (store.pki_dir / "kontur-operator.crt").is_file()
+    assert (store.pki_dir / "operator" / "kontur-operator.crt").is_file()
 
 
 def test_client_for_lab_uses_the_lab_address_and_the_lab_secrets(region, tmp_path, monkeypatch):
