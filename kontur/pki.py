@@ -280,7 +280,7 @@ def user_p12(store: SecretStore, region_title: str, login: str, *, legacy: bool 
 
 
 def _user_dir(store: SecretStore) -> Path:
-    return store.pki_dir / "users"
+    return store.pki_subdir("users")
 
 
 def issued_user_cert(store: SecretStore, login: str) -> bytes | None:
@@ -291,5 +291,6 @@ def issued_user_cert(store: SecretStore, login: str) -> bytes | None:
 
 def forget_user_cert(store: SecretStore, login: str) -> None:
     """Remove ``login``'s certificate and key (revoked): ``user_cert`` makes a new pair."""
-    for suffix in (".crt", ".key"):
-        (_user_dir(store) / f"{login}{suffix}").unlink(missing_ok=True)
+    with store.locked():
+        for suffix in (".crt", ".key"):
+            (_user_dir(store) / f"{login}{suffix}").unlink(missing_ok=True)

@@ -29,7 +29,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from .errors import InvalidInput, OperationFailed
 from .secrets import SecretStore, atomic_write
 
-#: the store's files (in its pki folder, next to the CA)
+#: the store's files (in its pki/revocation folder)
 LIST_FILE = "revoked.json"
 CRL_FILE = "crl.pem"
 #: a CRL is valid this long after it is signed ...
@@ -51,8 +51,8 @@ class Revoked:
 
 
 def _dir(store: SecretStore) -> Path:
-    """With the CA (the store's pki folder): exported and imported with it."""
-    return store.pki_dir
+    """Beside the CA, in the store's pki folder: exported and imported with it."""
+    return store.pki_subdir("revocation")
 
 
 def _now() -> dt.datetime:
@@ -79,7 +79,11 @@ def revoke(store: SecretStore, login: str, cert_pem: bytes | None, reason: str) 
     if cert_pem is None:
         raise InvalidInput(f"no certificate was issued to {login!r} (nothing to revoke); "
                            "`kontur users issue` makes one")
-    serial = x509.load_pem_x509_certificate(cert_pem).serial_number
+    with store.locked():
+        return _append(store, login, x509.load_pem_x509_certificate(cert_pem).serial_number, reason)
+
+
+def _append(store: SecretStore, login: str, serial: int, reason: str) -> Revoked:
     rows = revoked(store)
     if any(r.serial == serial for r in rows):
         raise InvalidInput(f"{login!r}'s certificate (serial {serial:x}) is revoked already")
@@ -97,7 +101,11 @@ def is_revoked(store: SecretStore, cert_pem: bytes) -> bool:
 def crl_pem(store: SecretStore, ca_cert_pem: bytes, ca_key_pem: bytes, *, now: dt.datetime | None = None) -> bytes:
     """The CA's CRL listing every revoked serial: the stored one while it is
     current, signed anew when the list changed or its validity runs short."""
-    now = now or _now()
+    with store.locked():
+        return _crl(store, ca_cert_pem, ca_key_pem, now or _now())
+
+
+def _crl(store: SecretStore, ca_cert_pem: bytes, ca_key_pem: bytes, now: dt.datetime) -> bytes:
     rows = revoked(store)
     path = _dir(store) / CRL_FILE
     ca = x509.load_pem_x509_certificate(ca_cert_pem)

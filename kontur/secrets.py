@@ -236,7 +236,7 @@ class SecretStore:
         return p
 
     def pki_subdir(self, name: str) -> Path:
-        """``pki/nodes``, ``pki/operator`` or ``pki/users``."""
+        """``pki/nodes``, ``pki/operator``, ``pki/users`` or ``pki/revocation`` (kontur.revocation)."""
         p = self.pki_dir / name
         p.mkdir(mode=0o700, exist_ok=True)
         return p
