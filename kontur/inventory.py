@@ -14,8 +14,8 @@ from typing import Any
 from pydantic import ValidationError
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
-from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
+from . import safeyaml
 from .model import SECRET_KEYS, Region
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -57,15 +57,12 @@ def yaml_rt() -> YAML:
 
 
 def parse_yaml(text: str, source: str) -> Any:
+    """Parse an inventory within bounds (size, nesting, aliases: :mod:`kontur.safeyaml`);
+    every failure is an :class:`InventoryError` with the line."""
     try:
-        return yaml_rt().load(text)
-    except MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line = mark.line + 1 if mark else None
-        what = exc.problem or exc.context or "syntax error"
-        raise InventoryError(source, [Problem("", f"YAML syntax error: {what}", line)]) from None
-    except YAMLError as exc:
-        raise InventoryError(source, [Problem("", f"YAML error: {exc}")]) from None
+        return safeyaml.load(safeyaml.bounded(yaml_rt()), text)
+    except safeyaml.YamlRefused as exc:
+        raise InventoryError(source, [Problem("", exc.message, exc.line)]) from None
 
 
 def to_plain(node: Any) -> Any:
@@ -205,16 +202,12 @@ def _dedupe(problems: list[Problem]) -> list[Problem]:
 
 
 def read_text(path: Path) -> str:
+    """The inventory's text: a regular UTF-8 file of at most
+    :data:`kontur.safeyaml.MAX_BYTES`; anything else is an :class:`InventoryError`."""
     try:
-        return path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise InventoryError(str(path), [Problem("", "file not found; expected a region YAML file (see inventory/example/region.yaml)")]) from None
-    except IsADirectoryError:
-        raise InventoryError(str(path), [Problem("", "is a directory; expected a region YAML file")]) from None
-    except UnicodeDecodeError as exc:
-        raise InventoryError(str(path), [Problem("", f"not UTF-8 text (byte {exc.start}); save the file as UTF-8")]) from None
-    except PermissionError:
-        raise InventoryError(str(path), [Problem("", "permission denied")]) from None
+        return safeyaml.read_text(path, "a region YAML file (see inventory/example/region.yaml)")
+    except safeyaml.YamlRefused as exc:
+        raise InventoryError(str(path), [Problem("", exc.message, exc.line)]) from None
 
 
 def load_text(text: str, source: str = "<inventory>", base: Path | None = None) -> Region:
@@ -231,3 +224,4 @@ def dump_rt(doc: Any) -> str:
     buf = io.StringIO()
     yaml_rt().dump(doc, buf)
     return buf.getvalue()
+
