@@ -4,6 +4,9 @@
   a cycle of aliases, a 50 MB file, a pipe, a symlink loop are each refused
   with a clear message (``line N:`` where there is a line) and exit 2, never
   a traceback, a MemoryError or minutes of parsing.
+* ``kontur inventory`` edits are locked read-modify-writes: two at once both
+  land; a read-only inventory is refused before anything changes; a symlinked
+  inventory is edited through the link.
 """
 from __future__ import annotations
 
@@ -162,3 +165,68 @@ def test_a_classifier_file_is_read_within_the_same_bounds(tmp_path):
     with pytest.raises(classifier.ClassifierError) as info:
         classifier.read(huge)
     assert "MiB" in info.value.problems[0]
+
+
+# --- locked read-modify-write -------------------------------------------------
+
+def _add_modality(path: Path, aet: str, host: str) -> list[str]:
+    return ["inventory", "add-modality", "onco", "-i", str(path), "--aet", aet, "--host", host, "--modality", "CT"]
+
+
+def _aets(path: Path) -> set[str]:
+    return {m.aet for h in load(path).hospitals.values() for m in h.modalities}
+
+
+#: a `kontur` that imports everything, says so, and runs when its stdin says go
+_HELD_KONTUR = ("import sys\nfrom kontur.cli import main\nprint('ready', flush=True)\n"
+                "sys.stdin.readline()\nsys.exit(main(sys.argv[1:]))\n")
+
+
+def test_two_planners_adding_at_once_both_edits_land(region_file):
+    """Two `kontur inventory add-modality` processes, started, loaded and then
+    released together (a line on their stdin), five rounds."""
+    for rnd in range(5):
+        aets = [f"R{rnd}_A", f"R{rnd}_B"]
+        procs = [subprocess.Popen([sys.executable, "-c", _HELD_KONTUR,
+                                   *_add_modality(region_file, aets[i], f"10.42.1.{210 + 2 * rnd + i}")],
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                  text=True, cwd=REPO)
+                 for i in range(2)]
+        try:
+            for p in procs:
+                assert p.stdout.readline().strip() == "ready", p.stderr.read()
+            for p in procs:                # both are past their imports: let them go at once
+                p.stdin.write("go\n")
+                p.stdin.flush()
+            results = [p.communicate(timeout=120) for p in procs]
+        finally:
+            for p in procs:
+                if p.poll() is None:
+                    p.kill()
+        assert [p.returncode for p in procs] == [0, 0], (rnd, results)
+        assert set(aets) <= _aets(region_file), f"round {rnd}: an edit was lost"
+
+
+def test_a_read_only_inventory_is_refused_before_any_change(region_file):
+    before = region_file.read_bytes()
+    region_file.chmod(0o444)
+    r = kontur(*_add_modality(region_file, "ONCO_RO", "10.42.1.220"))
+    assert r.returncode == 2, r.stderr
+    assert "read-only" in r.stderr and "nothing was changed" in r.stderr and "Traceback" not in r.stderr
+    assert region_file.read_bytes() == before and (region_file.stat().st_mode & 0o777) == 0o444
+    assert sorted(p.name for p in region_file.parent.iterdir()) == ["classifier", "region.yaml"]
+
+
+def test_a_symlinked_inventory_is_edited_through_the_link(region_file, tmp_path):
+    link_dir = tmp_path / "elsewhere"
+    link_dir.mkdir()
+    link = link_dir / "region.yaml"
+    link.symlink_to(region_file)
+    region_file.chmod(0o640)
+    r = kontur(*_add_modality(link, "ONCO_LINK", "10.42.1.221"))
+    assert r.returncode == 0, r.stderr
+    assert link.is_symlink() and link.resolve() == region_file
+    assert "ONCO_LINK" in region_file.read_text(encoding="utf-8")
+    assert (region_file.stat().st_mode & 0o777) == 0o640
+    assert sorted(p.name for p in link_dir.iterdir()) == ["region.yaml"]
+    assert sorted(p.name for p in region_file.parent.iterdir()) == ["classifier", "elsewhere", "region.yaml"]
