@@ -79,11 +79,14 @@ def parse_csv(text: str, source: str) -> dict[str, str]:
 
 def parse_yaml(text: str, source: str, version: str | None) -> dict[str, str]:
     from ruamel.yaml import YAML
-    from ruamel.yaml.error import YAMLError
+
+    from . import safeyaml
     try:
-        doc = YAML(typ="safe").load(text)
-    except YAMLError as exc:
-        raise ClassifierError([f"{source}: YAML error: {str(exc).splitlines()[0]}"]) from None
+        # bounded like the inventory: no alias bombs, no deep nesting
+        doc = safeyaml.load(safeyaml.bounded(YAML(typ="safe", pure=True)), text)
+    except safeyaml.YamlRefused as exc:
+        where = f"{source} line {exc.line}" if exc.line else source
+        raise ClassifierError([f"{where}: {exc.message}"]) from None
     if not isinstance(doc, dict) or "codes" not in doc:
         raise ClassifierError([f"{source}: expected a mapping with 'codes' (code: name) and optionally 'version'"])
     problems: list[str] = []
@@ -116,16 +119,12 @@ def parse_yaml(text: str, source: str, version: str | None) -> dict[str, str]:
 
 
 def read(path: Path, version: str | None = None) -> dict[str, str]:
+    from . import safeyaml
     try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ClassifierError([f"{path}: file not found"]) from None
-    except IsADirectoryError:
-        raise ClassifierError([f"{path}: is a directory; expected a CSV or YAML file"]) from None
-    except UnicodeDecodeError as exc:
-        raise ClassifierError([f"{path}: not UTF-8 text (byte {exc.start}); save it as UTF-8"]) from None
-    except PermissionError:
-        raise ClassifierError([f"{path}: permission denied"]) from None
+        text = safeyaml.read_text(path, "a CSV or YAML file")
+    except safeyaml.YamlRefused as exc:
+        where = f"{path} line {exc.line}" if exc.line else str(path)
+        raise ClassifierError([f"{where}: {exc.message}"]) from None
     if path.suffix.lower() == ".csv":
         return parse_csv(text, str(path))
     if path.suffix.lower() in (".yaml", ".yml"):

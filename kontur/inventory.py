@@ -6,7 +6,14 @@ expected``, with the line in the file where it can be found.
 """
 from __future__ import annotations
 
+import fcntl
 import io
+import os
+import stat
+import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,8 +21,8 @@ from typing import Any
 from pydantic import ValidationError
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
-from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
+from . import safeyaml
 from .model import SECRET_KEYS, Region
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -57,15 +64,12 @@ def yaml_rt() -> YAML:
 
 
 def parse_yaml(text: str, source: str) -> Any:
+    """Parse an inventory within bounds (size, nesting, aliases: :mod:`kontur.safeyaml`);
+    every failure is an :class:`InventoryError` with the line."""
     try:
-        return yaml_rt().load(text)
-    except MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line = mark.line + 1 if mark else None
-        what = exc.problem or exc.context or "syntax error"
-        raise InventoryError(source, [Problem("", f"YAML syntax error: {what}", line)]) from None
-    except YAMLError as exc:
-        raise InventoryError(source, [Problem("", f"YAML error: {exc}")]) from None
+        return safeyaml.load(safeyaml.bounded(yaml_rt()), text)
+    except safeyaml.YamlRefused as exc:
+        raise InventoryError(source, [Problem("", exc.message, exc.line)]) from None
 
 
 def to_plain(node: Any) -> Any:
@@ -205,16 +209,12 @@ def _dedupe(problems: list[Problem]) -> list[Problem]:
 
 
 def read_text(path: Path) -> str:
+    """The inventory's text: a regular UTF-8 file of at most
+    :data:`kontur.safeyaml.MAX_BYTES`; anything else is an :class:`InventoryError`."""
     try:
-        return path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise InventoryError(str(path), [Problem("", "file not found; expected a region YAML file (see inventory/example/region.yaml)")]) from None
-    except IsADirectoryError:
-        raise InventoryError(str(path), [Problem("", "is a directory; expected a region YAML file")]) from None
-    except UnicodeDecodeError as exc:
-        raise InventoryError(str(path), [Problem("", f"not UTF-8 text (byte {exc.start}); save the file as UTF-8")]) from None
-    except PermissionError:
-        raise InventoryError(str(path), [Problem("", "permission denied")]) from None
+        return safeyaml.read_text(path, "a region YAML file (see inventory/example/region.yaml)")
+    except safeyaml.YamlRefused as exc:
+        raise InventoryError(str(path), [Problem("", exc.message, exc.line)]) from None
 
 
 def load_text(text: str, source: str = "<inventory>", base: Path | None = None) -> Region:
@@ -231,3 +231,85 @@ def dump_rt(doc: Any) -> str:
     buf = io.StringIO()
     yaml_rt().dump(doc, buf)
     return buf.getvalue()
+
+
+# --- read-modify-write ------------------------------------------------------
+
+@contextmanager
+def locked(path: str | Path) -> Iterator[Path]:
+    """Hold the inventory for one read-modify-write (``kontur inventory`` edits).
+
+    An exclusive ``flock`` on the file itself (on its target if ``path`` is a
+    symlink; no lock file is left beside it).  An edit replaces the file, so a
+    process that waited for the lock takes it again on the new file: two edits
+    at once are made one after the other, each on what the other wrote.  A
+    file that cannot be written (no write permission, its directory not
+    writable) is refused here, before anything is changed.  Yields the real
+    file: read it, then write it with :func:`write_atomic`, inside the block.
+    """
+    shown = str(path)
+    real = Path(os.path.realpath(path))
+    while True:
+        read_text(real)          # missing, a directory, a pipe, too big: the usual messages
+        try:
+            fd = os.open(real, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+        except OSError as exc:
+            raise InventoryError(shown, [Problem("", f"cannot be opened: {exc.strerror or exc}")]) from None
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                print(f"kontur: waiting for another edit of {shown} to finish", file=sys.stderr, flush=True)
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            st = os.fstat(fd)
+            try:
+                now = os.stat(real)
+            except FileNotFoundError:
+                now = None
+            if now is None or (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino):
+                continue         # replaced while we waited: lock the new file
+            _check_writable(shown, real, st)
+            yield real
+            return
+        finally:
+            os.close(fd)         # releases the lock
+
+
+def _check_writable(shown: str, real: Path, st: os.stat_result) -> None:
+    if not st.st_mode & 0o222 or not os.access(real, os.W_OK):
+        raise InventoryError(shown, [Problem("", (
+            f"is read-only (mode {stat.S_IMODE(st.st_mode):04o}); nothing was changed. Make it writable "
+            f"(chmod u+w {real}) if it is meant to be edited"))])
+    if not os.access(real.parent, os.W_OK | os.X_OK):
+        raise InventoryError(shown, [Problem("", (
+            f"its directory {real.parent} is not writable; nothing was changed. An edit writes a new "
+            "file there and renames it over the inventory, so the directory must be writable"))])
+
+
+def write_atomic(real: Path, text: str) -> None:
+    """Replace the file ``real`` (not a symlink: see :func:`locked`) with ``text``:
+    a temporary file in the same directory, fsynced, renamed over it; the
+    file's mode (and owner, where permitted) is kept.  A crash leaves the old
+    file or the new one, never half of one."""
+    st = os.stat(real)
+    fd, tmp = tempfile.mkstemp(prefix=f".{real.name}.", suffix=".tmp", dir=real.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(text.encode("utf-8"))
+            fh.flush()
+            os.fchmod(fh.fileno(), stat.S_IMODE(st.st_mode))
+            if os.geteuid() == 0:
+                try:
+                    os.fchown(fh.fileno(), st.st_uid, st.st_gid)
+                except OSError:
+                    pass
+            os.fsync(fh.fileno())
+        os.replace(tmp, real)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    dfd = os.open(real.parent, os.O_RDONLY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)

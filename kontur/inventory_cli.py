@@ -5,9 +5,16 @@ Edits are made on the round-trip YAML document, so comments, order and
 quoting survive.  The edited document is validated as a whole before it is
 written; what validation would refuse is refused (exit 2) and the file is left
 untouched.  Writes are atomic: a crash never leaves half a file.
+
+Every edit is one locked read-modify-write (:func:`_edit`): two planners
+editing at once are served one after the other, each edit made on what the
+other wrote.  A read-only inventory is refused before anything changes; a
+symlinked inventory is edited through the link (its target is replaced, the
+link stays).
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import click
@@ -16,33 +23,42 @@ from ruamel.yaml.comments import CommentedMap, CommentedSeq
 
 from .cli import inventory_option, inventory_path, out
 from .errors import InvalidInput
-from .inventory import InventoryError, dump_rt, parse_yaml, read_text, validate_data
+from .inventory import InventoryError, dump_rt, locked, parse_yaml, read_text, validate_data, write_atomic
 from .model import LEGACY_NOTE, Role
-from .secrets import atomic_write
 
 
-def _load_doc(inventory: str | None):
+def _edit(inventory: str | None, change: Callable[[Path, CommentedMap], str]) -> None:
+    """The one read-modify-write of the inventory: lock it, read and validate it,
+    ``change(path, doc)`` (which returns what it did, or raises InvalidInput),
+    validate the result and write it atomically, all under the lock."""
     path = inventory_path(inventory)
     try:
-        text = read_text(path)
-        doc = parse_yaml(text, str(path))
-        validate_data(doc, str(path), path.resolve().parent)
+        with locked(path) as real:
+            try:
+                text = read_text(real)
+                doc = parse_yaml(text, str(path))
+                validate_data(doc, str(path), real.parent)
+            except InventoryError as exc:
+                raise InvalidInput(exc.report() + "\nfix the file first: an edit is only made on a sound region") from None
+            what = change(path, doc)
+            _save(path, real, doc, what)
     except InventoryError as exc:
-        raise InvalidInput(exc.report() + "\nfix the file first: an edit is only made on a sound region") from None
-    return path, doc
+        raise InvalidInput(exc.report()) from None
 
 
-def _save(path: Path, doc, what: str) -> None:
+def _save(path: Path, real: Path, doc, what: str) -> None:
     text = dump_rt(doc)
     try:
         # validate what would be written, re-parsed from the text itself
-        validate_data(parse_yaml(text, str(path)), str(path), path.resolve().parent)
+        validate_data(parse_yaml(text, str(path)), str(path), real.parent)
     except InventoryError as exc:
         lines = [f"refused ({what}): the region would not be sound; {path} is unchanged:"]
         lines += [f"  {p.path}: {p.message}" if p.path else f"  {p.message}" for p in exc.problems]
         raise InvalidInput("\n".join(lines)) from None
-    mode = path.stat().st_mode & 0o777 if path.exists() else 0o644
-    atomic_write(path, text.encode("utf-8"), mode)
+    try:
+        write_atomic(real, text)
+    except OSError as exc:
+        raise InvalidInput(f"{path}: cannot be written ({exc.strerror or exc}); it is unchanged") from None
     out.print(f"{path}: {what}")
 
 
@@ -100,57 +116,60 @@ def add_hospital(inventory, key, title, htype, node, address, aet, network, upst
     Then add its modalities with `kontur inventory add-modality` and roll it
     out with `kontur deploy`.
     """
-    path, doc = _load_doc(inventory)
-    hospitals = _section(doc, "hospitals")
-    nodes = _section(doc, "nodes")
-    if key in hospitals:
-        raise InvalidInput(f"hospital {key!r} already exists in {path}; choose another key or remove it first")
-    role = ROLE_FOR_TYPE[htype]
-    suffix = {Role.LAMI: "lami", Role.GATEWAY: "gw", Role.REFERENCE: "web"}[role]
-    node = node or f"{key}-{suffix}"
-    if node in nodes:
-        raise InvalidInput(f"node {node!r} already exists; name the new hospital's node with --node")
-    tsami = next((n for n, spec in nodes.items() if spec.get("role") == "tsami"), None)
-    if address is None:
-        raise InvalidInput("--address is required: the IPv4 address of the hospital's node in the secure network")
-    spec = CommentedMap()
-    spec["role"] = role.value
-    spec["address"] = address
-    if role in (Role.LAMI, Role.GATEWAY):
-        spec["aet"] = aet or f"{key.upper().replace('-', '_')[:12]}_{'LAMI' if role == Role.LAMI else 'GW'}"
-        spec["upstream"] = upstream or tsami
-    else:
-        spec["reads_from"] = upstream or tsami
-    nodes[node] = spec
+    def change(path, doc) -> str:
+        nonlocal node
+        hospitals = _section(doc, "hospitals")
+        nodes = _section(doc, "nodes")
+        if key in hospitals:
+            raise InvalidInput(f"hospital {key!r} already exists in {path}; choose another key or remove it first")
+        role = ROLE_FOR_TYPE[htype]
+        suffix = {Role.LAMI: "lami", Role.GATEWAY: "gw", Role.REFERENCE: "web"}[role]
+        node = node or f"{key}-{suffix}"
+        if node in nodes:
+            raise InvalidInput(f"node {node!r} already exists; name the new hospital's node with --node")
+        tsami = next((n for n, spec in nodes.items() if spec.get("role") == "tsami"), None)
+        if address is None:
+            raise InvalidInput("--address is required: the IPv4 address of the hospital's node in the secure network")
+        spec = CommentedMap()
+        spec["role"] = role.value
+        spec["address"] = address
+        if role in (Role.LAMI, Role.GATEWAY):
+            spec["aet"] = aet or f"{key.upper().replace('-', '_')[:12]}_{'LAMI' if role == Role.LAMI else 'GW'}"
+            spec["upstream"] = upstream or tsami
+        else:
+            spec["reads_from"] = upstream or tsami
+        nodes[node] = spec
 
-    h = CommentedMap()
-    h["title"] = title
-    h["type"] = htype
-    if network:
-        h["network"] = network
-    h["node"] = node
-    staff = [staff_name, staff_position, work_phone, mobile_phone]
-    if any(staff):
-        if not all(staff):
-            raise InvalidInput("responsible staff needs all of --staff-name, --staff-position, --work-phone, --mobile-phone")
-        person = CommentedMap(name=staff_name, position=staff_position, work_phone=work_phone, mobile_phone=mobile_phone)
-        h["staff"] = CommentedSeq([person])
-    if mis:
-        host, _, port = mis.rpartition(":")
-        if not host or not port.isdigit():
-            raise InvalidInput(f"--mis {mis!r}: expected HOST:PORT such as 10.42.7.5:2575")
-        h["mis"] = CommentedMap(host=host, port=int(port))
-    if htype != 3:
-        rep = CommentedMap()
-        rep["policy"] = policy
-        if windows:
-            rep["windows"] = CommentedSeq(windows)
-        if bandwidth_mbit is not None:
-            rep["bandwidth_mbit"] = bandwidth_mbit
-        h["replication"] = rep
-        h["modalities"] = CommentedSeq()
-    hospitals[key] = h
-    _save(path, doc, f"added hospital {key} (type {htype}) with node {node} ({role.value})")
+        h = CommentedMap()
+        h["title"] = title
+        h["type"] = htype
+        if network:
+            h["network"] = network
+        h["node"] = node
+        staff = [staff_name, staff_position, work_phone, mobile_phone]
+        if any(staff):
+            if not all(staff):
+                raise InvalidInput("responsible staff needs all of --staff-name, --staff-position, --work-phone, --mobile-phone")
+            person = CommentedMap(name=staff_name, position=staff_position, work_phone=work_phone, mobile_phone=mobile_phone)
+            h["staff"] = CommentedSeq([person])
+        if mis:
+            host, _, port = mis.rpartition(":")
+            if not host or not port.isdigit():
+                raise InvalidInput(f"--mis {mis!r}: expected HOST:PORT such as 10.42.7.5:2575")
+            h["mis"] = CommentedMap(host=host, port=int(port))
+        if htype != 3:
+            rep = CommentedMap()
+            rep["policy"] = policy
+            if windows:
+                rep["windows"] = CommentedSeq(windows)
+            if bandwidth_mbit is not None:
+                rep["bandwidth_mbit"] = bandwidth_mbit
+            h["replication"] = rep
+            h["modalities"] = CommentedSeq()
+        hospitals[key] = h
+        return f"added hospital {key} (type {htype}) with node {node} ({role.value})"
+
+    _edit(inventory, change)
 
 
 @inventory_group.command("add-modality")
@@ -174,23 +193,25 @@ def add_modality(inventory, hospital, aet, host, port, code, name, vendor, model
 
     Print what the engineer on site needs with `kontur inventory sheet GKB3_MR1`.
     """
-    path, doc = _load_doc(inventory)
-    hospitals = doc.get("hospitals") or {}
-    if hospital not in hospitals:
-        raise InvalidInput(f"unknown hospital {hospital!r}; expected one of: {', '.join(hospitals) or '(none)'}")
-    h = hospitals[hospital]
-    if "modalities" not in h or h["modalities"] is None:
-        h["modalities"] = CommentedSeq()
-    m = CommentedMap()
-    m["aet"] = aet
-    m["host"] = host
-    m["port"] = port
-    m["modality"] = code
-    for k, v in (("name", name), ("vendor", vendor), ("model", model), ("studies_per_day", studies_per_day)):
-        if v is not None:
-            m[k] = v
-    h["modalities"].append(m)
-    _save(path, doc, f"added modality {aet} ({code}) to {hospital}")
+    def change(path, doc) -> str:
+        hospitals = doc.get("hospitals") or {}
+        if hospital not in hospitals:
+            raise InvalidInput(f"unknown hospital {hospital!r}; expected one of: {', '.join(hospitals) or '(none)'}")
+        h = hospitals[hospital]
+        if "modalities" not in h or h["modalities"] is None:
+            h["modalities"] = CommentedSeq()
+        m = CommentedMap()
+        m["aet"] = aet
+        m["host"] = host
+        m["port"] = port
+        m["modality"] = code
+        for k, v in (("name", name), ("vendor", vendor), ("model", model), ("studies_per_day", studies_per_day)):
+            if v is not None:
+                m[k] = v
+        h["modalities"].append(m)
+        return f"added modality {aet} ({code}) to {hospital}"
+
+    _edit(inventory, change)
 
 
 def _find_modality(doc, ident: str):
@@ -207,13 +228,15 @@ def _find_modality(doc, ident: str):
 @click.argument("modality")
 def remove_modality(inventory, modality):
     """Disconnect MODALITY (its AE title or name) from its hospital."""
-    path, doc = _load_doc(inventory)
-    found = _find_modality(doc, modality)
-    if not found:
-        raise InvalidInput(f"no modality {modality!r} in {path}; `kontur show` lists them")
-    hk, i, m = found
-    del doc["hospitals"][hk]["modalities"][i]
-    _save(path, doc, f"removed modality {m['aet']} from {hk}")
+    def change(path, doc) -> str:
+        found = _find_modality(doc, modality)
+        if not found:
+            raise InvalidInput(f"no modality {modality!r} in {path}; `kontur show` lists them")
+        hk, i, m = found
+        del doc["hospitals"][hk]["modalities"][i]
+        return f"removed modality {m['aet']} from {hk}"
+
+    _edit(inventory, change)
 
 
 @inventory_group.command("remove-hospital")
@@ -227,15 +250,17 @@ def remove_hospital(inventory, hospital, keep_node):
     is refused while anything still refers to it.  Removing a hospital from
     the inventory does not delete its archive: the node's data stays on disk.
     """
-    path, doc = _load_doc(inventory)
-    hospitals = doc.get("hospitals") or {}
-    if hospital not in hospitals:
-        raise InvalidInput(f"unknown hospital {hospital!r}; expected one of: {', '.join(hospitals) or '(none)'}")
-    node = hospitals[hospital].get("node")
-    del hospitals[hospital]
-    if node and not keep_node and node in (doc.get("nodes") or {}):
-        del doc["nodes"][node]
-    _save(path, doc, f"removed hospital {hospital}" + (f" and node {node}" if node and not keep_node else ""))
+    def change(path, doc) -> str:
+        hospitals = doc.get("hospitals") or {}
+        if hospital not in hospitals:
+            raise InvalidInput(f"unknown hospital {hospital!r}; expected one of: {', '.join(hospitals) or '(none)'}")
+        node = hospitals[hospital].get("node")
+        del hospitals[hospital]
+        if node and not keep_node and node in (doc.get("nodes") or {}):
+            del doc["nodes"][node]
+        return f"removed hospital {hospital}" + (f" and node {node}" if node and not keep_node else "")
+
+    _edit(inventory, change)
 
 
 @inventory_group.command("sheet")
