@@ -15,6 +15,9 @@ def generate_region(hospitals: int = 10, *, gateways: int = 2, seed: int = 7, na
                     dicom_port: int = 11112, https_port: int = 8443, second_octet: int = 77) -> str:
     """A region with ``hospitals`` type-1 hospitals, ``gateways`` type-2 ones,
     one reference centre, a TsAMI and a research node."""
+    if not 0 <= hospitals + gateways <= 254:
+        raise ValueError(f"{hospitals + gateways} hospitals; expected at most 254 (one /24 each, "
+                         "the reference centre in the last)")
     rnd = random.Random(seed)
     net = f"10.{second_octet}"
     lines = [
@@ -66,8 +69,8 @@ def generate_region(hospitals: int = 10, *, gateways: int = 2, seed: int = 7, na
             hosp += [f"      - aet: H{i:02d}_{code}{j}", f"        host: {net}.{i}.{20 + j}",
                      f"        port: {rnd.choice([104, 11112, 4006])}", f"        modality: {code}",
                      f"        studies_per_day: {rnd.randint(10, 80)}"]
-    lines += ["  refcentre:", "    role: reference", f"    address: {net}.200.10", "    reads_from: central"]
-    hosp += ["  ref:", "    title: Reference centre", "    type: 3", f"    network: {net}.200.0/24",
+    lines += ["  refcentre:", "    role: reference", f"    address: {net}.255.10", "    reads_from: central"]
+    hosp += ["  ref:", "    title: Reference centre", "    type: 3", f"    network: {net}.255.0/24",
              "    node: refcentre", "    staff:", "      - name: Head of reference centre",
              "        position: head", '        work_phone: "+7 000 200"', '        mobile_phone: "+7 900 200"']
     tail = ["roles:", "  reader:", "    view: true", "    download: true",

@@ -210,3 +210,16 @@ def test_with_addresses_translates_everything():
     assert all(m.host.startswith("198.18.0.") for h in lab.hospitals.values() for m in h.modalities)
     assert lab.hospitals["onco"].mis.host.startswith("198.18.0.")
     assert region.nodes["tsami"].address == "10.42.0.10"  # the original is untouched
+
+
+@pytest.mark.parametrize("hospitals", [1, 20, 200, 252])
+def test_a_generated_region_of_any_size_validates(tmp_path, hospitals):
+    """The regions bench/ and the hostile-input tests generate (hospital 200's node
+    once took the reference centre's address)."""
+    from kontur.inventory import load
+    from kontur.regiongen import generate_region
+
+    p = tmp_path / "region.yaml"
+    p.write_text(generate_region(hospitals))
+    region = load(p)
+    assert len(region.hospitals) == hospitals + 3 and "refcentre" in region.nodes
