@@ -16,14 +16,13 @@ import json
 import os
 import tempfile
 import time
-from pathlib import Path
 
 import pytest
 import testinfra
 
 from kontur.inventory import load
 from kontur.render import render_node
-from kontur.secrets import SecretStore, default_dir
+from kontur.secrets import SecretStore, store_dir
 from remote import CREDENTIALS, PLUGINS
 
 
@@ -81,7 +80,7 @@ class Target:
                 self.users[node] = user
         self.nodes = [n for n in region.nodes if not only or n in only]
         secrets = config.getoption("--secrets")
-        self.store = SecretStore(Path(secrets) if secrets else default_dir(region.region.name, lab=self.lab),
+        self.store = SecretStore(store_dir(region.region.name, secrets, lab=self.lab),
                                  create=False)
         self.ssh_config = config.getoption("--kontur-ssh-config") or config.getoption("ssh_config", None)
         self.identity = config.getoption("ssh_identity_file", None)

@@ -12,7 +12,6 @@ import concurrent.futures
 import dataclasses
 import importlib.util
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -26,6 +25,7 @@ from rich.table import Table
 from . import health, reach
 from .cli import inventory_option, inventory_path, load_region, out, whole
 from .errors import InvalidInput, OperationFailed
+from .files import atomic_write
 from .inventory import REPO_ROOT
 
 CHECKS = REPO_ROOT / "checks"
@@ -45,7 +45,7 @@ class Target:
     addresses, SSH settings (:mod:`kontur.reach`) and secrets store."""
 
     def __init__(self, region, lab: bool, secrets_dir: str | None):
-        from .secrets import SecretStore, default_dir
+        from .secrets import SecretStore, store_dir
         self.lab = lab
         self.state = None
         if lab:
@@ -53,7 +53,7 @@ class Target:
             self.state = require_state()
             region = running_lab_region(region)
         self.region = region
-        directory = Path(secrets_dir) if secrets_dir else default_dir(region.region.name, lab=lab)
+        directory = store_dir(region.region.name, secrets_dir, lab=lab)
         if not directory.is_dir():
             raise InvalidInput(f"the secrets store {directory} does not exist; "
                                f"run `kontur {'deploy --lab' if lab else 'render'}` first, or pass --secrets DIR")
@@ -136,11 +136,7 @@ def _table(results: list[health.NodeHealth], region, seconds: float) -> Table:
 def _write_atomically(path: Path, text: str) -> None:
     """node_exporter's textfile collector must never read a half-written file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
+    atomic_write(path, text.encode(), 0o644)
 
 
 @click.command("check", context_settings={"help_option_names": ["-h", "--help"]})

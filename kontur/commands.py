@@ -8,7 +8,7 @@ from rich.table import Table
 
 from .cli import cli, err, inventory_option, inventory_path, load_region, out, whole
 from .model import LEGACY_NOTE, Region, Role
-from .secrets import SecretStore, default_dir
+from .secrets import SecretStore, store_dir
 
 
 def secrets_option(f):
@@ -19,7 +19,7 @@ def secrets_option(f):
 
 
 def open_store(region: Region, secrets_dir: str | None, lab: bool = False) -> SecretStore:
-    return SecretStore(Path(secrets_dir) if secrets_dir else default_dir(region.region.name, lab=lab))
+    return SecretStore(store_dir(region.region.name, secrets_dir, lab=lab))
 
 
 @cli.command()

@@ -29,7 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import InvalidInput
-from .secrets import SecretStore, StoreIdentity, atomic_write, layout_name
+from .files import atomic_write
+from .secrets import SecretStore, StoreIdentity, layout_name
 
 #: on every node: the store it was deployed from
 STORE_FILE = "/etc/kontur/store.json"

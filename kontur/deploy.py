@@ -36,7 +36,7 @@ from .errors import InvalidInput, OperationFailed
 from .inventory import REPO_ROOT, load
 from .model import Region, Role
 from .packages import NODE_PACKAGES
-from .secrets import default_dir
+from .secrets import store_dir
 
 ROLES = tuple(r.value for r in Role)
 
@@ -77,7 +77,7 @@ def host_groups(inventory: str | Path | None = None, lab: bool = False,
             raise InvalidInput(
                 f"the running lab is of region {state.region_name!r}, the inventory {path} is of "
                 f"region {region.region.name!r}; bring the lab up with this inventory: kontur lab up -i {path}")
-        secrets = Path(secrets_dir) if secrets_dir else default_dir(region.region.name, lab=True)
+        secrets = store_dir(region.region.name, secrets_dir, lab=True)
         missing = [n for n in region.nodes if n not in state.hosts]
         if missing:
             raise InvalidInput(
@@ -93,7 +93,7 @@ def host_groups(inventory: str | Path | None = None, lab: bool = False,
                              ssh=dict(ssh, ssh_port=h.ssh_port))
             groups[spec.role.value].append((node, data))
     else:
-        secrets = Path(secrets_dir) if secrets_dir else default_dir(region.region.name)
+        secrets = store_dir(region.region.name, secrets_dir)
         from .reach import production
         ssh = production().pyinfra_data()   # never trusts a host key on first sight
         for node, spec in region.nodes.items():

@@ -11,7 +11,6 @@ import io
 import os
 import stat
 import sys
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -284,32 +283,3 @@ def _check_writable(shown: str, real: Path, st: os.stat_result) -> None:
         raise InventoryError(shown, [Problem("", (
             f"its directory {real.parent} is not writable; nothing was changed. An edit writes a new "
             "file there and renames it over the inventory, so the directory must be writable"))])
-
-
-def write_atomic(real: Path, text: str) -> None:
-    """Replace the file ``real`` (not a symlink: see :func:`locked`) with ``text``:
-    a temporary file in the same directory, fsynced, renamed over it; the
-    file's mode (and owner, where permitted) is kept.  A crash leaves the old
-    file or the new one, never half of one."""
-    st = os.stat(real)
-    fd, tmp = tempfile.mkstemp(prefix=f".{real.name}.", suffix=".tmp", dir=real.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(text.encode("utf-8"))
-            fh.flush()
-            os.fchmod(fh.fileno(), stat.S_IMODE(st.st_mode))
-            if os.geteuid() == 0:
-                try:
-                    os.fchown(fh.fileno(), st.st_uid, st.st_gid)
-                except OSError:
-                    pass
-            os.fsync(fh.fileno())
-        os.replace(tmp, real)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dfd = os.open(real.parent, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)

@@ -23,7 +23,8 @@ from ruamel.yaml.comments import CommentedMap, CommentedSeq
 
 from .cli import inventory_option, inventory_path, out
 from .errors import InvalidInput
-from .inventory import InventoryError, dump_rt, locked, parse_yaml, read_text, validate_data, write_atomic
+from .files import replace_keeping_mode
+from .inventory import InventoryError, dump_rt, locked, parse_yaml, read_text, validate_data
 from .model import LEGACY_NOTE, Role
 
 
@@ -56,7 +57,7 @@ def _save(path: Path, real: Path, doc, what: str) -> None:
         lines += [f"  {p.path}: {p.message}" if p.path else f"  {p.message}" for p in exc.problems]
         raise InvalidInput("\n".join(lines)) from None
     try:
-        write_atomic(real, text)
+        replace_keeping_mode(real, text)
     except OSError as exc:
         raise InvalidInput(f"{path}: cannot be written ({exc.strerror or exc}); it is unchanged") from None
     out.print(f"{path}: {what}")

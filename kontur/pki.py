@@ -27,7 +27,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from .errors import InvalidInput, OperationFailed
-from .secrets import OPERATOR, STORE_ID_KEY, SecretStore, atomic_write
+from .files import atomic_write
+from .secrets import OPERATOR, STORE_ID_KEY, SecretStore
 
 CA_DAYS = 3650
 NODE_DAYS = 825

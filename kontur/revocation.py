@@ -27,7 +27,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 
 from .errors import InvalidInput, OperationFailed
-from .secrets import SecretStore, atomic_write
+from .files import atomic_write
+from .secrets import SecretStore
 
 #: the store's files (in its pki/revocation folder)
 LIST_FILE = "revoked.json"

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Iterator
 
 from .errors import InvalidInput, OperationFailed
+from .files import atomic_write
 
 
 def default_dir(region_name: str, lab: bool = False) -> Path:
@@ -43,25 +44,10 @@ def default_dir(region_name: str, lab: bool = False) -> Path:
     return home / "kontur" / "secrets" / region_name
 
 
-def atomic_write(path: Path, data: bytes, mode: int = 0o600) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}-{threading.get_ident()}")
-    tmp.unlink(missing_ok=True)     # a crashed run's; never written through (O_EXCL, O_NOFOLLOW)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            os.fchmod(fh.fileno(), mode)
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    dfd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+def store_dir(region_name: str, secrets_dir: str | Path | None = None, *, lab: bool = False) -> Path:
+    """Where a command finds the region's store: ``--secrets DIR`` when given,
+    else :func:`default_dir` (the lab's, or this user's)."""
+    return Path(secrets_dir) if secrets_dir else default_dir(region_name, lab=lab)
 
 
 #: the store's own random id, made once (not a secret: it names the store)

@@ -11,11 +11,12 @@ import click
 from . import custody
 from .cli import CONTEXT, inventory_option, load_region, out
 from .errors import InvalidInput
-from .secrets import SecretStore, atomic_write, default_dir
+from .files import atomic_write
+from .secrets import SecretStore, store_dir
 
 
 def _directory(region, secrets_dir: str | None, lab: bool) -> Path:
-    return Path(secrets_dir) if secrets_dir else default_dir(region.region.name, lab=lab)
+    return store_dir(region.region.name, secrets_dir, lab=lab)
 
 
 def _passphrase(passphrase_file: str | None, *, confirm: bool) -> str:

@@ -19,7 +19,7 @@ from .cli import err, inventory_option, load_region, out
 from .commands import open_store, secrets_option
 from .errors import InvalidInput
 from .model import Region, User
-from .secrets import atomic_write
+from .files import atomic_write
 
 RIGHTS = ("view", "download", "upload", "delete", "admin")
 
