@@ -22,14 +22,6 @@ def kontur(*args: str, env_extra: dict | None = None) -> subprocess.CompletedPro
                           cwd=REPO, timeout=120)
 
 
-@pytest.fixture
-def region_file(tmp_path) -> Path:
-    p = tmp_path / "region.yaml"
-    shutil.copy(EXAMPLE, p)
-    shutil.copytree(EXAMPLE.parent / "classifier", tmp_path / "classifier")
-    return p
-
-
 def test_help_reads_well():
     r = kontur("--help")
     assert r.returncode == 0

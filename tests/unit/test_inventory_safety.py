@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -22,20 +21,11 @@ from kontur import classifier, safeyaml
 from kontur.inventory import InventoryError, load, load_text, parse_yaml
 
 REPO = Path(__file__).resolve().parents[2]
-EXAMPLE = REPO / "inventory" / "example" / "region.yaml"
 
 
 def kontur(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "kontur", *args], capture_output=True, text=True,
                           cwd=REPO, timeout=timeout)
-
-
-@pytest.fixture
-def region_file(tmp_path) -> Path:
-    p = tmp_path / "region.yaml"
-    shutil.copy(EXAMPLE, p)
-    shutil.copytree(EXAMPLE.parent / "classifier", tmp_path / "classifier")
-    return p
 
 
 def bomb(levels: int = 9, fan: int = 9) -> str:

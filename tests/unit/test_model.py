@@ -3,25 +3,9 @@ from __future__ import annotations
 
 import pytest
 
-from kontur.inventory import InventoryError, dump_rt, load, load_text, parse_yaml
+from kontur.inventory import load
 from kontur.model import Role
-
-
-def edited(text: str, edit) -> str:
-    doc = parse_yaml(text, "t")
-    edit(doc)
-    return dump_rt(doc)
-
-
-def problems_of(text: str) -> list[str]:
-    with pytest.raises(InventoryError) as info:
-        load_text(text, "region.yaml")
-    return [str(p) for p in info.value.problems]
-
-
-def one_problem(text: str, path: str, fragment: str) -> None:
-    found = problems_of(text)
-    assert any(path in p and fragment in p for p in found), found
+from kontur.testing.inventory import edited, one_problem, problems_of
 
 
 def test_example_region_is_sound():

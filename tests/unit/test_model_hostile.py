@@ -14,29 +14,13 @@ import unicodedata
 
 import pytest
 
-from kontur.inventory import InventoryError, dotted, dump_rt, load_text, parse_yaml
+from kontur.inventory import dotted, dump_rt, load_text, parse_yaml
 from kontur.model import RESERVED_NODE_NAMES, STORAGE_ROOTS
 from kontur.regiongen import generate_region
 from kontur.render import RENDERED_ROOTS, render_region
 from kontur.render.system import deb822
 from kontur.secrets import SecretStore
-
-
-def edited(text: str, edit) -> str:
-    doc = parse_yaml(text, "t")
-    edit(doc)
-    return dump_rt(doc)
-
-
-def problems_of(text: str) -> list[str]:
-    with pytest.raises(InventoryError) as info:
-        load_text(text, "region.yaml")
-    return [str(p) for p in info.value.problems]
-
-
-def one_problem(text: str, path: str, fragment: str) -> None:
-    found = problems_of(text)
-    assert any(path in p and fragment in p for p in found), found
+from kontur.testing.inventory import edited, one_problem, problems_of
 
 
 def setting(*loc_value):
