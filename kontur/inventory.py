@@ -244,7 +244,7 @@ def locked(path: str | Path) -> Iterator[Path]:
     at once are made one after the other, each on what the other wrote.  A
     file that cannot be written (no write permission, its directory not
     writable) is refused here, before anything is changed.  Yields the real
-    file: read it, then write it with :func:`write_atomic`, inside the block.
+    file: read it, then write it with :func:`kontur.files.replace_keeping_mode`, inside the block.
     """
     shown = str(path)
     real = Path(os.path.realpath(path))
