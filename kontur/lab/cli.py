@@ -61,8 +61,11 @@ def up_cmd(inventory):
     """Bring the region's lab up: one Debian host per node, booted in parallel.
 
     The base root filesystem and the signed package repository are built on first
-    use and cached ($KONTUR_LAB_CACHE).  Refuses (exit 2) when a lab is up or the lab
-    network is in use; a failure midway removes what was built (exit 1).
+    use and cached ($KONTUR_LAB_CACHE).  On a running lab of the same region it
+    follows the inventory: adds the hosts, devices and MIS listeners it gained,
+    removes those it lost, and leaves every other host running.  Refuses (exit 2)
+    when the lab network is in use or the running lab is of another region; a
+    failure midway removes what was built (exit 1).
     """
     region = load_region(inventory)
     path = inventory_path(inventory)

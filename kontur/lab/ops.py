@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InvalidInput, KonturError, OperationFailed
+from ..files import atomic_write
 from ..inventory import InventoryError, load
 from ..model import LEGACY_NOTE, Region
 from . import fs, hosts, net
@@ -43,7 +44,7 @@ from .config import (
     state_file,
 )
 from .mis import read_log
-from .plan import Plan, make_plan
+from .plan import Endpoint, Plan, make_plan
 from .proc import Started, alive, read_pidfile, run, spawn, stop
 from .repo import Repo, build_variant, ensure_repo, serve, set_served
 from .state import (
@@ -142,12 +143,14 @@ class Ledger:
             self.state.resources.extend(entries)
             save_state(self.state)
 
-    def spawn(self, label: str, start: Callable[[Path], Started]) -> Started:
+    def spawn(self, label: str, start: Callable[[Path], Started], **tags: str) -> Started:
         """Start a process through ``start(pidfile)``, recorded before it exists:
-        the pidfile names it even if kontur dies before noting its PID."""
+        the pidfile names it even if kontur dies before noting its PID.  ``tags``
+        (``node=``, ``mis=``) name what the process belongs to, so a lab that
+        follows its inventory can remove it alone."""
         pidfile = Path(self.state.lab_dir) / "run" / (label.replace(" ", "-") + ".pid")
         entry: dict[str, Any] = {"kind": "process", "label": label, "pidfile": str(pidfile),
-                                 "pid": 0, "start_time": 0}
+                                 "pid": 0, "start_time": 0, **tags}
         self.add(entry)
         started = start(pidfile)
         with self.lock:
@@ -156,9 +159,11 @@ class Ledger:
         return started
 
 
-def teardown(state: LabState, progress: Progress = _quiet) -> list[str]:
-    """Undo everything in ``state.resources``; returns what could not be undone."""
-    res = state.resources
+def teardown(state: LabState, progress: Progress = _quiet,
+             resources: list[dict[str, Any]] | None = None) -> list[str]:
+    """Undo everything in ``state.resources`` (or only ``resources``, some of them);
+    returns what could not be undone."""
+    res = state.resources if resources is None else resources
     problems: list[str] = []
 
     procs = []
@@ -236,9 +241,13 @@ def up(region: Region, inventory: Path, progress: Progress = _quiet) -> LabState
         existing = load_state()
         if existing is not None:
             if existing.status == "up":
-                raise LabRefused(
-                    f"a lab is already up (region {existing.region_name}, since {existing.created})",
-                    hint="run `kontur lab down` first")
+                if existing.region_name != region.region.name:
+                    raise LabRefused(
+                        f"a lab of region {existing.region_name} is up (since {existing.created}); the inventory "
+                        f"{inventory} is of region {region.region.name}; nothing was changed",
+                        hint=f"pass that region's inventory to follow its edits (-i {existing.inventory}), "
+                             "or run `kontur lab down` first")
+                return _follow(existing, region, inventory, progress)
             raise LabRefused(
                 f"a lab of region {existing.region_name} was left half-built by a `kontur lab up` that "
                 f"failed or was interrupted (status {existing.status})",
@@ -286,6 +295,162 @@ def up(region: Region, inventory: Path, progress: Progress = _quiet) -> LabState
         return state
 
 
+@dataclass
+class Changes:
+    """What a running lab did to follow its inventory."""
+    hosts_added: list[str] = field(default_factory=list)
+    hosts_removed: list[str] = field(default_factory=list)
+    modalities_added: list[str] = field(default_factory=list)
+    modalities_removed: list[str] = field(default_factory=list)
+    mis_added: list[str] = field(default_factory=list)
+    mis_removed: list[str] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return any(getattr(self, f) for f in self.__dataclass_fields__)
+
+    def lines(self) -> list[str]:
+        words = {"hosts": "host", "modalities": "device", "mis": "MIS listener"}
+        out = []
+        for f in self.__dataclass_fields__:
+            what, verb = f.rsplit("_", 1)
+            names = getattr(self, f)
+            if names:
+                out.append(f"{verb} {words[what]}{'s' if len(names) > 1 else ''}: {', '.join(names)}")
+        return out
+
+
+def _follow(state: LabState, region: Region, inventory: Path, progress: Progress) -> LabState:
+    """Make the running lab match an edited inventory of its region: add the hosts, devices and
+    MIS listeners it gained, remove those it lost, and leave every other host running as it is.
+
+    What production would do when a hospital is rolled out: one new host, nothing else touched
+    (the deploy that follows changes the TsAMI's peers).  A host whose inventory address or SSH
+    port changed is refused: a lab host cannot move without losing its disk.
+    """
+    t0 = time.monotonic()
+    untagged = [r for r in state.resources if r["kind"] in ("netns", "mount") and
+                not (r.get("endpoint") or r.get("node"))]
+    if untagged:
+        raise LabRefused("this lab was brought up by an older kontur that does not record which host owns "
+                         "what; it cannot follow the inventory", hint="kontur lab down && kontur lab up")
+    plan = make_plan(region, keep=state.address_map)
+    moved = []
+    for node, h in state.hosts.items():
+        if node in plan.nodes:
+            ep = plan.nodes[node]
+            if ep.inventory_address != h.inventory_address:
+                moved.append(f"{node}: address {h.inventory_address} -> {ep.inventory_address}")
+            elif region.ports(node).ssh != h.ssh_port:
+                moved.append(f"{node}: SSH port {h.ssh_port} -> {region.ports(node).ssh}")
+    if moved:
+        raise LabRefused("a running lab cannot move a host (its disk would be lost): " + "; ".join(moved)
+                         + "; nothing was changed",
+                         hint="undo that edit, or rebuild the lab: kontur lab down && kontur lab up")
+
+    have_netns = {r["endpoint"] for r in state.resources if r["kind"] == "netns"}
+    want_netns = {ep.netns for ep in plan.endpoints}
+    ch = Changes(hosts_added=[n for n in plan.nodes if n not in state.hosts],
+                 hosts_removed=[n for n in state.hosts if n not in plan.nodes])
+    new_modalities = _modalities(region, plan)
+    ch.modalities_added = [a for a in new_modalities if a not in state.modalities]
+    ch.modalities_removed = [a for a in state.modalities if a not in new_modalities]
+    restart = [hk for hk, m in state.mis.items() if hk in plan.mis and
+               (m.address, m.port, m.netns, m.facility) !=
+               (plan.mis[hk][1].address, plan.mis[hk][0], plan.mis[hk][1].netns, _facility(region, hk))]
+    ch.mis_removed = [hk for hk in state.mis if hk not in plan.mis or hk in restart]
+    ch.mis_added = [hk for hk in plan.mis if hk not in state.mis or hk in restart]
+
+    old_inventory, state.inventory = state.inventory, str(Path(inventory).resolve())
+    if not ch and have_netns == want_netns and new_modalities == state.modalities:
+        state.address_map = plan.address_map
+        save_state(state)
+        progress("lab up: the running lab already matches the inventory; nothing changed")
+        return state
+
+    # first what the inventory lost (freeing link names a new endpoint may reuse) ...
+    gone = [r for r in state.resources if
+            r.get("node") in ch.hosts_removed or r.get("mis") in ch.mis_removed or
+            (r.get("endpoint") and r["endpoint"] not in want_netns)]
+    if gone:
+        progress("lab up: " + ("; ".join(ln for ln in ch.lines() if ln.startswith("removed"))
+                               or "removing namespaces the inventory no longer has"))
+        left = teardown(state, progress, gone)
+        for node in ch.hosts_removed:
+            try:
+                fs.remove_tree(Path(state.hosts[node].rootfs).parent)
+            except (KonturError, OSError) as exc:
+                left.append(f"remove the disk of {node}: {getattr(exc, 'message', None) or exc}")
+        if left:
+            save_state(state)
+            raise OperationFailed("the lab could not remove what the inventory lost: " + "; ".join(left),
+                                  hint="fix the cause and run `kontur lab up` again, or `kontur lab down`")
+        state.resources = [r for r in state.resources if r not in gone]
+        for node in ch.hosts_removed:
+            del state.hosts[node]
+        for hk in ch.mis_removed:
+            del state.mis[hk]
+        _write_known_hosts(state)
+        save_state(state)
+
+    # ... then what it gained; a failure here removes only what this run made
+    ledger = Ledger(state)
+    mark = len(state.resources)
+    before = (state.modalities, state.address_map)
+    added_nodes = {n: plan.nodes[n] for n in ch.hosts_added}
+    try:
+        _make_endpoints(ledger, [ep for ep in plan.endpoints if ep.netns not in have_netns])
+        roots: dict[str, Path] = {}
+        if added_nodes:
+            progress(f"lab up: adding host{'s' if len(added_nodes) > 1 else ''} {', '.join(added_nodes)}")
+            roots = _prepare_roots(state, ledger, region, plan, added_nodes, ensure_base(progress))
+        state.modalities = new_modalities
+        state.address_map = plan.address_map
+        _start_mis(state, ledger, region, {hk: plan.mis[hk] for hk in ch.mis_added})
+        if added_nodes:
+            _make_inotify_room(len(plan.nodes), ledger, progress)
+            _boot(state, ledger, region, added_nodes, roots)
+    except BaseException as exc:
+        progress("lab up failed; removing what it had added (the rest of the lab keeps running)")
+        made = state.resources[mark:]
+        left = teardown(state, progress, made)
+        for node in added_nodes:
+            state.hosts.pop(node, None)
+            if not left:
+                fs.remove_tree(Path(state.lab_dir) / "hosts" / node)
+        for hk in ch.mis_added:
+            state.mis.pop(hk, None)
+        state.modalities, state.address_map = before
+        if not gone:        # nothing of the lab changed: it still runs its old inventory
+            state.inventory = old_inventory
+        if not left:
+            del state.resources[mark:]
+        save_state(state)
+        msg = getattr(exc, "message", None) or str(exc) or type(exc).__name__
+        if left:
+            raise OperationFailed(f"{msg}\nand removing what was added left: " + "; ".join(left),
+                                  hint="run `kontur lab down` to clean up") from None
+        if isinstance(exc, (KonturError, KeyboardInterrupt)):
+            raise
+        raise OperationFailed(f"lab up failed and its additions were removed: {type(exc).__name__}: {exc}") from exc
+    # every host knows every node by name, as DNS would tell it
+    addresses = {n: h.address for n, h in state.hosts.items()}
+    for node, h in state.hosts.items():
+        if node not in added_nodes:
+            etc_hosts = Path(h.rootfs) / "etc" / "hosts"
+            atomic_write(etc_hosts, hosts.hosts_file(node, addresses).encode(), mode=0o644)
+    save_state(state)
+    for ln in ch.lines():
+        progress(f"lab up: {ln}")
+    progress(f"lab up: followed the inventory in {time.monotonic() - t0:.1f} s; "
+             f"{len(state.hosts) - len(added_nodes)} host(s) kept running untouched")
+    return state
+
+
+def _facility(region: Region, hk: str) -> str:
+    mis = region.hospitals[hk].mis
+    return mis.facility if mis and mis.facility else hk.upper()
+
+
 def _write_owner(state: LabState) -> None:
     OWNER_FILE.write_text(json.dumps({"lab_dir": state.lab_dir, "region": state.region_name,
                                       "created": state.created}) + "\n")
@@ -322,13 +487,7 @@ def _build(state: LabState, ledger: Ledger, region: Region, plan: Plan, base: Pa
     net.setup_bridge()
     net.create_nft(REPO_PORT)
     ledger.add({"kind": "nft", "table": NFT_TABLE})
-    for ep in plan.endpoints:
-        net.create_netns(ep.netns)
-        ledger.add({"kind": "netns", "name": ep.netns})
-        net.setup_netns(ep.netns)
-        net.create_link(ep)
-        ledger.add({"kind": "link", "name": ep.veth})
-        net.setup_link(ep)
+    _make_endpoints(ledger, plan.endpoints)
 
     key = dirs["ssh"] / "id_ed25519"
     run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"kontur-lab-{region.region.name}",
@@ -343,63 +502,105 @@ def _build(state: LabState, ledger: Ledger, region: Region, plan: Plan, base: Pa
                         source_line=repo.source_line(REPO_PORT), repo=str(repo.path),
                         fingerprint=repo.fingerprint, served=str(served))
 
-    # host root filesystems, in parallel (ssh-keygen -A takes a moment each)
-    node_addresses = {n: ep.address for n, ep in plan.nodes.items()}
-    pubkey = Path(str(key) + ".pub").read_text()
-    hostdirs = {n: dirs["hosts"] / n for n in plan.nodes}
     progress(f"hosts: preparing {len(plan.nodes)} root filesystems (overlayfs over {base})")
+    roots = _prepare_roots(state, ledger, region, plan, plan.nodes, base)
+    state.modalities = _modalities(region, plan)
+    _start_mis(state, ledger, region, plan.mis)
+    _make_inotify_room(len(plan.nodes), ledger, progress)
+    progress(f"hosts: booting {len(plan.nodes)} containers")
+    _boot(state, ledger, region, plan.nodes, roots)
+    state.status = "up"
+    save_state(state)
+
+
+def _make_endpoints(ledger: Ledger, endpoints: list[Endpoint]) -> None:
+    """A namespace and its link to the bridge per endpoint, each tagged with the namespace."""
+    for ep in endpoints:
+        net.create_netns(ep.netns)
+        ledger.add({"kind": "netns", "name": ep.netns, "endpoint": ep.netns})
+        net.setup_netns(ep.netns)
+        net.create_link(ep)
+        ledger.add({"kind": "link", "name": ep.veth, "endpoint": ep.netns})
+        net.setup_link(ep)
+
+
+def _prepare_roots(state: LabState, ledger: Ledger, region: Region, plan: Plan, nodes: dict[str, Endpoint],
+                   base: Path) -> dict[str, Path]:
+    """Root filesystems of ``nodes``, in parallel (ssh-keygen -A takes a moment each)."""
+    node_addresses = {n: ep.address for n, ep in plan.nodes.items()}
+    pubkey = Path(state.ssh_key + ".pub").read_text()
+    hostdir = Path(state.lab_dir) / "hosts"
 
     def prepare(node: str) -> Path:
-        root = hosts.mount_overlay(base, hostdirs[node])
-        ledger.add({"kind": "mount", "path": str(root)})
+        root = hosts.mount_overlay(base, hostdir / node)
+        ledger.add({"kind": "mount", "path": str(root), "node": node})
         hosts.configure_root(root, node, node_addresses, pubkey, region.ports(node).ssh)
         return root
 
     with ThreadPoolExecutor(max_workers=8) as pool:
-        roots = dict(zip(plan.nodes, pool.map(prepare, plan.nodes)))
-    Path(state.known_hosts).write_text("".join(
-        hosts.known_hosts_line(roots[n], n, ep.address, region.ports(n).ssh) + "\n"
-        for n, ep in plan.nodes.items()))
+        return dict(zip(nodes, pool.map(prepare, nodes)))
 
-    # the outside world: modalities are namespaces; each MIS is a listener
+
+def _write_known_hosts(state: LabState) -> None:
+    """The lab's known_hosts: every host's key under its lab address and name."""
+    Path(state.known_hosts).write_text("".join(
+        hosts.known_hosts_line(Path(h.rootfs), n, h.address, h.ssh_port) + "\n" for n, h in state.hosts.items()))
+
+
+def _modalities(region: Region, plan: Plan) -> dict[str, ModalityInfo]:
+    """The outside world's devices: one namespace (shared by a host's devices) each."""
+    found = {}
     for aet, (hk, ep) in plan.modalities.items():
         m = next(m for m in region.hospitals[hk].modalities if m.aet == aet)
-        state.modalities[aet] = ModalityInfo(address=ep.address, netns=ep.netns, hospital=hk,
-                                             node=region.hospitals[hk].node or "", modality=m.modality,
-                                             inventory_address=ep.inventory_address)
-    for hk, (port, ep) in plan.mis.items():
-        mis = region.hospitals[hk].mis
-        logfile = dirs["mis"] / f"{hk}.jsonl"
-        argv = ["ip", "netns", "exec", ep.netns, sys.executable, "-m", "kontur.lab.mis",
-                "--bind", ep.address, "--port", str(port), "--log", str(logfile),
-                "--facility", (mis.facility if mis and mis.facility else hk.upper())]
+        found[aet] = ModalityInfo(address=ep.address, netns=ep.netns, hospital=hk,
+                                  node=region.hospitals[hk].node or "", modality=m.modality,
+                                  inventory_address=ep.inventory_address)
+    return found
+
+
+def _mis_argv(region: Region, hk: str, port: int, ep: Endpoint, logfile: Path) -> list[str]:
+    return ["ip", "netns", "exec", ep.netns, sys.executable, "-m", "kontur.lab.mis",
+            "--bind", ep.address, "--port", str(port), "--log", str(logfile),
+            "--facility", _facility(region, hk)]
+
+
+def _start_mis(state: LabState, ledger: Ledger, region: Region, mis: dict[str, tuple[int, Endpoint]]) -> None:
+    """An MLLP listener per hospital's MIS, each recording what it receives."""
+    d = Path(state.lab_dir)
+    logs = d / "logs"
+    for hk, (port, ep) in mis.items():
+        logfile = d / "mis" / f"{hk}.jsonl"
+        argv = _mis_argv(region, hk, port, ep, logfile)
         started = ledger.spawn(f"MIS listener {hk}", lambda pidfile, argv=argv, hk=hk: spawn(
-            argv, logs / f"mis-{hk}.log", env=_python_env(), what=f"the MIS listener of {hk}", pidfile=pidfile))
+            argv, logs / f"mis-{hk}.log", env=_python_env(), what=f"the MIS listener of {hk}", pidfile=pidfile),
+            mis=hk)
         state.mis[hk] = MisInfo(address=ep.address, port=port, netns=ep.netns, log=str(logfile),
                                 pid=started.pid, start_time=started.start_time,
-                                inventory_address=ep.inventory_address)
+                                inventory_address=ep.inventory_address, facility=_facility(region, hk))
     _wait_listening({hk: (m.address, m.port, m.pid, m.start_time, logs / f"mis-{hk}.log")
-                     for hk, m in state.mis.items()})
+                     for hk, m in state.mis.items() if hk in mis})
 
-    _make_inotify_room(len(plan.nodes), ledger, progress)
-    progress(f"hosts: booting {len(plan.nodes)} containers")
+
+def _boot(state: LabState, ledger: Ledger, region: Region, nodes: dict[str, Endpoint],
+          roots: dict[str, Path]) -> None:
+    """Boot ``nodes``' containers and wait until each answers SSH with the lab's key."""
+    logs = Path(state.lab_dir) / "logs"
     booted = {}
-    for node, ep in plan.nodes.items():
+    for node, ep in nodes.items():
         console = logs / f"{node}.console.log"
         cgroups = hosts.make_cgroups(state.lab_id, node)
-        ledger.add(*({"kind": "cgroup", "path": str(d)} for d in cgroups))
+        ledger.add(*({"kind": "cgroup", "path": str(d), "node": node} for d in cgroups))
         started = ledger.spawn(f"host {node}", lambda pidfile, node=node, ep=ep, console=console, cgroups=cgroups:
-                               hosts.boot(node, roots[node], ep.netns, console, cgroups, pidfile))
+                               hosts.boot(node, roots[node], ep.netns, console, cgroups, pidfile), node=node)
         state.hosts[node] = HostInfo(address=ep.address, netns=ep.netns, pid=started.pid,
                                      rootfs=str(roots[node]), veth=ep.veth, role=region.nodes[node].role.value,
                                      inventory_address=ep.inventory_address, ssh_port=region.ports(node).ssh,
                                      start_time=started.start_time, console_log=str(console))
         booted[node] = (ep.address, region.ports(node).ssh, started, console)
     save_state(state)
+    _write_known_hosts(state)
     hosts.wait_for_sshd(booted, BOOT_TIMEOUT)
-    _check_logins(state)
-    state.status = "up"
-    save_state(state)
+    _check_logins(state, list(nodes))
 
 
 def _wait_listening(listeners: dict[str, tuple[str, int, int, int, Path]], timeout: float = 15) -> None:
@@ -424,8 +625,8 @@ def _wait_listening(listeners: dict[str, tuple[str, int, int, int, Path]], timeo
             time.sleep(0.1)
 
 
-def _check_logins(state: LabState) -> None:
-    """Log in once to every host with the lab's key and known_hosts: what deploys will do."""
+def _check_logins(state: LabState, nodes: list[str] | None = None) -> None:
+    """Log in once to every host (of ``nodes``) with the lab's key and known_hosts: what deploys will do."""
     def login(node: str) -> tuple[str, str | None]:
         h = state.hosts[node]
         cp = run(["ssh", *ssh_options(state, h.ssh_port), f"{state.ssh_user}@{h.address}", "hostname"],
@@ -438,7 +639,7 @@ def _check_logins(state: LabState) -> None:
         return node, None
 
     with ThreadPoolExecutor(max_workers=8) as pool:
-        failed = [(n, e) for n, e in pool.map(login, state.hosts) if e]
+        failed = [(n, e) for n, e in pool.map(login, state.hosts if nodes is None else nodes) if e]
     if failed:
         raise OperationFailed("SSH login to lab hosts failed: " + "; ".join(f"{n}: {e}" for n, e in failed))
 
@@ -653,7 +854,7 @@ def send(ident: str, paths: list[Path]) -> SendResult:
     hospital = region.hospitals[hk]
     if m.aet not in state.modalities:
         raise InvalidInput(f"modality {m.aet} is not in the running lab; the inventory changed after "
-                           "`kontur lab up`", hint="bring the lab down and up again")
+                           "`kontur lab up`", hint=f"let the lab follow it: kontur lab up -i {state.inventory}")
     if m.legacy_folder:
         raise InvalidInput(f"modality {m.aet} cannot be sent from: it is {LEGACY_NOTE}")
     if not hospital.node or hospital.node not in state.hosts:

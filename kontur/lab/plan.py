@@ -3,6 +3,11 @@ address gets.  No side effects; ``kontur lab up`` carries the plan out.
 
 Order is deterministic: ``Region.all_addresses()`` (nodes in inventory order,
 then each hospital's modalities and MIS) maps onto 198.18.0.2, .3, ...
+
+A running lab that follows an edited inventory (``kontur lab up`` again) plans
+with ``keep``, its current map: every address it already has keeps its lab
+address (and so its namespace and link), and only the new ones take the lowest
+free lab addresses.
 """
 from __future__ import annotations
 
@@ -44,8 +49,11 @@ def lab_address(index: int) -> str:
     return str(NETWORK.network_address + FIRST_HOST + index)
 
 
-def make_plan(region: Region) -> Plan:
+def make_plan(region: Region, keep: dict[str, str] | None = None) -> Plan:
     """Map every inventory address to a lab address and name its namespace and link.
+
+    ``keep`` (inventory address -> lab address, a running lab's map): those
+    addresses keep their lab address where the region still has them.
 
     Raises InvalidInput when a node name cannot be a host name or the region
     has more addresses than the lab network holds.
@@ -60,7 +68,7 @@ def make_plan(region: Region) -> Plan:
         raise InvalidInput(
             f"the region has {len(addresses)} addresses (nodes, modalities, MIS endpoints) but the lab "
             f"network {NETWORK} holds {CAPACITY}; rehearse a part of the region (a smaller inventory)")
-    address_map = {inv: lab_address(i) for i, inv in enumerate(addresses)}
+    address_map = _assign(addresses, keep or {})
 
     node_of = {spec.address: name for name, spec in region.nodes.items()}
     modality_aets: dict[str, list[str]] = {}
@@ -92,3 +100,13 @@ def make_plan(region: Region) -> Plan:
         if h.mis:
             plan.mis[hk] = (h.mis.port, endpoints[h.mis.host])
     return plan
+
+
+def _assign(addresses: list[str], keep: dict[str, str]) -> dict[str, str]:
+    """Lab addresses in order; with ``keep``, kept ones first and new ones in the gaps."""
+    if not keep:
+        return {inv: lab_address(i) for i, inv in enumerate(addresses)}
+    kept = {inv: keep[inv] for inv in addresses if inv in keep}
+    used = set(kept.values())
+    free = (a for a in (lab_address(i) for i in range(CAPACITY)) if a not in used)
+    return {inv: kept[inv] if inv in kept else next(free) for inv in addresses}

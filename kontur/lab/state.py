@@ -61,6 +61,7 @@ class MisInfo:
     pid: int = 0
     start_time: int = 0
     inventory_address: str = ""
+    facility: str = ""      # MSH-4 the listener answers as (the inventory's ``mis.facility``)
 
 
 @dataclass

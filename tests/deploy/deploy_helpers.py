@@ -44,6 +44,16 @@ def deploy(inventory: Path, *extra: str) -> Run:
     return kontur("deploy", "--lab", "-i", str(inventory), *extra)
 
 
+def follow(lab, inventory: Path) -> Run:
+    """``kontur lab up -i INVENTORY`` on the running lab (it follows the inventory), and the
+    session's ``lab`` state brought up to date in place (every test holds the same object)."""
+    from kontur.lab.state import load_state
+    r = kontur("lab", "up", "-i", str(inventory))
+    assert r.rc == 0, r.out
+    lab.__dict__.update(load_state().__dict__)
+    return r
+
+
 def on_host(state, node: str, command: str, timeout: float = 60) -> subprocess.CompletedProcess:
     from kontur.lab.state import ssh_command
     return subprocess.run(ssh_command(state, node, command), stdout=subprocess.PIPE, stderr=subprocess.PIPE,

@@ -244,14 +244,50 @@ def test_cut_partitions_a_node_and_heal_restores_it(lab):
     assert on_host(lab, node, "hostname").stdout.strip() == node
 
 
-def test_second_up_while_a_lab_runs_exits_2_and_changes_nothing(lab):
+def test_up_again_with_the_same_inventory_changes_nothing(lab):
+    """`kontur lab up` on a running lab follows its inventory (issue 14); unchanged, it touches nothing."""
     before = load_state()
     cp = kontur("lab", "up", "-i", str(SMALL_INVENTORY))
-    assert cp.returncode == 2
-    assert "kontur lab down" in cp.stderr
+    assert cp.returncode == 0, cp.stderr
+    assert "already matches the inventory; nothing changed" in cp.stderr + cp.stdout
     after = load_state()
     assert after is not None and after.to_dict() == before.to_dict()
     assert all(alive(h.pid, h.start_time) for h in after.hosts.values())
+
+
+def test_up_with_another_regions_inventory_on_a_running_lab_exits_2_and_changes_nothing(lab):
+    before = load_state()
+    cp = kontur("lab", "up", "-i", str(EXAMPLE_INVENTORY))
+    assert cp.returncode == 2
+    assert f"a lab of region {before.region_name} is up" in cp.stderr and "kontur lab down" in cp.stderr
+    assert "Traceback" not in cp.stderr
+    after = load_state()
+    assert after is not None and after.to_dict() == before.to_dict()
+    assert all(alive(h.pid, h.start_time) for h in after.hosts.values())
+
+
+def test_a_host_that_fails_to_join_the_running_lab_is_removed_and_the_rest_keeps_running(lab, tmp_path):
+    """`kontur lab up` following an inventory with a new hospital, its host never answering (a boot timeout
+    of a millisecond): exit 1 naming the cause, and the lab is exactly as before -- its state, its hosts."""
+    grown = tmp_path / "grown.yaml"
+    grown.write_text(SMALL_INVENTORY.read_text(encoding="utf-8"), encoding="utf-8")
+    cp = kontur("inventory", "add-hospital", "gkb9", "-i", str(grown), "--type", "1", "--title", "ГКБ №9",
+                "--network", "10.43.9.0/24", "--address", "10.43.9.10", "--aet", "GKB9_LAMI",
+                "--staff-name", "Иванов Иван Иванович", "--staff-position", "инженер",
+                "--work-phone", "+7 3842 00-09-10", "--mobile-phone", "+7 900 000-09-10")
+    assert cp.returncode == 0, cp.stderr
+    before = load_state()
+    env = dict(os.environ, KONTUR_LAB_BOOT_TIMEOUT="0.001")
+    cp = subprocess.run([KONTUR, "lab", "up", "-i", str(grown)], check=False, capture_output=True, text=True,
+                        timeout=300, env=env)
+    assert cp.returncode == 1, cp.stderr
+    assert "gkb9-lami" in cp.stderr and "removing what it had added" in cp.stderr, cp.stderr
+    assert "Traceback" not in cp.stderr
+    after = load_state()
+    assert after.to_dict() == before.to_dict()
+    assert all(alive(h.pid, h.start_time) for h in after.hosts.values())
+    assert not net.netns_exists("kl-gkb9-lami")
+    assert not (Path(after.lab_dir) / "hosts" / "gkb9-lami").exists()
 
 
 def test_a_lab_from_another_lab_directory_is_named_not_touched(lab, tmp_path):

@@ -340,3 +340,26 @@ def test_the_lab_raises_the_inotify_limit_for_many_hosts_and_down_restores_it(tm
     state = LabState(region_name="x", inventory="x", address_map={}, resources=noted)
     assert ops.teardown(state) == []
     assert limit.read_text() == "128"
+
+
+def test_a_running_labs_plan_keeps_every_address_it_has_and_gives_new_ones_free_addresses():
+    """`kontur lab up` on a running lab: a new hospital added to the inventory must not move
+    any device or host the lab already runs (their namespaces and links are named after it)."""
+    small = load(SMALL)
+    data = small.model_dump(mode="json")
+    del data["hospitals"]["rural"]
+    del data["nodes"]["rural-gw"]
+    before = type(small).model_validate(data)
+    running = make_plan(before)
+    grown = make_plan(small, keep=running.address_map)
+    for inv, lab in running.address_map.items():
+        assert grown.address_map[inv] == lab
+    new = [inv for inv in small.all_addresses() if inv not in running.address_map]
+    assert new and len({grown.address_map[i] for i in new}) == len(new)
+    assert not {grown.address_map[i] for i in new} & set(running.address_map.values())
+    # a fresh plan of the grown region would have moved the devices (nodes come first)
+    fresh = make_plan(small)
+    assert any(fresh.address_map[i] != lab for i, lab in running.address_map.items())
+    # what the running lab lost frees its address for the next one
+    shrunk = make_plan(before, keep=grown.address_map)
+    assert shrunk.address_map == running.address_map
