@@ -24,8 +24,9 @@ NFT_TABLE = "kontur_lab"
 REPO_PORT = int(os.environ.get("KONTUR_LAB_REPO_PORT", "8765"))
 #: Debian release of the lab hosts
 SUITE = "bookworm"
-#: packages debootstrap puts into the base: systemd, sshd and Python only
-BASE_INCLUDE = ("systemd", "systemd-sysv", "dbus", "openssh-server", "python3", "iproute2")
+#: packages debootstrap puts into the base: systemd, sshd and Python, and sudo (an operator
+#: who is not root deploys through it, as on a production host)
+BASE_INCLUDE = ("systemd", "systemd-sysv", "dbus", "openssh-server", "python3", "iproute2", "sudo")
 #: seconds to wait for every host's sshd after boot
 BOOT_TIMEOUT = float(os.environ.get("KONTUR_LAB_BOOT_TIMEOUT", "180"))
 #: seconds a container gets to power off after SIGTERM before SIGKILL

@@ -3,13 +3,16 @@
 
 The tests run in file order and build on each other, like an operator's day:
 
-1. the region without its type-2 hospital deploys onto clean lab hosts
-   (packages from the lab's repository only); a second deploy changes nothing;
-   a deploy from a second control machine's own store is refused on every
-   host until the region's store is imported there;
+1. the lab follows the region without its type-2 hospital (``kontur lab up``
+   on the running lab removes the gateway's host), which deploys onto clean lab
+   hosts (packages from the lab's repository only); a second deploy changes
+   nothing; a deploy from a second control machine's own store is refused on
+   every host until the region's store is imported there;
 2. the planner adds the hospital (``kontur inventory add-hospital`` and
-   ``add-modality``); the deploy brings its gateway up and updates the TsAMI,
-   whose peers changed; no other node restarts;
+   ``add-modality``), ``kontur lab up`` adds its host and device to the running
+   lab, and ``deploy --limit`` of the new gateway and the TsAMI rolls it out as
+   production would: a study from the new device reaches the TsAMI, no other
+   host restarts anything;
 3. the deployed region is checked from outside: DICOM from inventory
    modalities only, mutual TLS with the regional CA on every inter-site
    endpoint, no default credentials, undeclared ports closed;
@@ -30,12 +33,12 @@ from pathlib import Path
 import pytest
 
 from kontur.inventory import load
-from kontur.lab.state import lab_region
+from kontur.lab.state import lab_region, ssh_options
 from kontur.pki import ensure_ca, operator_cert
 from kontur.render.orthanc import SERVICE_USER
 from kontur.secrets import SecretStore, default_dir
 
-from deploy_helpers import REPO, deploy, in_netns, kontur, on_host, unit_stamp
+from deploy_helpers import REPO, deploy, follow, in_netns, kontur, on_host, unit_stamp
 
 pytestmark = pytest.mark.lab
 
@@ -63,6 +66,13 @@ def inventories(tmp_path_factory) -> dict[str, Path]:
 
 @pytest.fixture(scope="module")
 def first_deploy(lab, inventories):
+    # the lab runs the whole small region; it follows the inventory without the hospital
+    hosts_before = {n: (h.pid, h.start_time) for n, h in lab.hosts.items()}
+    r = follow(lab, inventories["work"])
+    assert f"removed host: {NEW_NODE}" in r.out, r.out
+    assert NEW_NODE not in lab.hosts and not any(m.hospital == NEW_HOSPITAL for m in lab.modalities.values())
+    assert {n: (h.pid, h.start_time) for n, h in lab.hosts.items()} == \
+        {n: v for n, v in hosts_before.items() if n != NEW_NODE}
     return deploy(inventories["work"])
 
 
@@ -147,16 +157,11 @@ def test_a_deploy_from_another_control_machine_is_refused_until_the_region_store
     assert {n: _deployed_state(lab, n) for n in nodes} == before
 
 
-def test_a_production_deploy_shows_its_plan_and_asks_before_it_changes_anything(lab, inventories, first_deploy,
-                                                                                 tmp_path):
-    """The lab's hosts as production ones (an inventory with their addresses, the production SSH settings
-    pointed at the lab's key): without a terminal the deploy is refused unless --yes; on a terminal it
-    lists the hosts with their planned changes and, answered no, changes nothing (issue 14)."""
+def _as_production(lab, work: Path, tmp_path: Path) -> tuple[Path, dict]:
+    """The inventory as the lab runs it (kontur.lab.state.lab_region), written out -- lab addresses, the lab
+    network for the region and its hospitals, the bridge as the admin network -- and the environment of a
+    production deploy to it (the production SSH settings pointed at the lab's key and known hosts)."""
     import os
-    import shlex
-    work = inventories["work"]
-    # the inventory as the lab runs it (kontur.lab.state.lab_region), written out: lab addresses, the lab
-    # network for the region and its hospitals, the bridge as the admin network
     text = work.read_text(encoding="utf-8")
     for inventory_address, lab_address in lab.address_map.items():
         text = re.sub(rf"(?<![\d.]){re.escape(inventory_address)}(?![\d.])", lab_address, text)
@@ -167,6 +172,16 @@ def test_a_production_deploy_shows_its_plan_and_asks_before_it_changes_anything(
     env = dict(os.environ, KONTUR_SSH_KEY=lab.ssh_key, KONTUR_KNOWN_HOSTS=lab.known_hosts,
                KONTUR_SECRETS=str(default_dir(lab.region_name, lab=True)), COLUMNS="200")
     env.pop("KONTUR_INVENTORY", None)
+    return production, env
+
+
+def test_a_production_deploy_shows_its_plan_and_asks_before_it_changes_anything(lab, inventories, first_deploy,
+                                                                                 tmp_path):
+    """The lab's hosts as production ones (an inventory with their addresses, the production SSH settings
+    pointed at the lab's key): without a terminal the deploy is refused unless --yes; on a terminal it
+    lists the hosts with their planned changes and, answered no, changes nothing (issue 14)."""
+    import shlex
+    production, env = _as_production(lab, inventories["work"], tmp_path)
     nodes = ("tsami", "research", "city-lami")
     before = {n: _deployed_state(lab, n) for n in nodes}
     argv = [sys.executable, "-m", "kontur", "deploy", "-i", str(production)]
@@ -200,7 +215,60 @@ def test_a_production_deploy_shows_its_plan_and_asks_before_it_changes_anything(
     assert "# edited by hand" not in on_host(lab, "city-lami", f"cat {site}").stdout
 
 
-def test_adding_a_hospital_updates_only_the_nodes_whose_files_changed(lab, inventories, first_deploy):
+def test_a_node_deploys_as_an_operator_who_is_not_root_through_sudo(lab, inventories, first_deploy, tmp_path):
+    """Issue 14: production SSH as a non-root user with sudo (`KONTUR_SSH_USER`, `KONTUR_SSH_SUDO=1`).  On
+    city-lami an operator account `ops` may run anything through `sudo -n`; root's key is taken away for
+    the test, so nothing can log in as root.  A file edited by hand is put back, a re-run changes nothing."""
+    node, user = "city-lami", "ops"
+    production, env = _as_production(lab, inventories["work"], tmp_path)
+    env.update(KONTUR_SSH_USER=user, KONTUR_SSH_SUDO="1")
+    pub = Path(lab.ssh_key + ".pub").read_text().strip()
+    setup = (f"id -u {user} >/dev/null 2>&1 || useradd -m -s /bin/bash {user}; "
+             f"install -d -m 700 -o {user} -g {user} /home/{user}/.ssh; "
+             f"echo '{pub}' > /home/{user}/.ssh/authorized_keys; "
+             f"chown {user}: /home/{user}/.ssh/authorized_keys; chmod 600 /home/{user}/.ssh/authorized_keys; "
+             f"echo '{user} ALL=(ALL) NOPASSWD: ALL' > /etc/sudoers.d/{user}; chmod 440 /etc/sudoers.d/{user}; "
+             "visudo -cq")
+    p = on_host(lab, node, setup)
+    assert p.returncode == 0, p.stdout + p.stderr
+    site = "/etc/nginx/sites-available/kontur.conf"
+    assert on_host(lab, node, f"echo '# edited by hand' >> {site}").returncode == 0
+    # from here on root cannot log in: what the deploy does, it does as ops through sudo
+    assert on_host(lab, node, "mv /root/.ssh/authorized_keys /root/.ssh/authorized_keys.away").returncode == 0
+    as_ops = ["ssh", *ssh_options(lab, lab.host(node).ssh_port), f"{user}@{lab.host(node).address}"]
+    try:
+        root = subprocess.run(["ssh", *ssh_options(lab, lab.host(node).ssh_port), f"root@{lab.host(node).address}",
+                               "true"], capture_output=True, text=True, timeout=60)
+        assert root.returncode != 0                      # really no root login
+        argv = [sys.executable, "-m", "kontur", "deploy", "-i", str(production), "--limit", node, "--yes"]
+        p = subprocess.run(argv, cwd=REPO, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                           timeout=600)
+        assert p.returncode == 0, p.stdout + p.stderr
+        assert f"{node}: nginx: {site}" in p.stdout, p.stdout        # put back: a write as root, by sudo
+        assert re.search(r"hosts: 1, changed operations: [1-9]\d*, failed: 0", p.stdout), p.stdout
+        p2 = subprocess.run(argv, cwd=REPO, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                            timeout=600)
+        assert p2.returncode == 0 and "hosts: 1, changed operations: 0, failed: 0" in p2.stdout, p2.stdout
+        got = subprocess.run([*as_ops, "sudo", "-n", "cat", site], capture_output=True, text=True, timeout=60)
+        assert got.returncode == 0 and "# edited by hand" not in got.stdout, got.stderr
+        # the rendered files belong to their services, not to the operator who deployed them
+        owners = subprocess.run([*as_ops, "sudo", "-n", "stat", "-c", "%U", site, "/etc/orthanc/orthanc.json"],
+                                capture_output=True, text=True, timeout=60)
+        assert user not in owners.stdout.split(), owners.stdout
+    finally:
+        subprocess.run([*as_ops, "sudo", "-n", "mv", "/root/.ssh/authorized_keys.away", "/root/.ssh/authorized_keys"],
+                       capture_output=True, text=True, timeout=60)
+    assert on_host(lab, node, "true").returncode == 0
+
+
+def test_adding_a_hospital_to_the_running_lab_rolls_it_out_as_production_would(lab, inventories, first_deploy,
+                                                                               tmp_path):
+    """Issue 14: two inventory edits, `kontur lab up` (the running lab gains the gateway's host and the
+    device), `kontur deploy --lab --limit NEW --limit tsami`: a study from the new device reaches the
+    TsAMI, and no other lab host restarted anything."""
+    from kontur import nodeapi
+    from kontur.testing.dicom import make_study
+    from kontur.testing.orthanc import wait_for
     work = inventories["work"]
     small = load(SMALL)
     h = small.hospitals[NEW_HOSPITAL]
@@ -218,19 +286,33 @@ def test_adding_a_hospital_updates_only_the_nodes_whose_files_changed(lab, inven
     assert NEW_NODE in load(work).nodes
 
     untouched = ("research", "city-lami")
-    before = {n: unit_stamp(lab, n, ("orthanc.service", "nginx.service", "postgresql@15-main.service"))
-              for n in untouched}
+    units = ("orthanc.service", "nginx.service", "postgresql@15-main.service")
+    before = {n: unit_stamp(lab, n, units) for n in untouched}
+    hosts_before = {n: (h_.pid, h_.start_time) for n, h_ in lab.hosts.items()}
     tsami_before = unit_stamp(lab, "tsami")
-    r = deploy(work)
+
+    r = follow(lab, work)
+    assert f"added host: {NEW_NODE}" in r.out and f"added device: {h.modalities[0].aet}" in r.out, r.out
+    assert {n: (h_.pid, h_.start_time) for n, h_ in lab.hosts.items() if n != NEW_NODE} == hosts_before
+    r = deploy(work, "--limit", NEW_NODE, "--limit", "tsami")
     assert r.rc == 0, r.out
-    assert (r.hosts, r.failed) == (4, 0), r.out
+    assert (r.hosts, r.failed) == (2, 0), r.out
     # the new node is up, the TsAMI (its peers changed) restarted, nobody else touched
     assert on_host(lab, NEW_NODE, "systemctl is-active orthanc nginx nftables").returncode == 0
     assert unit_stamp(lab, "tsami")["orthanc.service"] != tsami_before["orthanc.service"]
+
+    # a study from the new device, as the hospital's CR would send it, reaches the TsAMI
+    study = make_study(1, patient_id="R-100", patient_name="Васильева^Ольга", accession="GROW-1")
+    f = tmp_path / "cr.dcm"
+    f.write_bytes(study.instances[0].data)
+    r = kontur("lab", "send", h.modalities[0].aet, str(f))
+    assert r.rc == 0, r.out
+    tsami = nodeapi.client_for(load(work), "tsami", lab=True)
+    wait_for(lambda: tsami.post("tools/find", {"Level": "Study", "Query": {"AccessionNumber": "GROW-1"}}), 180,
+             message="the new hospital's study at the TsAMI")
+
     for n in untouched:
-        assert r.lines(n) == [f"{n}: done, 0 changed"] or \
-            [ln for ln in r.lines(n) if not ln.startswith(f"{n}: done")] == [], r.out
-        assert unit_stamp(lab, n, ("orthanc.service", "nginx.service", "postgresql@15-main.service")) == before[n]
+        assert unit_stamp(lab, n, units) == before[n], n
     assert deploy(work).changed == 0
 
 
