@@ -24,7 +24,7 @@ from typing import Any
 
 import jinja2
 
-from .inventory import REPO_ROOT
+from . import paths
 from .model import Region
 
 CENTRE = "centre"
@@ -129,7 +129,7 @@ def _pages(outcomes: list[Outcome], region: Region) -> dict[str, list[Outcome]]:
 
 
 def _env() -> jinja2.Environment:
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(REPO_ROOT / "templates")),
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(paths.TEMPLATES)),
                              autoescape=True, undefined=jinja2.StrictUndefined)
     env.filters["when"] = _when
     return env

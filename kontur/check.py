@@ -26,7 +26,7 @@ from . import health, reach
 from .cli import inventory_option, inventory_path, load_region, out, whole
 from .errors import InvalidInput, OperationFailed
 from .files import atomic_write
-from .inventory import REPO_ROOT
+from .paths import ROOT as REPO_ROOT
 
 CHECKS = REPO_ROOT / "checks"
 PROBE = Path(__file__).resolve().parent / "scripts" / "health_probe.py"

@@ -33,7 +33,8 @@ from typing import Any, Callable
 import click
 
 from .errors import InvalidInput, OperationFailed
-from .inventory import REPO_ROOT, load
+from .inventory import load
+from .paths import ROOT as REPO_ROOT
 from .model import Region, Role
 from .packages import NODE_PACKAGES
 from .secrets import store_dir

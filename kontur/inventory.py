@@ -21,11 +21,13 @@ from pydantic import ValidationError
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 
-from . import safeyaml
+from . import paths, safeyaml
 from .model import SECRET_KEYS, Region
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-EXAMPLE_INVENTORY = REPO_ROOT / "inventory" / "example" / "region.yaml"
+#: the folder with templates/, plugins/, deploys/, … (the checkout, or the installed
+#: package's data): decided in :mod:`kontur.paths`, named here for older callers
+REPO_ROOT = paths.ROOT
+EXAMPLE_INVENTORY = paths.EXAMPLE_INVENTORY
 
 
 @dataclass(frozen=True, order=True)

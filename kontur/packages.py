@@ -2,9 +2,9 @@
 the region's mirror must carry all of them (and their dependencies)."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
+from . import paths
 from .model import Role
 
 #: every node
@@ -22,7 +22,7 @@ PLUGIN_MODULES = {"pydicom": "python3-pydicom", "psycopg2": "python3-psycopg2"}
 #: into ``.wheels/`` with pip; the deploy uploads them), never fetched by a node
 NODE_WHEELS = {"pynetdicom": "2.0.2"}
 #: where this control machine keeps them (``KONTUR_WHEEL_DIR`` for a shared wheelhouse)
-WHEEL_DIR = Path(os.environ.get("KONTUR_WHEEL_DIR") or Path(__file__).resolve().parents[1] / ".wheels")
+WHEEL_DIR = paths.wheels()
 
 
 def wheel_path(name: str, where: str = "") -> Path:
@@ -35,7 +35,9 @@ def wheel_path(name: str, where: str = "") -> Path:
         raise OperationFailed(f"{where + ': ' if where else ''}the wheel {path.name} ({name} {version}, pinned in "
                               f"kontur/packages.py) that the nodes' HL7 service needs is not on this control machine "
                               f"({WHEEL_DIR}); nothing was changed on any host",
-                              hint="./run setup fetches it (pip download, through the package registry)")
+                              hint=(f"fetch it: pip download --no-deps --only-binary=:all: -d {WHEEL_DIR} "
+                                    f"{name}=={version} (or set KONTUR_WHEEL_DIR)") if paths.INSTALLED
+                              else "./run setup fetches it (pip download, through the package registry)")
     return path
 
 

@@ -13,15 +13,15 @@ can run everywhere.
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 from typing import Any
 
+from . import paths
 from .errors import InvalidInput
 from .model import Region, Role
 
 SCHEMA = 1
 STATE_DIR = "/var/lib/kontur"
-PLUGINS_SRC = Path(__file__).resolve().parent.parent / "plugins"
+PLUGINS_SRC = paths.PLUGINS
 
 #: knobs the control side sets (the rest keep the plugin's defaults)
 INTERMITTENT_RETRY_MAX_SECONDS = 60

@@ -14,8 +14,7 @@ from pathlib import Path
 
 import jinja2
 
-from .. import custody, revocation
-from ..inventory import REPO_ROOT
+from .. import custody, paths, revocation
 from ..model import STORAGE_ROOTS, Region, Role
 from ..packages import packages_for
 from ..pki import ensure_ca, node_cert
@@ -42,10 +41,10 @@ RENDERED_ROOTS = (
     *STORAGE_ROOTS,                 # Orthanc's storage (strictly below a root)
 )
 
-TEMPLATES = REPO_ROOT / "templates"
-PLUGINS = REPO_ROOT / "plugins"
-LUA = REPO_ROOT / "orthanc-lua"
-SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
+TEMPLATES = paths.TEMPLATES
+PLUGINS = paths.PLUGINS
+LUA = paths.LUA
+SCRIPTS = paths.SCRIPTS
 
 ORTHANC_UNIT = "orthanc.service"
 NGINX_UNIT = "nginx.service"

@@ -11,16 +11,16 @@ hospital's modalities only (``firewall_rules``).
 """
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
+from .. import paths
 from ..model import Region, Role
 from ..packages import HL7 as PACKAGES
 from ..packages import NODE_WHEELS, wheel_path
 from .bundle import Bundle, Directory, RenderedFile
 
 UNIT = "kontur-hl7.service"
-SERVICES_SRC = Path(__file__).resolve().parents[2] / "services"
+SERVICES_SRC = paths.SERVICES
 SERVICE_DIR = "/usr/lib/kontur/services"
 WHEEL_DIR = "/usr/lib/kontur/wheels"
 CONFIG = "/etc/kontur/hl7.json"
