@@ -63,19 +63,18 @@ def whole(table, *keep: str, words=()):
 
 class _WholeTable(Table):
     """A table (see :func:`whole`) whose free-text columns holding an address or
-    an AE title are, when the table must shrink to fit, as wide as the longest
-    such word -- the other free-text columns wrap more instead.  (rich alone
-    shrinks the widest columns alike, and would fold an address in two.)"""
+    an AE title are, when rich would shrink them narrower, as wide as the
+    longest such word -- the other free-text columns wrap more instead.  (rich
+    alone shrinks the widest columns alike, and would fold an address in two.)"""
 
     kontur_held: dict[int, int]
 
     def __rich_console__(self, console, options):
-        wide = super().__rich_measure__(console, options.update_width(100_000)).maximum
-        if wide <= options.max_width:
-            yield from super().__rich_console__(console, options)
-            return
-        saved = {i: self.columns[i].width for i in self.kontur_held}
-        for i, width in self.kontur_held.items():
+        widths = self._calculate_column_widths(console, options.update_width(
+            options.max_width - self._extra_width))     # rich's own choice (with padding)
+        narrow = {i: w for i, w in self.kontur_held.items() if widths[i] < w + self._get_padding_width(i)}
+        saved = {i: self.columns[i].width for i in narrow}
+        for i, width in narrow.items():
             self.columns[i].width = width
         try:
             yield from super().__rich_console__(console, options)

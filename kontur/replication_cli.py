@@ -269,43 +269,69 @@ def _short(error: str | None) -> str:
     """An unreachable node's cell (its whole error is printed below the table)."""
     import re
     if not error or "unreachable at" in error:
-        return "unreachable (below)"
+        return "unreachable"
     m = re.search(r"HTTP \d{3}", error)
-    return f"{m.group(0)} (below)" if m else "not asked (below)"
+    return m.group(0) if m else "not asked"
 
 
-def status_table(region: Region, rows: list[dict]) -> Table:
-    """The region's replication as one table; node names are never cut on an
-    80-column terminal, the other columns wrap (an unreachable node's error,
-    with its address, is printed whole below the table)."""
-    table = Table(title=f"{region.region.title} — replication to the TsAMI", title_justify="left")
-    for col in ("node", "policy", "queue", "oldest pending", "in flight", "delivered", "failed", "parked",
-                "window", "full pass", "last error"):
-        table.add_column(col)
-    for r in rows:
-        st = r["status"]
-        node = escape(r["node"])
-        if not r["reachable"]:
-            table.add_row(node, "?", "?", "?", "?", "?", "?", "?", "?", "?", Text(_short(r["error"]), style="red"))
-            continue
-        if not st.get("enabled"):
-            table.add_row(node, "disabled", "—", "—", "—", "—", "—", "—", "—", "—",
-                          Text(str(st.get("reason")), style="red"))
-            continue
-        flight = st.get("in_flight")
-        flight_s = "—"
-        if flight:
-            total = flight.get("instances_total")
-            flight_s = f"{flight.get('instances_sent', 0)}/{total if total is not None else '?'}" + (
-                " urgent" if flight.get("urgent") else "")
-        last = st.get("last_error") or {}
-        window = "open" if st.get("window_open") else f"in {_age(st.get('seconds_until_window'))}"
-        alarm = "; ".join(st.get("alarms") or [])
-        table.add_row(node, escape(str(st.get("policy", "?"))), str(st.get("queue_depth", 0)),
-                      _age(st.get("oldest_pending_age_seconds")), flight_s, str(st.get("delivered", 0)),
-                      str(st.get("failed", 0)), str(st.get("parked", 0)), window, _full_pass_cell(st),
-                      Text(alarm, style="red") if alarm else Text(last.get("message") or "—"))
-    return whole(table, "node")
+#: the table's columns: header, and whether its values are short words that must not wrap
+_COLUMNS = (("node", True), ("policy", True), ("queue", True), ("oldest\npending", True), ("in flight", True),
+            ("delivered", True), ("failed", True), ("parked", True), ("window", True), ("full pass", True),
+            ("last error", False))
+#: on a narrow terminal (80 columns) the same columns in two tables, each with the node
+_NARROW = (("node", "policy", "queue", "oldest\npending", "in flight", "window"),
+           ("node", "delivered", "failed", "parked", "full pass", "last error"))
+
+
+def _cells(r: dict) -> list:
+    st = r["status"]
+    node = escape(r["node"])
+    if not r["reachable"]:
+        return [node, *["?"] * 9, Text(_short(r["error"]), style="red")]
+    if not st.get("enabled"):
+        return [node, "disabled", *["—"] * 8, Text(str(st.get("reason")), style="red")]
+    flight = st.get("in_flight")
+    flight_s = "—"
+    if flight:
+        total = flight.get("instances_total")
+        flight_s = f"{flight.get('instances_sent', 0)}/{total if total is not None else '?'}" + (
+            " urgent" if flight.get("urgent") else "")
+    last = st.get("last_error") or {}
+    window = "open" if st.get("window_open") else f"in {_age(st.get('seconds_until_window'))}"
+    alarm = "; ".join(st.get("alarms") or [])
+    return [node, escape(str(st.get("policy", "?"))), str(st.get("queue_depth", 0)),
+            _age(st.get("oldest_pending_age_seconds")), flight_s, str(st.get("delivered", 0)),
+            str(st.get("failed", 0)), str(st.get("parked", 0)), window, _full_pass_cell(st),
+            Text(alarm, style="red") if alarm else Text(last.get("message") or "—")]
+
+
+def _table(title: str, headers: tuple[str, ...], rows: list[list]) -> Table:
+    table = Table(title=title, title_justify="left")
+    index = {h: i for i, (h, _) in enumerate(_COLUMNS)}
+    for h in headers:
+        table.add_column(h, no_wrap=dict(_COLUMNS)[h])
+    for cells in rows:
+        table.add_row(*(cells[index[h]] for h in headers))
+    return whole(table, "node", words=("unreachable", "not asked", "disabled"))
+
+
+def status_tables(region: Region, rows: list[dict], width: int | None = None) -> list[Table]:
+    """The region's replication: one table, or on a terminal too narrow for it
+    (``width``, e.g. 80 columns) the same columns in two, so that no node name,
+    count or state is cut; the last error wraps (an unreachable node's error,
+    with its address, is printed whole below the tables)."""
+    from rich.console import Console
+    from rich.measure import Measurement
+    title = f"{region.region.title} — replication to the TsAMI"
+    cells = [_cells(r) for r in rows]
+    wide = _table(title, tuple(h for h, _ in _COLUMNS), cells)
+    if width is not None:
+        console = Console(width=10_000)
+        fixed = _table(title, tuple(h for h, _ in _COLUMNS[:-1]), cells)
+        needed = Measurement.get(console, console.options, fixed).maximum + 24     # + a last error column
+        if needed > width:
+            return [_table(title, _NARROW[0], cells), _table("", _NARROW[1], cells)]
+    return [wide]
 
 
 @replication_group.command("status")
@@ -338,7 +364,8 @@ def status_command(as_json, lab, timeout, inventory):
     if as_json:
         out.print_json(json.dumps([{**r, "problems": problems_of(r)} for r in rows], ensure_ascii=False))
     else:
-        out.print(status_table(region, rows))
+        for table in status_tables(region, rows, out.width):
+            out.print(table)
     if bad:
         if not as_json:
             for node, probs in bad.items():       # whole, addresses and all (the table has no room)

@@ -78,7 +78,7 @@ def test_check(region, tmp_path):
 
 
 def test_replication_status(region):
-    from kontur.replication_cli import replicating_nodes, status_table
+    from kontur.replication_cli import replicating_nodes, status_tables
     rows = []
     for i, n in enumerate(replicating_nodes(region)):
         if i % 2:
@@ -91,8 +91,13 @@ def test_replication_status(region):
                 "failed": 3, "parked": 1, "window_open": False, "seconds_until_window": 5000,
                 "last_error": {"message": "POST /kontur/receive at the TsAMI answered HTTP 503: "
                                           "the receiver is busy, retried with backoff"}}})
-    lines = render(status_table(region, rows))
-    assert_whole(lines, set(replicating_nodes(region)))
+    lines = render(*status_tables(region, rows, 80))
+    # node names, and no count or state folded either ("98765" over "4")
+    assert_whole(lines, set(replicating_nodes(region)) | {"12345", "987654", "120/4000 urgent", "in 83 min",
+                                                          "unreachable"})
+    wide = status_tables(region, rows, 160)
+    assert len(wide) == 1 and len(status_tables(region, rows, 80)) == 2      # one table where it fits
+    assert_whole(render(*wide, width=160), set(replicating_nodes(region)) | {"987654", "in 83 min"}, width=160)
 
 
 def test_lab_status(region, monkeypatch):
