@@ -4,6 +4,7 @@ from __future__ import annotations
 import io
 import re
 import threading
+from pathlib import Path
 
 from rich.console import Console
 
@@ -142,3 +143,42 @@ def test_workers_in_threads_update_safely():
             for h in hosts:                 # each worker's lines in its own order
                 mine = [ln for ln in lines if ln.startswith(h)]
                 assert mine == [f"{h}: step {s}" for s in range(20)] + [f"{h}: done"]
+
+
+def test_under_gevents_monkey_patching_as_in_the_deploy_runner(tmp_path):
+    """The deploy runner patches the standard library with gevent and works in
+    greenlets: the board (its lock, rich's refresh thread) must work there too.
+    In a subprocess: the patching would leak into the other tests."""
+    import subprocess
+    import sys
+    script = tmp_path / "board_gevent.py"
+    script.write_text('''
+from gevent import monkey
+monkey.patch_all()
+import io, re, gevent
+from rich.console import Console
+from kontur.progress import Board
+for terminal in (True, False):
+    buf = io.StringIO()
+    console = Console(file=buf, force_terminal=terminal, width=80, color_system="standard" if terminal else None)
+    hosts = [f"h{i}" for i in range(8)]
+    with Board(hosts, out=console, refresh_per_second=50) as board:
+        def work(h):
+            for s in range(5):
+                board.update(h, step=f"s{s}", changed=s, line=f"{h}: s{s}")
+                gevent.sleep(0)
+            board.done(h, ok=True, changed=4, line=f"{h}: done")
+        gevent.joinall([gevent.spawn(work, h) for h in hosts])
+    assert set(board.states().values()) == {"ok"}, board.states()
+    text = buf.getvalue()
+    if terminal:
+        plain = re.sub(r"\\x1b\\[[0-9;?]*[A-Za-z]", "", text)
+        assert "8 of 8 host(s) done" in plain, plain
+    else:
+        assert len(text.splitlines()) == 48 and "\\x1b[" not in text
+print("ok")
+''')
+    import os
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    p = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120, env=env)
+    assert p.returncode == 0 and p.stdout.strip() == "ok", p.stdout + p.stderr
