@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Iterator
 
 from rich.console import Console
 from rich.live import Live
@@ -89,6 +90,25 @@ class Board:
         live, self._live = self._live, None
         if live is not None:
             live.stop()                     # draws the board one last time (or clears it, transient)
+
+    @contextmanager
+    def paused(self) -> Iterator[None]:
+        """The board off the screen for a while -- a question to the operator
+        (the deploy's confirmation) -- and drawn again afterwards."""
+        if self._live is None:
+            yield
+            return
+        self.__exit__(None, None, None)
+        try:
+            yield
+        finally:
+            self.__enter__()
+
+    def add(self, *hosts: str) -> None:
+        """Hosts known only once the work has begun (shown waiting, in this order)."""
+        with self._lock:
+            for h in hosts:
+                self._row(h)
 
     # --- what the workers call --------------------------------------------
 

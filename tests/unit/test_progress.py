@@ -182,3 +182,27 @@ print("ok")
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     p = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120, env=env)
     assert p.returncode == 0 and p.stdout.strip() == "ok", p.stdout + p.stderr
+
+
+def test_paused_for_a_question_and_hosts_added_later():
+    console, buf = tty_console()
+    board = Board([], out=console)
+    with board:
+        board.add("b", "a")
+        board.update("a", step="plan")
+        with board.paused():
+            console.print("deploy 2 host(s)? [y/N]", markup=False)
+            assert board._live is None                # nothing redraws over the question
+        board.done("a", ok=True)
+        board.done("b", ok=True)
+    plain = ANSI.sub("", buf.getvalue())
+    assert "deploy 2 host(s)? [y/N]" in plain
+    after = plain.split("deploy 2 host(s)? [y/N]", 1)[1]
+    assert "2 of 2 host(s) done" in after                # drawn again after the question
+    rows = [ln for ln in after.splitlines() if ln.startswith("│")]
+    assert [r.split()[1] for r in rows[-2:]] == ["b", "a"]    # in the order added
+    console, buf = plain_console()
+    with Board([], out=console) as board:               # plain: paused() is nothing
+        with board.paused():
+            pass
+    assert buf.getvalue() == ""
