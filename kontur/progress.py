@@ -153,8 +153,9 @@ class Board:
         header): above the board on a terminal, as it is elsewhere."""
         console = self.err if err else self.out
         with self._lock:          # one whole line at a time, whichever thread
-            if self._live is not None and console is not self.out:
-                # the board is drawn on `out`: write through it so the line lands above the board
+            if self._live is not None and console is not self.out and console.is_terminal:
+                # both on the terminal, the board drawn on `out`: through it, so the line lands
+                # above the board (a redirected `err` -- 2>file -- keeps its lines)
                 self._live.console.print(line, markup=False, highlight=False)
             else:
                 console.print(line, markup=False, highlight=False)

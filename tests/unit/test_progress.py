@@ -91,13 +91,19 @@ def test_terminal_mode_draws_one_line_per_host_in_place_not_the_plain_lines():
 
 def test_terminal_mode_logs_above_the_board_and_keeps_markup_as_text():
     console, buf = tty_console()
-    errors, ebuf = plain_console()
+    errors, ebuf = tty_console()
     with Board(["[node]"], out=console, err=errors) as board:
         board.update("[node]", step="[red]step[/red]")
         board.log("[node]: FAILED at x:", err=True)
     text = ANSI.sub("", buf.getvalue())
     assert "[node]: FAILED at x:" in text and "[red]step[/red]" in text
     assert ebuf.getvalue() == ""                            # drawn through the board's console, not interleaved
+    # stderr redirected to a file (2>log): the failure goes there, not to the terminal
+    console, buf = tty_console()
+    errors, ebuf = plain_console()
+    with Board(["a"], out=console, err=errors) as board:
+        board.log("a: FAILED at x:", err=True)
+    assert ebuf.getvalue() == "a: FAILED at x:\n" and "FAILED at x" not in buf.getvalue()
 
 
 def test_transient_board_leaves_nothing_behind_its_last_drawing():
