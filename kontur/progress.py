@@ -179,7 +179,9 @@ class Board:
         # failure's own lines keep it whole); the host never does
         # (the columns may shrink, the cells' Text does not wrap)
         t.add_column("step")
-        t.add_column("changed", justify="right", no_wrap=True)
+        counted = any(r.changed is not None for r in rows)      # work that changes nothing has no count
+        if counted:
+            t.add_column("changed", justify="right", no_wrap=True)
         t.add_column("elapsed", justify="right", no_wrap=True)
         t.add_column("state", min_width=max(len(s) for s in _STYLE))
         for r in rows:
@@ -187,7 +189,10 @@ class Board:
             state = Text(r.state, style=_STYLE[r.state], no_wrap=True, overflow="ellipsis")
             if r.summary:
                 state.append(f" {r.summary}", style="default")
-            t.add_row(Text(r.host), Text(r.step, no_wrap=True, overflow="ellipsis"), "" if r.changed is None else str(r.changed), elapsed, state)
+            cells = [Text(r.host), Text(r.step, no_wrap=True, overflow="ellipsis")]
+            if counted:
+                cells.append("" if r.changed is None else str(r.changed))
+            t.add_row(*cells, elapsed, state)
         return t
 
     # --- inside -----------------------------------------------------------

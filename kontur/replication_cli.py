@@ -221,7 +221,7 @@ def collect_status(region: Region, lab: bool = False, *, timeout: float = TIMEOU
                 row["error"] = str(exc)
         if board is not None:
             probs = problems_of(row)
-            board.done(n, ok=not probs, summary="; ".join(probs))
+            board.done(n, ok=not probs, summary="; ".join(p.removeprefix(f"{n}: ") for p in probs))
         return row
     with concurrent.futures.ThreadPoolExecutor(max(1, min(64, len(nodes)))) as pool:
         return list(pool.map(ask, nodes))

@@ -87,6 +87,16 @@ def test_terminal_mode_draws_one_line_per_host_in_place_not_the_plain_lines():
     assert "Base: install packages" in lines["onco-lami"] and "1 min 01 s" in lines["onco-lami"]
     assert "FAILED" in lines["onco-lami"]
     assert "waiting" in lines["gkb3-lami"]
+    assert "changed" in plain
+
+
+def test_work_that_changes_nothing_has_no_changed_column():
+    console, buf = tty_console()
+    with Board(["a"], out=console) as board:
+        board.update("a", step="asking")
+        board.done("a", ok=False, summary="unreachable")
+    plain = ANSI.sub("", buf.getvalue())
+    assert "changed" not in plain and "unreachable" in plain
 
 
 def test_terminal_mode_logs_above_the_board_and_keeps_markup_as_text():
