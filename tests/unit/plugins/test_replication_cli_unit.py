@@ -152,3 +152,11 @@ def test_status_asks_the_nodes_at_once(capsys, monkeypatch):
     rc, out, err = run(capsys, "replication", "status", "--json")
     assert most[0] == 5, (most, err)
     assert [r["node"] for r in json.loads(out)] == ["onco-lami", "gkb3-lami", "perinatal-lami", "crb-gw", "mammo-gw"]
+
+
+def test_status_of_the_lab_with_no_lab_running_is_a_setup_fault(capsys, monkeypatch, tmp_path):
+    monkeypatch.setenv("KONTUR_LAB_DIR", str(tmp_path / "no-lab"))
+    rc, out, err = run(capsys, "replication", "status", "--lab")
+    assert rc == 2, err
+    assert err.count("no lab is running") == 1 and "kontur lab up" in err
+    assert "need attention" not in err and "Traceback" not in err
