@@ -6,13 +6,18 @@ changed count, elapsed, state -- refreshed in place (rich's ``Live``).  Anywhere
 else (a pipe, CI, a log file, the tests) it draws nothing and prints exactly the
 plain lines the caller hands it, one per event, as the commands always did::
 
-    board = Board(["onco-lami", "tsami"], out=console, err=err_console)
+    board = Board(["onco-lami", "tsami"], out=console, err=err_console, title="deploy")
     with board:
-        board.update("tsami", step="Orthanc: config", changed=3, line="tsami: Orthanc: config")
-        board.log("tsami: FAILED at Orthanc:", err=True)        # always printed, above the board
-        board.done("tsami", ok=False, summary="FAILED at Orthanc", line=None)
+        board.update("tsami", step="Orthanc: config")                  # the board only
+        board.update("tsami", step="Orthanc: config", changed=3,
+                     line="tsami: Orthanc: config")                    # + this line when plain
+        board.log("tsami: FAILED at Orthanc:", err=True)               # always, above the board
+        board.done("tsami", ok=False, summary="at Orthanc")
+        with board.paused():                                           # a question to the operator
+            ...
 
-Every method may be called from any thread (one lock around the state; rich's
+Every method may be called from any thread, and from greenlets under gevent's
+monkey-patching as in the deploy runner (one lock around the state; rich's
 ``Live`` has its own for the terminal).  Host names and steps are printed as
 text, never as rich markup (``[node]`` stays ``[node]``).
 """
