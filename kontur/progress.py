@@ -34,8 +34,8 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-WAITING, RUNNING, OK, FAILED = "waiting", "running", "ok", "FAILED"
-_STYLE = {WAITING: "dim", RUNNING: "cyan", OK: "green", FAILED: "bold red"}
+WAITING, RUNNING, OK, FAILED, SKIPPED = "waiting", "running", "ok", "FAILED", "skipped"
+_STYLE = {WAITING: "dim", RUNNING: "cyan", OK: "green", FAILED: "bold red", SKIPPED: "yellow"}
 
 
 @dataclass
@@ -135,17 +135,18 @@ class Board:
         if line is not None and not self.live:
             self.out.print(line, markup=False, highlight=False)
 
-    def done(self, host: str, *, ok: bool = True, summary: str = "", changed: int | None = None,
+    def done(self, host: str, *, ok: bool | None = True, summary: str = "", changed: int | None = None,
              line: str | None = None) -> None:
-        """``host`` is finished: ``ok`` or failed, with a short ``summary`` for
-        its line (``line``: what a plain run prints, nothing when None)."""
+        """``host`` is finished: ``ok``, failed (False) or left alone (None: not
+        started after a failed batch), with a short ``summary`` for its line
+        (``line``: what a plain run prints, nothing when None)."""
         with self._lock:
             row = self._row(host)
             now = self.clock()
-            if row.started is None:
+            if row.started is None and ok is not None:
                 row.started = now
             row.ended = now
-            row.state = OK if ok else FAILED
+            row.state = SKIPPED if ok is None else OK if ok else FAILED
             row.summary = summary
             if changed is not None:
                 row.changed = changed
@@ -176,7 +177,7 @@ class Board:
         with self._lock:
             rows = [(_Row(**vars(r))) for r in self._rows.values()]
             now = self.clock()
-        done = sum(1 for r in rows if r.state in (OK, FAILED))
+        done = sum(1 for r in rows if r.state in (OK, FAILED, SKIPPED))
         title = f"{self.title + ': ' if self.title else ''}{done} of {len(rows)} host(s) done"
         t = Table(title=title, title_justify="left", expand=False)
         t.add_column("host", no_wrap=True, min_width=max([4, *(len(r.host) for r in rows)]))

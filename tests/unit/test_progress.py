@@ -90,6 +90,17 @@ def test_terminal_mode_draws_one_line_per_host_in_place_not_the_plain_lines():
     assert "changed" in plain
 
 
+def test_a_host_left_alone_is_skipped_not_failed():
+    console, buf = tty_console()
+    with Board(["a", "b"], out=console) as board:
+        board.done("a", ok=False, summary="at Orthanc")
+        board.done("b", ok=None, summary="not started")
+    plain = ANSI.sub("", buf.getvalue()).rsplit("host(s) done", 1)[-1]
+    b = next(ln for ln in plain.splitlines() if "│ b " in ln)
+    assert "skipped not started" in b and "FAILED" not in b and " s " not in b     # no elapsed time
+    assert board.states() == {"a": "FAILED", "b": "skipped"}
+
+
 def test_work_that_changes_nothing_has_no_changed_column():
     console, buf = tty_console()
     with Board(["a"], out=console) as board:
