@@ -23,7 +23,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from . import health, reach
-from .cli import inventory_option, inventory_path, load_region, out, whole
+from .cli import inventory_option, inventory_path, load_region, names_in, out, whole
 from .errors import InvalidInput, OperationFailed
 from .files import atomic_write
 from .paths import ROOT as REPO_ROOT
@@ -130,7 +130,7 @@ def _table(results: list[health.NodeHealth], region, seconds: float) -> Table:
         colour = _COLOURS[row["level"]]
         t.add_row(f"[{colour}]{'●' if row['node'] else '·'} {row['level']}[/]",
                   *(escape(row[k]) for k in ("node", "what", "detail", "call")))
-    return whole(t, "node")
+    return whole(t, "node", words=names_in(region))
 
 
 def _write_atomically(path: Path, text: str) -> None:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import click
 from rich.console import Console
+from rich.table import Table
 
 from . import errors
 from .errors import KonturError
@@ -27,19 +28,75 @@ err = Console(stderr=True, highlight=False, soft_wrap=True, width=_width(sys.std
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 
-def whole(table, *keep: str):
+def whole(table, *keep: str, words=()):
     """``table`` with nothing cut short on a narrow terminal (80 columns): a word
     too long for its column folds over lines instead of ending in "…", and the
     ``keep`` columns (node names, addresses, AE titles) keep the width of their
-    longest value while the others wrap.  Call it once the rows are added."""
+    longest value while the others wrap.  ``words`` (addresses, AE titles: see
+    :func:`names_in`) are never split inside free text either: a column whose
+    text holds one is at least as wide as the longest such word.  Call it once
+    the rows are added."""
     from rich.text import Text
-    for column in table.columns:
+
+    def plain(cell) -> str:
+        if isinstance(cell, Text):
+            return cell.plain
+        return Text.from_markup(cell).plain if isinstance(cell, str) else ""
+
+    words = [w for w in words if w]
+    held: dict[int, int] = {}
+    for i, column in enumerate(table.columns):
         column.overflow = "fold"
+        cells = [plain(c) for c in column.cells]
         if column.header in keep:
-            cells = [Text.from_markup(c).cell_len if isinstance(c, str) else 0 for c in column.cells]
-            column.min_width = max([len(str(column.header)), *cells])
+            column.min_width = max([len(str(column.header)), *(Text(c).cell_len for c in cells)])
             column.no_wrap = True
+        elif words:
+            longest = [Text(t).cell_len for c in cells for t in c.split() if any(w in t for w in words)]
+            if longest:
+                held[i] = max(longest)
+    if held:
+        table.__class__ = _WholeTable
+        table.kontur_held = held
     return table
+
+
+class _WholeTable(Table):
+    """A table (see :func:`whole`) whose free-text columns holding an address or
+    an AE title are, when rich would shrink them narrower, as wide as the
+    longest such word -- the other free-text columns wrap more instead.  (rich
+    alone shrinks the widest columns alike, and would fold an address in two.)"""
+
+    kontur_held: dict[int, int]
+
+    def __rich_console__(self, console, options):
+        widths = self._calculate_column_widths(console, options.update_width(
+            options.max_width - self._extra_width))     # rich's own choice (with padding)
+        narrow = {i: w for i, w in self.kontur_held.items() if widths[i] < w + self._get_padding_width(i)}
+        saved = {i: self.columns[i].width for i in narrow}
+        for i, width in narrow.items():
+            self.columns[i].width = width
+        try:
+            yield from super().__rich_console__(console, options)
+        finally:
+            for i, width in saved.items():
+                self.columns[i].width = width
+
+
+def names_in(region) -> set[str]:
+    """What a table must never cut of ``region``: node names, addresses (with
+    their ports), AE titles."""
+    names: set[str] = set(region.nodes)
+    for n, spec in region.nodes.items():
+        names.add(spec.address)
+        if spec.aet:
+            names.add(spec.aet)
+    for h in region.hospitals.values():
+        for m in h.modalities:
+            names |= {m.aet, m.host, f"{m.host}:{m.port}"}
+        if h.mis:
+            names |= {h.mis.host, f"{h.mis.host}:{h.mis.port}"}
+    return names
 
 
 def inventory_path(value: str | None) -> Path:

@@ -10,12 +10,15 @@ import concurrent.futures
 import json
 
 import click
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from . import nodeapi
 from .cli import CONTEXT, err, inventory_option, load_region, out, whole
-from .errors import InvalidInput, OperationFailed
+from .errors import InvalidInput, KonturError, OperationFailed
 from .model import Region, Role
+from .progress import Board
 
 REPLICATING = (Role.LAMI, Role.GATEWAY)
 
@@ -149,31 +152,78 @@ def _release_parked(region: Region, targets: list[str], reason: str | None, lab:
         raise OperationFailed(f"{len(problems)} node(s) could not be asked")
 
 
-def collect_status(region: Region, lab: bool = False) -> list[dict]:
-    """Every replicating node's status, asked at once (one timeout for all, not one
-    after the other).  A fault of this machine -- no secrets store, the lab of
-    another region -- that keeps it from asking any node is an InvalidInput, not
-    N unhealthy nodes."""
+#: seconds one node may take to answer `replication status` (--timeout)
+TIMEOUT = 15.0
+
+
+def _store_fix(region: Region, lab: bool) -> str:
+    if lab:
+        return "run `kontur deploy --lab` first (it makes the lab's store)"
+    return (f"bring the region's store to this machine: `kontur secrets export --out FILE` on the operator "
+            f"machine that deployed {region.region.name}, then `kontur secrets import FILE` here "
+            f"(or point KONTUR_SECRETS at it) -- not `kontur render`, which would make a new store whose CA "
+            f"no node trusts")
+
+
+def _setup_fault(region: Region, lab: bool) -> None:
+    """A fault of this machine that keeps it from asking any node, said once
+    (exit 2): no secrets store here (checked when a client cannot be made)."""
+    from .secrets import default_dir
+    if lab:
+        return                          # client_for says "no lab up" and where the lab's store is
+    directory = default_dir(region.region.name)
+    if not directory.is_dir():
+        raise InvalidInput(f"this machine has no secrets store for region {region.region.name} ({directory}), "
+                           f"so it cannot ask any node: the nodes want the service account's password and "
+                           f"the operator certificate from it", hint=_store_fix(region, lab))
+
+
+def collect_status(region: Region, lab: bool = False, *, timeout: float = TIMEOUT,
+                   board: Board | None = None) -> list[dict]:
+    """Every replicating node's status, asked at once with one ``timeout`` per
+    node (a node that does not answer costs that once, not one after the other).
+    A fault of this machine -- no secrets store, an unreadable operator
+    certificate, a lost CA, no lab running (--lab) -- that keeps it from asking
+    any node is an InvalidInput (exit 2), said once, not N unhealthy nodes.
+    ``board``: told when each node starts and ends."""
     nodes = replicating_nodes(region)
     clients, local = {}, {}
     for n in nodes:            # one after the other: making a client may write the operator certificate
         try:
-            clients[n] = nodeapi.client_for(region, n, lab=lab)
-        except InvalidInput as exc:
+            client = nodeapi.client_for(region, n, lab=lab)
+        except InvalidInput as exc:         # this node's (no password for it in the store yet), or none's:
+            _setup_fault(region, lab)
             local[n] = exc.message
+            continue
+        except KonturError as exc:          # every node's alike: a lost CA in the store, no lab running
+            raise InvalidInput(f"this machine cannot ask any node: {exc.message}", hint=exc.hint) from None
+        except (OSError, ValueError) as exc:  # the operator certificate or the CA cannot be loaded (ssl errors too)
+            raise InvalidInput(f"this machine cannot ask any node: the operator certificate or the regional CA "
+                               f"in its secrets store cannot be loaded ({exc})",
+                               hint="restore the store from its export (`kontur secrets import FILE`)") from None
+        client.timeout = timeout
+        clients[n] = client
     if nodes and len(local) == len(nodes):
-        raise InvalidInput(f"this machine cannot ask any node: {local[nodes[0]]}")
+        causes = sorted(set(local.values()))
+        raise InvalidInput(f"this machine cannot ask any node: {causes[0]}"
+                           + (f" (and {len(causes) - 1} other cause(s))" if len(causes) > 1 else ""))
 
     def ask(n: str) -> dict:
         row: dict = {"node": n, "reachable": False, "error": local.get(n), "status": None}
+        if board is not None:
+            where = getattr(clients.get(n), "base_url", None) or region.nodes[n].address
+            board.update(n, step=f"asking {where}" if n in clients else "not asked")
         if n in clients:
             try:
                 row["status"] = clients[n].replication_status()
                 row["reachable"] = True
             except nodeapi.NodeError as exc:
                 row["error"] = str(exc)
+        if board is not None:
+            probs = problems_of(row)
+            board.done(n, ok=not probs, summary="; ".join(p.removeprefix(f"{n}: ") for p in probs))
         return row
-    with concurrent.futures.ThreadPoolExecutor(max(1, min(16, len(nodes)))) as pool:
+    with concurrent.futures.ThreadPoolExecutor(max(1, min(64, len(nodes)))) as pool:
         return list(pool.map(ask, nodes))
 
 
@@ -215,55 +265,112 @@ def replication_group():
     """Hybrid replication LAMI/gateway -> TsAMI: see where every node stands."""
 
 
+def _short(error: str | None) -> str:
+    """An unreachable node's cell (its whole error is printed below the table)."""
+    import re
+    if not error or "unreachable at" in error:
+        return "unreachable"
+    m = re.search(r"HTTP \d{3}", error)
+    return m.group(0) if m else "not asked"
+
+
+#: the table's columns: header, and whether its values are short words that must not wrap
+_COLUMNS = (("node", True), ("policy", True), ("queue", True), ("oldest\npending", True), ("in flight", True),
+            ("delivered", True), ("failed", True), ("parked", True), ("window", True), ("full pass", True),
+            ("last error", False))
+#: on a narrow terminal (80 columns) the same columns in two tables, each with the node
+_NARROW = (("node", "policy", "queue", "oldest\npending", "in flight", "window"),
+           ("node", "delivered", "failed", "parked", "full pass", "last error"))
+
+
+def _cells(r: dict) -> list:
+    st = r["status"]
+    node = escape(r["node"])
+    if not r["reachable"]:
+        return [node, *["?"] * 9, Text(_short(r["error"]), style="red")]
+    if not st.get("enabled"):
+        return [node, "disabled", *["—"] * 8, Text(str(st.get("reason")), style="red")]
+    flight = st.get("in_flight")
+    flight_s = "—"
+    if flight:
+        total = flight.get("instances_total")
+        flight_s = f"{flight.get('instances_sent', 0)}/{total if total is not None else '?'}" + (
+            " urgent" if flight.get("urgent") else "")
+    last = st.get("last_error") or {}
+    window = "open" if st.get("window_open") else f"in {_age(st.get('seconds_until_window'))}"
+    alarm = "; ".join(st.get("alarms") or [])
+    return [node, escape(str(st.get("policy", "?"))), str(st.get("queue_depth", 0)),
+            _age(st.get("oldest_pending_age_seconds")), flight_s, str(st.get("delivered", 0)),
+            str(st.get("failed", 0)), str(st.get("parked", 0)), window, _full_pass_cell(st),
+            Text(alarm, style="red") if alarm else Text(last.get("message") or "—")]
+
+
+def _table(title: str, headers: tuple[str, ...], rows: list[list]) -> Table:
+    table = Table(title=title, title_justify="left")
+    index = {h: i for i, (h, _) in enumerate(_COLUMNS)}
+    for h in headers:
+        table.add_column(h, no_wrap=dict(_COLUMNS)[h])
+    for cells in rows:
+        table.add_row(*(cells[index[h]] for h in headers))
+    return whole(table, "node", words=("unreachable", "not asked", "disabled"))
+
+
+def status_tables(region: Region, rows: list[dict], width: int | None = None) -> list[Table]:
+    """The region's replication: one table, or on a terminal too narrow for it
+    (``width``, e.g. 80 columns) the same columns in two, so that no node name,
+    count or state is cut; the last error wraps (an unreachable node's error,
+    with its address, is printed whole below the tables)."""
+    from rich.console import Console
+    from rich.measure import Measurement
+    title = f"{region.region.title} — replication to the TsAMI"
+    cells = [_cells(r) for r in rows]
+    wide = _table(title, tuple(h for h, _ in _COLUMNS), cells)
+    if width is not None:
+        console = Console(width=10_000)
+        fixed = _table(title, tuple(h for h, _ in _COLUMNS[:-1]), cells)
+        needed = Measurement.get(console, console.options, fixed).maximum + 24     # + a last error column
+        if needed > width:
+            return [_table(title, _NARROW[0], cells), _table("", _NARROW[1], cells)]
+    return [wide]
+
+
 @replication_group.command("status")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (one object per node) instead of a table.")
 @click.option("--lab", is_flag=True,
               help="Ask the nodes of the running region lab (kontur lab up, kontur deploy --lab).")
+@click.option("--timeout", type=click.FloatRange(1, 600), default=TIMEOUT, show_default=True,
+              help="Seconds each node may take; the nodes are asked at once, so a dead node costs this once.")
 @inventory_option
-def status_command(as_json, lab, inventory):
+def status_command(as_json, lab, timeout, inventory):
     """One table for the whole region: policy, queue, oldest pending, in flight,
     delivered, failed, parked and the last error of every LAMI and gateway.
 
+    The nodes are asked at once, each with --timeout; on a terminal a line
+    per node shows who has answered meanwhile.  A fault of this machine (no
+    secrets store here, an unreadable operator certificate) is said once.
+
     Exit codes: 0 all replicating cleanly; 1 a node is unreachable, disabled,
-    or has parked, failing or overdue studies; 2 invalid input.
+    or has parked, failing or overdue studies; 2 invalid input, or this
+    machine cannot ask any node.
     """
     region = load_region(inventory)
-    rows = collect_status(region, lab=lab)
+    nodes = replicating_nodes(region)
+    # on a terminal, a line per node while they answer (cleared for the table); piped: nothing, as ever
+    board = Board(nodes, out=err, title="replication status", transient=True,
+                  live=None if len(nodes) > 1 and not as_json else False)
+    with board:
+        rows = collect_status(region, lab=lab, timeout=timeout, board=board)
     bad = {r["node"]: problems_of(r) for r in rows if problems_of(r)}
     if as_json:
         out.print_json(json.dumps([{**r, "problems": problems_of(r)} for r in rows], ensure_ascii=False))
     else:
-        table = Table(title=f"{region.region.title} — replication to the TsAMI", title_justify="left")
-        for col in ("node", "policy", "queue", "oldest pending", "in flight", "delivered", "failed", "parked",
-                    "window", "full pass", "last error"):
-            table.add_column(col)
-        for r in rows:
-            st = r["status"]
-            if not r["reachable"]:
-                table.add_row(r["node"], "?", "?", "?", "?", "?", "?", "?", "?", "?", f"[red]{r['error']}[/red]")
-                continue
-            if not st.get("enabled"):
-                table.add_row(r["node"], "disabled", "—", "—", "—", "—", "—", "—", "—", "—",
-                              f"[red]{st.get('reason')}[/red]")
-                continue
-            flight = st.get("in_flight")
-            flight_s = "—"
-            if flight:
-                total = flight.get("instances_total")
-                flight_s = f"{flight.get('instances_sent', 0)}/{total if total is not None else '?'}" + (
-                    " urgent" if flight.get("urgent") else "")
-            last = st.get("last_error") or {}
-            window = "open" if st.get("window_open") else f"in {_age(st.get('seconds_until_window'))}"
-            alarm = "; ".join(st.get("alarms") or [])
-            table.add_row(r["node"], st.get("policy", "?"), str(st.get("queue_depth", 0)),
-                          _age(st.get("oldest_pending_age_seconds")), flight_s, str(st.get("delivered", 0)),
-                          str(st.get("failed", 0)), str(st.get("parked", 0)), window, _full_pass_cell(st),
-                          f"[red]{alarm[:80]}[/red]" if alarm else (last.get("message") or "—")[:80])
-        out.print(whole(table, "node"))
+        for table in status_tables(region, rows, out.width):
+            out.print(table)
     if bad:
         if not as_json:
-            for node, probs in bad.items():
-                err.print(f"kontur: {node}: {'; '.join(probs)}", markup=False)
+            for node, probs in bad.items():       # whole, addresses and all (the table has no room)
+                said = "; ".join(p.removeprefix(f"{node}: ") for p in probs)
+                err.print(f"kontur: {node}: {said}", markup=False)
         raise OperationFailed(f"{len(bad)} of {len(rows)} replicating node(s) need attention")
 
 

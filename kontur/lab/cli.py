@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 from rich.table import Table
 
-from ..cli import err, inventory_option, inventory_path, load_region, out
+from ..cli import err, inventory_option, inventory_path, load_region, out, whole
 from ..errors import EXIT_FAILED, EXIT_OK, InvalidInput, KonturError
 from . import ops
 from .config import state_file
@@ -111,7 +111,7 @@ def status_cmd(as_json: bool):
         t.add_row(h.node, h.role, h.address, h.inventory_address,
                   "[green]up[/green]" if h.running else "[red]down[/red]",
                   "[yellow]cut[/yellow]" if h.link == "cut" else h.link, h.systemd)
-    out.print(t)
+    out.print(whole(t, "node", "lab address", "inventory address"))
     if st.modalities:
         t = Table(title="modalities", title_justify="left")
         for col in ("AE title", "hospital", "modality", "lab address", "inventory address", "sends to", "netns"):
@@ -119,7 +119,7 @@ def status_cmd(as_json: bool):
         for m in st.modalities:
             t.add_row(m["aet"], m["hospital"], m["modality"], m["address"], m["inventory_address"],
                       m["node"], m["netns"] if m["present"] else f"[red]{m['netns']} missing[/red]")
-        out.print(t)
+        out.print(whole(t, "AE title", "lab address", "inventory address", "sends to"))
     if st.mis:
         t = Table(title="MIS listeners (MLLP)", title_justify="left")
         for col in ("hospital", "lab address", "inventory address", "listener", "messages"):
@@ -127,7 +127,7 @@ def status_cmd(as_json: bool):
         for m in st.mis:
             t.add_row(m["hospital"], f"{m['address']}:{m['port']}", m["inventory_address"],
                       "[green]up[/green]" if m["running"] else "[red]down[/red]", str(m["messages"]))
-        out.print(t)
+        out.print(whole(t, "lab address", "inventory address"))
     if st.withheld:
         out.print(f"the lab repository withholds: {', '.join(st.withheld)} (kontur lab mirror --full restores it)",
                   markup=False)
