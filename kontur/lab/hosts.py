@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import socket
 import time
 import uuid
@@ -118,10 +119,38 @@ def make_cgroups(lab_id: str, node: str) -> list[Path]:
     return made
 
 
+def _pids_in(d: Path) -> list[int]:
+    pids: list[int] = []
+    for dirpath, _, files in os.walk(d):
+        if "cgroup.procs" in files:
+            try:
+                pids += [int(x) for x in Path(dirpath, "cgroup.procs").read_text().split()]
+            except (FileNotFoundError, ValueError):
+                pass
+    return pids
+
+
+def empty_cgroup(d: Path, timeout: float = 10.0) -> None:
+    """SIGKILL what is still in a container's cgroup and wait (up to ``timeout``) until it is gone.
+
+    A container stopped while its systemd was still booting can leave processes
+    (journald, say) dying in its cgroup after systemd-nspawn itself is gone; only
+    what kontur's own container runs is in that cgroup."""
+    deadline = time.monotonic() + timeout
+    while (pids := _pids_in(d)) and time.monotonic() < deadline:
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        time.sleep(0.05)
+
+
 def remove_cgroup(d: Path) -> None:
-    """Remove a container's cgroup and what its systemd made below it (processes gone)."""
+    """Remove a container's cgroup and what its systemd made below it (its processes killed first)."""
     if not d.is_dir():
         return
+    empty_cgroup(d)
     for dirpath, _, _ in sorted(os.walk(d), key=lambda t: -t[0].count("/")):
         try:
             os.rmdir(dirpath)
