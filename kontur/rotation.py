@@ -282,11 +282,16 @@ def continue_ca(store: SecretStore, region_title: str, reason: str | None, *, no
                 f"deploy them (`kontur deploy`) and run this again -- a certificate of the new CA would not "
                 f"be accepted there")
         pki, d = store.pki_dir, _dir(store)
+        # each step may be run again after an interruption: the old CA kept aside once, the new
+        # one copied over it, the phase saved, and only then the new CA's other copy removed
         for suffix, mode in ((".crt", 0o644), (".key", 0o600)):
-            atomic_write(d / f"{PREVIOUS_CA}{suffix}", (pki / f"ca{suffix}").read_bytes(), mode)
-        for suffix, mode in ((".crt", 0o644), (".key", 0o600)):
-            os.replace(d / f"{NEXT_CA}{suffix}", pki / f"ca{suffix}")
+            if not (d / f"{PREVIOUS_CA}{suffix}").exists():
+                atomic_write(d / f"{PREVIOUS_CA}{suffix}", (pki / f"ca{suffix}").read_bytes(), mode)
+        for suffix, mode in ((".key", 0o600), (".crt", 0o644)):
+            atomic_write(pki / f"ca{suffix}", (d / f"{NEXT_CA}{suffix}").read_bytes(), mode)
         _save(store, Changeover(PHASE_REISSUE, c.old, c.new, c.started_at))
+        for suffix in (".crt", ".key"):
+            (d / f"{NEXT_CA}{suffix}").unlink()
         return audit(store, "ca", reason, phase=2, old_ca=c.old, new_ca=c.new,
                      **({"forced_past": not_ready} if not_ready else {}))
 

@@ -69,9 +69,14 @@ def show_command(inventory, lab, secrets_dir):
     if not directory.is_dir():
         raise InvalidInput(f"no secrets store at {directory}; import the region's (`kontur secrets import`) "
                            f"or pass --secrets DIR")
-    identity = SecretStore(directory, create=False).identity(region.region.title)
+    from .rotation import PHASE_TRUST, changeover
+    store = SecretStore(directory, create=False)
+    identity = store.identity(region.region.title)
+    c = changeover(store)
     out.print(f"store: {directory}\nregion: {region.region.name}\nCA SHA-256: {identity.ca_sha256}\n"
-              f"store id: {identity.store_id}", markup=False)
+              f"store id: {identity.store_id}"
+              + (f"\nCA change-over: phase {1 if c.phase == PHASE_TRUST else 2} of 3 since {c.started_at} "
+                 f"(`kontur secrets rotate ca --status`)" if c else ""), markup=False)
     return 0
 
 
