@@ -259,3 +259,14 @@ def test_the_cli_enforces_the_phase_order_without_a_traceback(store):
     assert p.returncode == 0 and "phase 1 of 3" in p.stdout, p.stderr
     p = kontur("secrets", "rotate", "ca", *args, "--finish", "--reason", "x")
     assert p.returncode == 2 and "--finish comes after --continue" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_forcing_a_phase_past_nodes_not_ready_names_them_in_the_log(region, store):
+    title = region.region.title
+    rotation.start_ca(store, title, "drill")
+    rotation.continue_ca(store, title, "the gkb3 link is down for a week", not_ready=["gkb3-lami"], forced=True)
+    assert rotation.changeover(store).phase == rotation.PHASE_REISSUE
+    assert rotation.log(store)[-1]["forced_past"] == ["gkb3-lami"]
+    # the old CA kept aside for the bundle, the new one issuing
+    previous = (store.dir / "pki" / "rotation" / f"{rotation.PREVIOUS_CA}.crt").read_bytes()
+    assert previous != (store.pki_dir / "ca.crt").read_bytes()
