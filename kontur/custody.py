@@ -72,13 +72,13 @@ def compare(node: str, text: str | None, ours: StoreIdentity, ca_pem: str | None
             theirs = fingerprint(ca_pem.encode())
         except ValueError:
             return Mismatch(node, "record", f"{CA_FILE} is no certificate", ours.ca_sha256)
-        return None if theirs == ours.ca_sha256 else Mismatch(node, "CA", theirs, ours.ca_sha256)
+        return None if theirs in (ours.ca_sha256, *ours.accepts) else Mismatch(node, "CA", theirs, ours.ca_sha256)
     try:
         rec = json.loads(text)
         theirs = StoreIdentity(ca_sha256=str(rec["ca_sha256"]), store_id=str(rec["store_id"]))
     except (ValueError, KeyError, TypeError):
         return Mismatch(node, "record", f"{STORE_FILE} unreadable: {text[:80]!r}", ours.store_id)
-    if theirs.ca_sha256 != ours.ca_sha256:
+    if theirs.ca_sha256 not in (ours.ca_sha256, *ours.accepts):      # accepts: a CA rotation's predecessor
         return Mismatch(node, "CA", theirs.ca_sha256, ours.ca_sha256)
     if theirs.store_id != ours.store_id:
         return Mismatch(node, "passwords", theirs.store_id, ours.store_id)

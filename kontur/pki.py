@@ -122,10 +122,17 @@ def ensure_ca(store: SecretStore, region_title: str) -> KeyPair:
 
 
 def _make_ca(crt: Path, key: Path, region_title: str) -> KeyPair:
+    return make_ca(crt, key, region_title)
+
+
+def make_ca(crt: Path, key: Path, region_title: str, common_name: str = "kontur regional CA") -> KeyPair:
+    """A CA certificate and key written to ``crt`` and ``key`` (a key already
+    there is kept: a first run stopped between the two).  A CA rotation's new CA
+    gets another ``common_name`` (kontur.rotation)."""
     k = serialization.load_pem_private_key(key.read_bytes(), None) if key.exists() else _key()
     name = x509.Name([
         x509.NameAttribute(NameOID.ORGANIZATION_NAME, region_title[:64]),
-        x509.NameAttribute(NameOID.COMMON_NAME, "kontur regional CA"),
+        x509.NameAttribute(NameOID.COMMON_NAME, common_name),
     ])
     now = _now()
     cert = (
@@ -196,7 +203,7 @@ def _reusable(crt: Path, key: Path, ca_cert: x509.Certificate, wanted: set[str],
 
 
 def node_cert(store: SecretStore, region_title: str, name: str, addresses: list[str],
-              *, client_only: bool = False, directory: Path | None = None) -> KeyPair:
+              *, client_only: bool = False, directory: Path | None = None, ca: KeyPair | None = None) -> KeyPair:
     """The certificate of ``name`` (a node, the operator or a user), made once.
 
     It is made again only if it must be: not issued by the store's CA, the
@@ -204,11 +211,12 @@ def node_cert(store: SecretStore, region_title: str, name: str, addresses: list[
     RENEW_DAYS days left.
 
     + directory: where its files go (default: the store's ``pki/nodes``)
+    + ca: the CA that issues it (default: the store's; a CA rotation's probe uses the new one)
     """
     with store.locked():
         crt, key = cert_files(store, name, directory=directory)
         wanted = {name} | set(addresses)
-        ca = ensure_ca(store, region_title)
+        ca = ca or ensure_ca(store, region_title)
         ca_cert = x509.load_pem_x509_certificate(ca.cert_pem)
         if crt.exists() and key.exists() and _reusable(crt, key, ca_cert, wanted, client_only):
             return KeyPair(crt.read_bytes(), key.read_bytes())
@@ -241,10 +249,11 @@ def node_cert(store: SecretStore, region_title: str, name: str, addresses: list[
 
 def operator_cert(store: SecretStore, region_title: str) -> tuple[Path, Path, Path]:
     """Client certificate for the control machine (kontur CLI, checks): paths of
-    (ca.crt, operator.crt, operator.key)."""
+    (the CAs to trust -- ca.crt, or both CAs during a CA rotation --, operator.crt, operator.key)."""
+    from .rotation import trust_file
     d = store.pki_subdir("operator")
     node_cert(store, region_title, OPERATOR, [], client_only=True, directory=d)
-    return store.pki_dir / "ca.crt", d / f"{OPERATOR}.crt", d / f"{OPERATOR}.key"
+    return trust_file(store, region_title), d / f"{OPERATOR}.crt", d / f"{OPERATOR}.key"
 
 
 def user_cert(store: SecretStore, region_title: str, login: str) -> KeyPair:

@@ -106,9 +106,26 @@ def crl_pem(store: SecretStore, ca_cert_pem: bytes, ca_key_pem: bytes, *, now: d
         return _crl(store, ca_cert_pem, ca_key_pem, now or _now())
 
 
-def _crl(store: SecretStore, ca_cert_pem: bytes, ca_key_pem: bytes, now: dt.datetime) -> bytes:
+def crl_bundle(store: SecretStore, cas, *, now: dt.datetime | None = None) -> bytes:
+    """The CRL file every node's nginx gets: one list per trusted CA (``cas``,
+    KeyPairs, the issuing CA first; two during a CA rotation).  nginx checks a
+    client certificate against its issuer's list and refuses one whose issuer
+    has none, so each trusted CA signs its own (the same serials: they are
+    random, a serial of one CA names no certificate of the other)."""
+    with store.locked():
+        parts = [_crl(store, ca.cert_pem, ca.key_pem, now or _now(),
+                      CRL_FILE if i == 0 else f"crl-{_fp(ca.cert_pem)}.pem") for i, ca in enumerate(cas)]
+    return b"".join(parts)
+
+
+def _fp(cert_pem: bytes) -> str:
+    return x509.load_pem_x509_certificate(cert_pem).fingerprint(hashes.SHA256()).hex()[:16]
+
+
+def _crl(store: SecretStore, ca_cert_pem: bytes, ca_key_pem: bytes, now: dt.datetime,
+         name: str = CRL_FILE) -> bytes:
     rows = revoked(store)
-    path = _dir(store) / CRL_FILE
+    path = _dir(store) / name
     ca = x509.load_pem_x509_certificate(ca_cert_pem)
     if path.exists():
         try:
@@ -142,4 +159,4 @@ def crl_days_left(crl: bytes, now: dt.datetime | None = None) -> float:
     return ((c.next_update_utc or (now or _now())) - (now or _now())).total_seconds() / 86400
 
 
-__all__ = ["Revoked", "revoke", "revoked", "is_revoked", "crl_pem", "crl_days_left", "CRL_DAYS"]
+__all__ = ["Revoked", "revoke", "revoked", "is_revoked", "crl_pem", "crl_bundle", "crl_days_left", "CRL_DAYS"]

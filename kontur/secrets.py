@@ -77,6 +77,9 @@ def _warn(message: str) -> None:
 class StoreIdentity:
     ca_sha256: str
     store_id: str
+    #: other CAs a node may have been deployed with: the predecessor during a
+    #: CA rotation (kontur.rotation); not part of the record
+    accepts: tuple[str, ...] = ()
 
     def as_dict(self) -> dict[str, str]:
         return {"ca_sha256": self.ca_sha256, "store_id": self.store_id}
@@ -200,6 +203,15 @@ class SecretStore:
                 self._record_made([key])
             return self._data[key]
 
+    def replace_password(self, key: str, value: str) -> None:
+        """Store a new ``value`` under an existing ``key`` (kontur.rotation: audited there)."""
+        with self.locked():
+            self._data = self._read()
+            if key not in self._data:
+                raise KeyError(key)
+            self._data[key] = value
+            self._save()
+
     def get(self, key: str) -> str | None:
         return self._data.get(key)
 
@@ -211,8 +223,10 @@ class SecretStore:
         regional CA's fingerprint and the store's own random id (made with the
         store's first secret; a store regenerated after a loss has another)."""
         from .pki import ensure_ca, fingerprint
+        from .rotation import accepted
         ca = ensure_ca(self, region_title)
-        return StoreIdentity(ca_sha256=fingerprint(ca.cert_pem), store_id=self.password(STORE_ID_KEY, 12))
+        return StoreIdentity(ca_sha256=fingerprint(ca.cert_pem), store_id=self.password(STORE_ID_KEY, 12),
+                             accepts=accepted(self))
 
     @property
     def pki_dir(self) -> Path:

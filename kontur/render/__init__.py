@@ -17,7 +17,8 @@ import jinja2
 from .. import custody, paths, revocation
 from ..model import STORAGE_ROOTS, Region, Role
 from ..packages import packages_for
-from ..pki import ensure_ca, node_cert
+from ..pki import node_cert
+from ..rotation import trust_bundle, trusted
 from ..rules import services_of
 from ..secrets import SecretStore
 from . import hl7
@@ -157,7 +158,7 @@ def render_node(region: Region, node: str, store: SecretStore) -> Bundle:
     index = region.index_of(node) if is_archive(role) else None
     ports = region.ports(node)
     title = region.region.title
-    ca = ensure_ca(store, title)
+    cas = trusted(store, title)        # the regional CA; two during a CA rotation (kontur.rotation)
     cert = node_cert(store, title, node, [spec.address])
     bundle = Bundle(node=node, role=role.value, packages=packages_for(role, index))
     system.add_apt_source(region, bundle)
@@ -172,11 +173,11 @@ def render_node(region: Region, node: str, store: SecretStore) -> Bundle:
     ]
     tls_reload = (NGINX_UNIT,)
     bundle.files += [
-        RenderedFile(oc.CA_FILE, ca.cert_pem, "0644", reloads=tls_reload),
+        RenderedFile(oc.CA_FILE, trust_bundle(store, title), "0644", reloads=tls_reload),
         RenderedFile(oc.CERT_FILE, cert.cert_pem, "0644", reloads=tls_reload),
         RenderedFile(oc.KEY_FILE, cert.key_pem, "0640", "root", key_group, reloads=tls_reload, secret=True),
         # browser certificates revoked with `kontur users revoke` (nginx refuses them)
-        RenderedFile(CRL_FILE, revocation.crl_pem(store, ca.cert_pem, ca.key_pem), "0644", reloads=tls_reload),
+        RenderedFile(CRL_FILE, revocation.crl_bundle(store, cas), "0644", reloads=tls_reload),
         # which store this node was deployed from: deploy refuses another one's CA and passwords
         RenderedFile(custody.STORE_FILE, as_json(custody.record(region.region.name, store.identity(title))),
                      "0644"),

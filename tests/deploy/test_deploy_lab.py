@@ -831,3 +831,99 @@ def test_package_missing_from_the_mirror_fails_naming_host_step_and_cause(lab, i
     assert f"{node}: Base: install packages" in r.out, r.out
     p = on_host(lab, node, "dpkg-query -W -f='${Status}' dcmtk && command -v storescu")
     assert p.returncode == 0 and "ok installed" in p.stdout, p.stdout + p.stderr
+
+
+# --- rotation (issue 14): a password, then the CA in three phases -----------------------------
+
+def _tsami_status(store_dir: Path, region, password: str, path: str = "system") -> str:
+    ca, crt, key = operator_cert(SecretStore(store_dir), region.region.title)
+    spec = region.nodes["tsami"]
+    return _curl("--cacert", str(ca), "--cert", str(crt), "--key", str(key), "-u", f"{SERVICE_USER}:{password}",
+                 f"https://{spec.address}:{region.ports('tsami').https}/{path}")[0]
+
+
+def test_a_rotated_password_is_pushed_by_the_next_deploy_and_the_old_one_refused(lab, inventories, region, store):
+    """`kontur secrets rotate password`: the TsAMI's service account and its PostgreSQL role; the deploy
+    pushes both (Orthanc's credentials, the role's SCRAM verifier); the old password is refused, the
+    new one answers, Orthanc's index (PostgreSQL, with the new password) answers."""
+    work = inventories["work"]
+    key, db = f"nodes/tsami/{SERVICE_USER}", "nodes/tsami/postgresql"
+    old = SecretStore(store.dir).get(key)
+    for k in (key, db):
+        r = kontur("secrets", "rotate", "password", "--lab", "-i", str(work), k, "--reason", "lab rehearsal")
+        assert r.rc == 0, r.out
+    new = SecretStore(store.dir).get(key)
+    assert new != old
+    r = deploy(work)
+    assert r.rc == 0 and r.failed == 0, r.out
+    assert new not in r.out and old not in r.out
+    assert _tsami_status(store.dir, region, old) == "401"
+    assert _tsami_status(store.dir, region, new, "statistics") == "200"
+    r = kontur("secrets", "log", "--lab", "-i", str(work))
+    assert r.rc == 0 and f"password {key}: lab rehearsal" in r.out and new not in r.out, r.out
+
+
+def _through_to_the_tsami(lab, region, tmp_path: Path, label: str) -> None:
+    """A study from a device of each hospital (city's LAMI, the rural gateway) reaches the TsAMI."""
+    from kontur import nodeapi
+    from kontur.testing.dicom import make_study
+    from kontur.testing.orthanc import wait_for
+    tsami = nodeapi.client_for(load(SMALL), "tsami", lab=True)
+    sent = []
+    for hk in ("city", NEW_HOSPITAL):
+        node = region.hospitals[hk].node
+        device = region.hospitals[hk].modalities[0]
+        aet = device.aet
+        spec = region.nodes[node]
+        accession = f"ROT-{label}-{hk}"[:16]
+        f = tmp_path / f"{accession}.dcm"
+        f.write_bytes(make_study(1, accession=accession, modality=device.modality).instances[0].data)
+        p = _store_scu(lab.modalities[aet].netns, aet, spec.aet, spec.address, region.ports(node).dicom, f)
+        assert p.returncode == 0, f"C-STORE {aet} -> {spec.aet}: {p.stdout}"
+        sent.append(accession)
+
+    def arrived():
+        return all(tsami.post("tools/find", {"Level": "Study", "Query": {"AccessionNumber": a}}) for a in sent)
+    wait_for(arrived, 180, interval=1, message=f"the studies of {label} at the TsAMI")
+
+
+def test_the_ca_changes_over_in_three_phases_with_every_link_up(lab, inventories, region, store, tmp_path):
+    """`kontur secrets rotate ca`, `--continue`, `--finish`, a deploy after each: after every phase a study
+    from each hospital reaches the TsAMI and `kontur check` finds every node well; a phase asked for before
+    the nodes are deployed is refused naming them; deploy's custody check takes the old CA's record as this
+    store's predecessor."""
+    work = inventories["work"]
+    nodes = set(region.nodes)
+
+    def rotate(*args):
+        return kontur("secrets", "rotate", "ca", "--lab", "-i", str(work), *args, "--reason", "lab rehearsal")
+
+    def deployed_and_up(label):
+        r = deploy(work)
+        assert r.rc == 0 and r.failed == 0, r.out
+        _through_to_the_tsami(lab, region, tmp_path, label)
+        r = kontur("check", "--lab", "-i", str(work))
+        assert r.rc == 0, r.out
+
+    r = rotate()
+    assert r.rc == 0 and "phase 1 of 3" in r.out, r.out
+    r = rotate("--continue")                    # no node trusts the new CA yet
+    assert r.rc == 2 and f"refused: {len(nodes)} node(s) not ready" in r.out, r.out
+    assert {ln.split(":")[0].strip() for ln in r.out.splitlines() if "refused the client certificate" in ln} == nodes
+    deployed_and_up("p1")
+
+    r = rotate("--finish")
+    assert r.rc == 2 and "--finish comes after --continue" in r.out, r.out
+    r = rotate("--continue")
+    assert r.rc == 0 and "phase 2 of 3" in r.out, r.out
+    r = rotate("--finish")                      # every node still presents the old CA's certificate
+    assert r.rc == 2 and "presents a certificate of the old CA" in r.out, r.out
+    deployed_and_up("p2")                       # custody: the old CA's record accepted as the predecessor
+
+    r = rotate("--finish")
+    assert r.rc == 0 and "phase 3 of 3" in r.out, r.out
+    deployed_and_up("p3")
+    p = on_host(lab, "tsami", "grep -c 'BEGIN CERTIFICATE' /etc/kontur/tls/ca.crt")
+    assert p.stdout.strip() == "1", p.stdout + p.stderr
+    r = deploy(work)
+    assert r.rc == 0 and r.changed == 0, r.out

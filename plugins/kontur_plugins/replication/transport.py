@@ -30,6 +30,7 @@ from __future__ import annotations
 import base64
 import http.client
 import json
+import os
 import socket
 import ssl
 import urllib.parse
@@ -128,6 +129,7 @@ class UpstreamClient:
         self.port = u.port or (443 if u.scheme == "https" else 80)
         self.base = u.path if u.path.endswith("/") else u.path + "/"
         self._conn: http.client.HTTPConnection | None = None
+        self._ssl_files = self._tls_files() if self.scheme == "https" else None
         self._ssl = self._context() if self.scheme == "https" else None
         #: None until the first receiver call tells
         self.receiver_available: bool | None = None
@@ -149,11 +151,36 @@ class UpstreamClient:
             ctx.load_cert_chain(self.upstream.cert_file, self.upstream.key_file)
         return ctx
 
+    def _tls_files(self) -> tuple:
+        """What identifies the CA bundle, certificate and key on disk: a deploy replaces
+        them (a renewed certificate, a CA rotation's bundle) by rename."""
+        out = []
+        for path in (self.upstream.ca_file, self.upstream.cert_file, self.upstream.key_file):
+            try:
+                st = os.stat(path) if path else None
+            except OSError:
+                st = None
+            out.append((path, None) if st is None else (path, st.st_ino, st.st_mtime_ns, st.st_size))
+        return tuple(out)
+
+    def _current_context(self) -> ssl.SSLContext:
+        """The TLS context, made again when its files changed since (for a new
+        connection only; an unreadable new file keeps the last good context)."""
+        files = self._tls_files()
+        if files != self._ssl_files:
+            try:
+                self._ssl = self._context()
+                self._ssl_files = files
+            except (OSError, ssl.SSLError, ValueError):
+                pass
+        return self._ssl
+
     # --- connection -----------------------------------------------------------
 
     def _connection(self) -> http.client.HTTPConnection:
         if self._conn is None:
             if self.scheme == "https":
+                self._ssl = self._current_context()
                 self._conn = http.client.HTTPSConnection(self.host, self.port, timeout=self.timeout,
                                                          context=self._ssl)
             else:

@@ -131,3 +131,43 @@ def test_listing_digests_and_a_dead_link(server):
     dead = UpstreamClient(Upstream("tsami", f"http://127.0.0.1:{port}/", "p", "w"), timeout=2)
     with pytest.raises(TransientError, match="cannot reach tsami"):
         dead.post_instance(b"x")
+
+
+def test_a_renewed_certificate_or_ca_bundle_on_disk_is_used_for_the_next_connection(tmp_path):
+    """A deploy replaces the CA bundle, the node's certificate and key by rename (a renewal, a CA
+    rotation's phases) without restarting Orthanc: the sender's next connection uses the new files."""
+    import os
+    import ssl
+
+    from kontur.pki import node_cert
+    from kontur.secrets import SecretStore
+
+    old, new = SecretStore(tmp_path / "old"), SecretStore(tmp_path / "new")
+    server_old = node_cert(old, "Region", "tsami", ["127.0.0.1"])
+    server_new = node_cert(new, "Region", "tsami", ["127.0.0.1"])
+    for name, data in (("old.crt", server_old.cert_pem), ("old.key", server_old.key_pem),
+                       ("new.crt", server_new.cert_pem), ("new.key", server_new.key_pem)):
+        (tmp_path / name).write_bytes(data)
+    ca_old, ca_new = (old.pki_dir / "ca.crt").read_bytes(), (new.pki_dir / "ca.crt").read_bytes()
+    ca_file = tmp_path / "ca.crt"
+    ca_file.write_bytes(ca_old)
+
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(tmp_path / "old.crt", tmp_path / "old.key")
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    httpd.socket = ctx.wrap_socket(httpd.socket, server_side=True)
+    t = threading.Thread(target=httpd.serve_forever, daemon=True)
+    t.start()
+    try:
+        client = UpstreamClient(Upstream("tsami", f"https://127.0.0.1:{httpd.server_address[1]}/", "peer", "pw",
+                                         ca_file=str(ca_file)), timeout=5)
+        assert client.request("GET", "/nothing")[0] == 404
+        client.close()
+        # the deploy of a CA rotation: the bundle gains the new CA (rename), the server's certificate is the new CA's
+        (tmp_path / "bundle.tmp").write_bytes(ca_old + ca_new)
+        os.replace(tmp_path / "bundle.tmp", ca_file)
+        ctx.load_cert_chain(tmp_path / "new.crt", tmp_path / "new.key")
+        assert client.request("GET", "/nothing")[0] == 404
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
