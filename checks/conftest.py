@@ -11,7 +11,6 @@ control: ``@control("KONTUR-SEC-01", ref="…", impact=1.0)``.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import tempfile
@@ -21,8 +20,7 @@ import pytest
 import testinfra
 
 from kontur.inventory import load
-from kontur.render import render_node
-from kontur.secrets import SecretStore, store_dir
+from kontur.target import resolve as resolve_target
 from remote import CREDENTIALS, PLUGINS
 
 
@@ -55,13 +53,10 @@ class Target:
 
     def __init__(self, config):
         self.lab = config.getoption("--lab")
-        region = load(config.getoption("--inventory"))
-        self.state = None
-        if self.lab:
-            from kontur.lab.state import lab_region, require_state
-            self.state = require_state()
-            region = lab_region(region, self.state)
-        self.region = region
+        # the production region or the running lab: kontur.target decides (as for deploy and check)
+        self.where = resolve_target(load(config.getoption("--inventory")), lab=self.lab,
+                                    secrets_dir=config.getoption("--secrets"))
+        region = self.region = self.where.region
         only = set(config.getoption("--kontur-node"))
         # testinfra's --hosts: node names or addresses, optionally ssh://user@ (the user is honoured)
         self.users: dict[str, str] = {}
@@ -79,9 +74,7 @@ class Target:
             if user:
                 self.users[node] = user
         self.nodes = [n for n in region.nodes if not only or n in only]
-        secrets = config.getoption("--secrets")
-        self.store = SecretStore(store_dir(region.region.name, secrets, lab=self.lab),
-                                 create=False)
+        self.store = self.where.store(create=False)
         self.ssh_config = config.getoption("--kontur-ssh-config") or config.getoption("ssh_config", None)
         self.identity = config.getoption("ssh_identity_file", None)
         self.sudo = bool(config.getoption("sudo", False))
@@ -94,18 +87,16 @@ class Target:
 
     def host(self, node: str):
         if node not in self._hosts:
-            from kontur import reach
             addr = self.region.nodes[node].address
             ssh_config = self.ssh_config
-            ssh = reach.lab(self.state, node) if self.state is not None else \
-                dataclasses.replace(reach.production(), port=self.region.ports(node).ssh)
+            ssh = self.where.ssh(node)
             if ssh_config is None:
                 cfg = tempfile.NamedTemporaryFile("w", prefix="kontur-ssh-", suffix=".conf", delete=False)
                 cfg.write(ssh.config_text())
                 cfg.close()
                 ssh_config = cfg.name
             user = self.users.get(node) or (None if self.ssh_config else ssh.user)
-            url = f"ssh://{user + '@' if user else ''}{addr}:{self.region.ports(node).ssh}"
+            url = f"ssh://{user + '@' if user else ''}{addr}:{ssh.port}"
             self._hosts[node] = testinfra.get_host(url, ssh_config=ssh_config, ssh_identity_file=self.identity,
                                                    sudo=self.sudo or (ssh.sudo and ssh.user != "root"))
             _record_commands(self._hosts[node])
@@ -121,7 +112,7 @@ class Target:
 
     def bundle(self, node: str):
         if node not in self._bundles:
-            self._bundles[node] = render_node(self.region, node, self.store)
+            self._bundles[node] = self.where.render_node(node, self.store)
         return self._bundles[node]
 
     def secrets(self) -> list[str]:

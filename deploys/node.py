@@ -4,39 +4,40 @@
 Every component deploy (``deploys/<component>/``) reads the node's
 :class:`~kontur.render.Bundle` through :func:`context`; the bundle is the
 single source of what goes on a host -- deploys add no configuration of their
-own.  The context also records, per host, which operations uploaded which
-files (so that a restart or reload follows only a change to a file that names
-that unit) and a readable step name for every operation (so that a failure
+own, and the package source is in it too (the region's mirror, or in the lab
+the lab's repository): the bundle is what ``kontur render [--lab]`` writes.
+Where the deploy acts is the host data's ``kontur_target``
+(:class:`kontur.target.Target`); nothing here reads the lab's state.
+
+The context also records, per host, which operations uploaded which files
+(so that a restart or reload follows only a change to a file that names that
+unit) and a readable step name for every operation (so that a failure
 names host, step and cause).
 
-Host data read here (set by ``inventory/region.py``): ``kontur_node``,
-``kontur_inventory``, ``kontur_lab``, ``kontur_secrets``.
+Host data read here (set by ``inventory/region.py`` and the runner,
+:meth:`kontur.target.Target.pyinfra_data`): ``kontur_node``,
+``kontur_target`` (else ``kontur_inventory``, ``kontur_lab``, ``kontur_secrets``).
 """
 from __future__ import annotations
 
 import io
 import threading
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pyinfra import host
 from pyinfra.api import DeployError
 
 from kontur.inventory import load
-from kontur.render import render_node
 from kontur.render.bundle import Bundle, RenderedFile
 from kontur.render.system import POSTGRESQL_CLUSTER_UNIT
 from kontur.secrets import SecretStore
+from kontur.target import Target, resolve
 
 if TYPE_CHECKING:
     from pyinfra.api.operation import OperationMeta
 
     from kontur.model import Region
-
-#: the lab's repository key on a host (see kontur.lab.config.HOST_KEYRING)
-LAB_KEYRING = "/etc/apt/keyrings/kontur-lab.gpg"
-LAB_SOURCE = "/etc/apt/sources.list.d/kontur-lab.list"
 
 
 @dataclass
@@ -92,71 +93,49 @@ class NodeContext:
         return [f for f in self.bundle.files if f.path.startswith(prefixes)]
 
 
-# --- loading (cached per process: one region, one secrets store) -------------
+# --- loading (cached per process: one secrets store per directory) ------------
 
 _lock = threading.Lock()
-_regions: dict[tuple, tuple] = {}
+_stores: dict[str, SecretStore] = {}
 _contexts: dict[str, NodeContext] = {}
 
 
 def reset() -> None:
     """Forget contexts of an earlier run (the runner calls this per deploy)."""
     _contexts.clear()
-    _regions.clear()
+    _stores.clear()
 
 
-def lab_state():
-    from kontur.lab.state import load_state
-    state = load_state()
-    if state is None:
-        raise DeployError("host data says kontur_lab but no lab is running; start one with `kontur lab up`")
-    return state
+def host_target() -> Target:
+    """Where this deploy acts (:mod:`kontur.target`): the runner and
+    ``inventory/region.py`` put it in the host data as ``kontur_target``; a
+    hand-made pyinfra inventory may give ``kontur_inventory`` (``kontur_lab``,
+    ``kontur_secrets``) instead."""
+    target = host.data.get("kontur_target")
+    if isinstance(target, Target):
+        return target
+    inventory = host.data.get("kontur_inventory")
+    if not inventory:
+        raise DeployError(f"host {host.name} has no kontur_target or kontur_inventory data; "
+                          "use the inventory inventory/region.py")
+    return resolve(load(inventory), lab=bool(host.data.get("kontur_lab")), inventory=inventory,
+                   secrets_dir=host.data.get("kontur_secrets"))
 
 
-def deploy_region(inventory: str, lab: bool):
-    """The region as the deploy sees it: the inventory, or in the lab the same
-    region at its lab addresses (:func:`kontur.lab.state.lab_region`: the lab
-    network as the hospitals' networks, the lab bridge as the admin network)
-    -- exactly what ``kontur render --lab`` writes."""
-    region = load(inventory)
-    state = None
-    if lab:
-        from kontur.lab.state import lab_region
-        state = lab_state()
-        region = lab_region(region, state)
-        # the control machine connects from the lab bridge: without it among
-        # the admin networks the firewall would lock the deploy out
-        bridge = f"{state.bridge_address or '198.18.0.1'}/32"
-        if bridge not in region.region.admin_networks:
-            data = region.model_dump(mode="json")
-            data["region"]["admin_networks"] = list(data["region"]["admin_networks"]) + [bridge]
-            region = type(region).model_validate(data)
-    return region, state
-
-
-def _region(inventory: str, lab: bool, secrets: str):
-    key = (inventory, lab, secrets)
+def _store(target: Target) -> SecretStore:
+    key = str(target.secrets)
     with _lock:
-        if key not in _regions:
-            region, state = deploy_region(inventory, lab)
-            _regions[key] = (region, state, SecretStore(Path(secrets)))
-        return _regions[key]
+        if key not in _stores:
+            _stores[key] = target.store()
+        return _stores[key]
 
 
-def _apt_plan(bundle: Bundle, state) -> AptPlan:
-    if state is None:
-        files = [f for f in bundle.files if f.path.startswith("/etc/apt/")]
-        owned = {d: g for d, g in bundle.owned.items() if d.startswith("/etc/apt")}
-        return AptPlan(files, owned)
-    if state.apt is None:
-        raise DeployError("the running lab serves no package repository (lab state has no 'apt')")
-    keyring = Path(state.apt.keyring).read_bytes()
-    line = state.apt.source_line.strip() + "\n"
-    return AptPlan(
-        [RenderedFile(LAB_KEYRING, keyring, "0644"),
-         RenderedFile(LAB_SOURCE, ("# kontur lab: the lab's signed repository is the only source\n" + line).encode(), "0644")],
-        {"/etc/apt/sources.list.d": "*", "/etc/apt": "sources.list"},
-    )
+def _apt_plan(bundle: Bundle) -> AptPlan:
+    """The bundle's package source (the region's mirror, or the lab's repository:
+    the target rendered it), installed first."""
+    files = [f for f in bundle.files if f.path.startswith("/etc/apt/")]
+    owned = {d: g for d, g in bundle.owned.items() if d.startswith("/etc/apt")}
+    return AptPlan(files, owned)
 
 
 def context() -> NodeContext:
@@ -165,20 +144,16 @@ def context() -> NodeContext:
     if name in _contexts:
         return _contexts[name]
     node = host.data.get("kontur_node")
-    inventory = host.data.get("kontur_inventory")
-    secrets = host.data.get("kontur_secrets")
-    if not (node and inventory and secrets):
-        raise DeployError(
-            f"host {name} has no kontur_node/kontur_inventory/kontur_secrets data; "
-            "use the inventory inventory/region.py")
-    lab = bool(host.data.get("kontur_lab"))
-    region, state, store = _region(str(inventory), lab, str(secrets))
+    if not node:
+        raise DeployError(f"host {name} has no kontur_node data; use the inventory inventory/region.py")
+    target = host_target()
+    region = target.region
     if node not in region.nodes:
-        raise DeployError(f"host {name}: node {node!r} is not in the inventory {inventory}")
+        raise DeployError(f"host {name}: node {node!r} is not in the region {region.region.name}")
+    store = _store(target)
     with _lock:
-        bundle = render_node(region, node, store)
-    bundle.files = [f for f in bundle.files if not f.path.startswith("/etc/apt/")] if lab else bundle.files
-    ctx = NodeContext(node=node, region=region, bundle=bundle, lab=lab, apt=_apt_plan(bundle, state), store=store,
+        bundle = target.render_node(node, store)
+    ctx = NodeContext(node=node, region=region, bundle=bundle, lab=target.lab, apt=_apt_plan(bundle), store=store,
                       extra_units=(POSTGRESQL_CLUSTER_UNIT,) if "postgresql.service" in bundle.services else ())
     _contexts[name] = ctx
     return ctx

@@ -15,9 +15,13 @@ Environment:
   KONTUR_LAB=1       the running lab instead: lab addresses, the lab's SSH key
                      and known_hosts, the lab's secrets store and apt repository
   KONTUR_SECRETS     the secrets store (default: per region, see kontur.secrets)
-  KONTUR_SSH_USER, KONTUR_SSH_KEY, KONTUR_KNOWN_HOSTS
+  KONTUR_SSH_USER, KONTUR_SSH_KEY, KONTUR_KNOWN_HOSTS, KONTUR_SSH_SUDO=1
                      how to reach production hosts (default: root, ssh's own
-                     key and known_hosts; host keys are always checked)
+                     key and known_hosts; host keys are always checked); in
+                     the lab the user and sudo are honoured, with the lab's key
+
+Where the hosts are is decided by kontur.target (the same target ``kontur
+deploy`` uses); each host's data carries it as ``kontur_target``.
 """
 from __future__ import annotations
 

@@ -13,10 +13,15 @@ print a per-host progress line, a config diff for ``--dry-run`` without ever
 showing a secret, one summary line, and on failure name host, step and cause,
 without parsing pyinfra's console output.
 
-Stages (see ``deploys/region.py``): connect, prepare (facts are read and
-operations planned on every host in parallel), then execute (each host runs
-its own operations in order; a failed host stops at its failed step, the
-others go on).
+Stages (:data:`STAGES`, one method each of the run; on a host see
+``deploys/region.py``): connect, store check (every host's record of the
+secrets store it was deployed from), prepare (facts are read and operations
+planned on every host in parallel), confirm, then execute (each host runs its
+own operations in order; a failed host stops at its failed step, the others go
+on).  ``on_host`` hears each host's progress (:class:`HostProgress`).
+
+Where it acts is a :class:`kontur.target.Target`; the command line is
+``kontur/cli/deploy.py``: nothing here imports a CLI module.
 """
 from __future__ import annotations
 
@@ -28,81 +33,42 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
-import click
-
+from . import target
 from .errors import InvalidInput, OperationFailed
-from .inventory import load
+from .inventory import EXAMPLE_INVENTORY, load
 from .paths import ROOT as REPO_ROOT
-from .model import Region, Role
+from .model import Role
 from .packages import NODE_PACKAGES
-from .secrets import store_dir
+from .target import Target
 
 ROLES = tuple(r.value for r in Role)
 
 
 # --- the pyinfra inventory ---------------------------------------------------------
 
-def host_data(region: Region, node: str, *, inventory: Path, lab: bool, secrets: Path,
-              address: str, ssh: dict[str, Any]) -> dict[str, Any]:
-    data = {
-        "ssh_hostname": address,
-        "ssh_port": region.ports(node).ssh,
-        "kontur_node": node,
-        "kontur_role": region.nodes[node].role.value,
-        "kontur_inventory": str(inventory),
-        "kontur_lab": lab,
-        "kontur_secrets": str(secrets),
-    }
-    data.update({k: v for k, v in ssh.items() if v not in (None, "")})
-    return data
+def deploy_target(inventory: str | Path | None = None, lab: bool = False,
+                  secrets_dir: str | Path | None = None) -> Target:
+    """Where the deploy acts (:mod:`kontur.target`): the inventory's region, or
+    the running lab (every node of the inventory must have a lab host)."""
+    path = Path(inventory or os.environ.get("KONTUR_INVENTORY") or EXAMPLE_INVENTORY).resolve()
+    t = target.resolve(load(path), lab=lab, inventory=path, secrets_dir=secrets_dir)
+    t.require_hosts()
+    return t
 
 
-def host_groups(inventory: str | Path | None = None, lab: bool = False,
+def host_groups(inventory: str | Path | Target | None = None, lab: bool = False,
                 nodes: list[str] | None = None,
                 secrets_dir: str | Path | None = None) -> dict[str, list[tuple[str, dict]]]:
-    """pyinfra groups ``{role: [(node, data), ...]}`` for every role.
-
-    With ``lab`` the hosts are the running lab's: lab addresses, the lab's
-    SSH key and known_hosts, the lab's secrets store.
-    """
-    from .cli import inventory_path
-    path = inventory_path(str(inventory) if inventory else None).resolve()
-    region = load(path)
+    """pyinfra groups ``{role: [(node, data), ...]}`` for every role: each host's
+    data is :meth:`kontur.target.Target.pyinfra_data` (address, SSH settings, the
+    target itself for ``deploys/node.py``)."""
+    t = inventory if isinstance(inventory, Target) else deploy_target(inventory, lab, secrets_dir)
     groups: dict[str, list[tuple[str, dict]]] = {r: [] for r in ROLES}
-    if lab:
-        from .lab.state import require_state
-        state = require_state()
-        if state.region_name != region.region.name:
-            raise InvalidInput(
-                f"the running lab is of region {state.region_name!r}, the inventory {path} is of "
-                f"region {region.region.name!r}; bring the lab up with this inventory: kontur lab up -i {path}")
-        secrets = store_dir(region.region.name, secrets_dir, lab=True)
-        missing = [n for n in region.nodes if n not in state.hosts]
-        if missing:
-            raise InvalidInput(
-                f"node(s) {', '.join(missing)} of {path} have no lab host; "
-                f"bring them up with: kontur lab up -i {path}")
-        ssh = {"ssh_user": state.ssh_user, "ssh_key": state.ssh_key,
-               "ssh_known_hosts_file": state.known_hosts, "ssh_strict_host_key_checking": "yes",
-               # lab hosts are thrown away: dpkg may skip its fsyncs
-               "base_dpkg_unsafe_io": True}
-        for node, spec in region.nodes.items():
-            h = state.hosts[node]
-            data = host_data(region, node, inventory=path, lab=True, secrets=secrets, address=h.address,
-                             ssh=dict(ssh, ssh_port=h.ssh_port))
-            groups[spec.role.value].append((node, data))
-    else:
-        secrets = store_dir(region.region.name, secrets_dir)
-        from .reach import production
-        ssh = production().pyinfra_data()   # never trusts a host key on first sight
-        for node, spec in region.nodes.items():
-            groups[spec.role.value].append(
-                (node, host_data(region, node, inventory=path, lab=False, secrets=secrets,
-                                 address=spec.address, ssh=ssh)))
-    if nodes is not None:
-        groups = {g: [(n, d) for n, d in hosts if n in nodes] for g, hosts in groups.items()}
+    for node, spec in t.region.nodes.items():
+        if nodes is None or node in nodes:
+            groups[spec.role.value].append((node, t.pyinfra_data(node)))
     return groups
 
 
@@ -199,12 +165,283 @@ def _quiet_pyinfra() -> None:
     os.environ.setdefault("PYINFRA_PROGRESS", "off")
 
 
-def run_deploy(inventory: str | None = None, *, lab: bool = False, limit: list[str] | None = None,
+@dataclass(frozen=True)
+class HostProgress:
+    """One host's progress, as the runner reports it to ``on_host`` (a live
+    board, ``kontur/progress.py``, or nothing): the stage it is in, the step it
+    just ran, its changed operations so far and its time."""
+    node: str
+    #: one of STAGES, or "done", "failed", "not started"
+    stage: str
+    step: str | None = None
+    changed: int = 0
+    seconds: float = 0.0
+
+
+#: the runner's stages, in order (dry runs end after "confirm" with a report instead of "execute")
+STAGES = ("connect", "store check", "prepare", "confirm", "execute")
+
+
+class _Run:
+    """One deploy: pyinfra's state and every host's result, the stages as methods."""
+
+    def __init__(self, where: Target, limit, dry_run, emit, show_diff, serial, confirm, on_host):
+        import gevent
+        from pyinfra.api import BaseStateCallback, Config, Inventory, State
+        from pyinfra.context import ctx_config, ctx_inventory, ctx_state
+
+        from deploys import node as node_ctx
+
+        self.gevent, self.node_ctx = gevent, node_ctx
+        self.where, self.lab = where, where.lab
+        self.dry_run, self.emit, self.show_diff, self.serial = dry_run, emit, show_diff, serial
+        self.confirm, self.on_host = confirm, on_host
+        self.started = time.monotonic()
+        groups = host_groups(where)
+        all_nodes = [n for hosts in groups.values() for n, _ in hosts]
+        if limit:
+            unknown = [n for n in limit if n not in all_nodes]
+            if unknown:
+                raise InvalidInput(f"unknown node {unknown[0]!r} in --limit; expected one of: {', '.join(all_nodes)}")
+        self.wanted = [n for n in all_nodes if not limit or n in limit]
+        self.results = {n: HostResult(n) for n in self.wanted}
+
+        node_ctx.reset()
+        names = [(n, d) for hosts in groups.values() for n, d in hosts]
+        self.inv = inv = Inventory((names, {}), **{g: ([n for n, _ in hosts], {}) for g, hosts in groups.items()})
+        config = Config(CONNECT_TIMEOUT=10, FAIL_PERCENT=None)
+        self.state = state = State(check_for_changes=True)
+        state.init(inv, config, initial_limit={inv.get_host(n) for n in self.wanted})
+        self.connect_errors: dict[str, str] = {}
+        errors = self.connect_errors
+
+        class Callbacks(BaseStateCallback):
+            @staticmethod
+            def host_connect_error(state, host, error):
+                errors[host.name] = str(error)
+
+        state.add_callback_handler(Callbacks())
+        ctx_config.set(config)
+        ctx_inventory.set(inv)
+        ctx_state.set(state)
+        self.active: list = []
+        self.contexts: dict = {}
+
+    # --- helpers ---
+
+    def progress(self, node: str, stage: str, step: str | None = None) -> None:
+        if self.on_host is not None:
+            r = self.results[node]
+            self.on_host(HostProgress(node, stage, step, r.changed, r.seconds))
+
+    def fail(self, node: str, step: str, cause: str) -> None:
+        r = self.results[node]
+        if r.failed_step is None:
+            r.failed_step, r.cause = step, cause
+            self.emit(f"{node}: FAILED at {step}:", "failure")
+            for line in cause.splitlines():
+                self.emit(f"{node}:   {line}", "failure")
+            self.progress(node, "failed", step)
+
+    def drop(self, hosts) -> None:
+        from pyinfra.api.exceptions import PyinfraError
+        try:
+            self.state.fail_hosts(set(hosts))
+        except PyinfraError:
+            pass  # no host left: the results say why
+
+    def live(self) -> list:
+        """The wanted hosts still in the run, in the inventory's order."""
+        return [self.inv.get_host(n) for n in self.wanted if self.inv.get_host(n) in self.state.active_hosts]
+
+    def disconnect(self) -> None:
+        from pyinfra.api.connect import disconnect_all
+        disconnect_all(self.state)
+
+    def step_name(self, h, meta) -> str:
+        ctx = self.contexts.get(h.name)
+        for s in (ctx.steps if ctx else []):
+            if s.meta is meta:
+                return s.name
+        return "an operation"
+
+    def changing(self, h) -> list:
+        ctx = self.contexts[h.name]
+        by_meta = {id(s.meta): s for s in ctx.steps}
+        return [s for s in ctx.steps if _will_change(s, by_meta)]
+
+    # --- the stages ---
+
+    def connect(self) -> None:
+        from pyinfra.api.connect import connect_all
+        from pyinfra.api.exceptions import PyinfraError
+        from pyinfra.api.state import StateStage
+        self.emit(f"connecting to {len(self.wanted)} host(s)" + (" in the lab" if self.lab else ""))
+        for n in self.wanted:
+            self.progress(n, "connect")
+        self.state.set_stage(StateStage.Connect)
+        try:
+            connect_all(self.state)
+        except PyinfraError:
+            pass
+        for n in self.wanted:
+            h = self.inv.get_host(n)
+            if not h.connected:
+                why = self.connect_errors.get(n)
+                self.fail(n, "connect", f"cannot reach {h.data.get('ssh_hostname')} over SSH "
+                                        f"as {h.data.get('ssh_user')} (port {h.data.get('ssh_port')})"
+                                        + (f": {why}" if why else ""))
+                self.drop([h])
+
+    def store_check(self) -> None:
+        """Every host's record of the secrets store it was deployed from, read
+        before anything changes on any host (kontur.custody)."""
+        connected = self.live()
+        if not connected:
+            return
+        refused, unread = _foreign_store(self.state, connected, self.gevent)
+        if refused is not None:
+            self.disconnect()
+            raise refused
+        for h, why in unread.items():
+            self.fail(h.name, "store check", f"cannot read {h.name}'s record of its secrets store: {why}")
+            self.drop([h])
+
+    def prepare(self) -> None:
+        """Read facts and plan operations on every host in parallel."""
+        from pyinfra.api.state import StateStage
+        from pyinfra.context import ctx_host, ctx_state
+
+        from deploys.region import deploy_node
+        self.state.set_stage(StateStage.Prepare)
+        state = self.state
+
+        def prepare(h) -> bool:
+            self.progress(h.name, "prepare")
+            with ctx_state.use(state), ctx_host.use(h):
+                try:
+                    deploy_node()
+                except Exception as exc:  # anything, so one broken host does not stop the others
+                    # before its first step a host's failure is its rendering (deploys.node.context)
+                    current = h.current_deploy_name or "render"
+                    self.fail(h.name, f"{current} (planning)", _error_text(exc))
+                    return False
+            return True
+
+        self.active = self.live()
+        greenlets = {self.gevent.spawn(prepare, h): h for h in self.active}
+        self.gevent.joinall(list(greenlets))
+        self.drop([h for g, h in greenlets.items() if not g.value])
+        self.contexts = self.node_ctx.contexts()
+
+    def ask(self) -> None:
+        """The operator's yes, with the planned changes per host, before anything changes."""
+        if self.confirm is None or self.dry_run:
+            return
+        planned = {h.name: len(self.changing(h)) for h in self.active if h in self.state.active_hosts}
+        if not self.confirm(planned):
+            self.disconnect()
+            raise Declined("nothing was changed: the deploy was not confirmed")
+
+    def report(self) -> DeployResult:
+        """A dry run's end: what would change on every host, with diffs."""
+        for h in self.active:
+            if h not in self.state.active_hosts:
+                continue
+            ctx = self.contexts[h.name]
+            changing = self.changing(h)
+            r = self.results[h.name]
+            r.ops, r.changed, r.changes = len(ctx.steps), len(changing), [s.name for s in changing]
+            for s in changing:
+                self.emit(f"{h.name}: would change: {s.name}", "change")
+                if self.show_diff and s.file is not None:
+                    for line in _file_diff(self.state, h, s.file):
+                        self.emit(f"{h.name}:   {line}", "diff")
+            self.emit(f"{h.name}: {len(changing)} operation(s) would change")
+            self.progress(h.name, "done")
+        self.disconnect()
+        return DeployResult(self.results, dry_run=True, seconds=time.monotonic() - self.started)
+
+    def execute(self) -> DeployResult:
+        """Every host runs its own operations in order, independently; in
+        batches of ``serial`` hosts, stopping after a batch with a failed host."""
+        from pyinfra.api.operations import run_host_op
+        from pyinfra.api.state import StateStage
+        from pyinfra.context import ctx_host, ctx_state
+        state = self.state
+        state.set_stage(StateStage.Execute)
+        state.is_executing = True
+        order = state.get_op_order()
+
+        def execute(h) -> None:
+            t0 = time.monotonic()
+            r = self.results[h.name]
+            self.progress(h.name, "execute")
+            with ctx_state.use(state), ctx_host.use(h):
+                for op_hash in order:
+                    if op_hash not in state.ops[h]:
+                        continue
+                    meta = state.ops[h][op_hash].operation_meta
+                    name = self.step_name(h, meta)
+                    try:
+                        ok = run_host_op(state, h, op_hash)
+                    except Exception as exc:  # a lost connection, a bug: this host stops here
+                        r.seconds = time.monotonic() - t0
+                        self.fail(h.name, name, f"{type(exc).__name__}: {exc}" if str(exc) else
+                                  f"{type(exc).__name__} (the connection to the host was lost?)")
+                        break
+                    r.ops += 1
+                    r.seconds = time.monotonic() - t0
+                    if not ok:
+                        out = meta._combined_output
+                        lines = [ln.line for ln in out] if out is not None else []
+                        err = [ln.line for ln in out if ln.buffer_name == "stderr"] if out is not None else []
+                        self.fail(h.name, name, _explain(_cause(err or lines), self.lab))
+                        break
+                    if meta.did_change():
+                        r.changed += 1
+                        r.changes.append(name)
+                        self.emit(f"{h.name}: {name}", "change")
+                    self.progress(h.name, "execute", name)
+            r.seconds = time.monotonic() - t0
+            if not r.failed:
+                self.emit(f"{h.name}: done, {r.changed} changed ({r.seconds:.1f} s)")
+                self.progress(h.name, "done")
+
+        active = [h for h in self.active if h in state.active_hosts]
+        size = self.serial or len(active) or 1
+        for i in range(0, len(active), size):
+            batch = active[i:i + size]
+            if self.serial and len(active) > size:
+                self.emit(f"batch {i // size + 1} of {-(-len(active) // size)}: {', '.join(h.name for h in batch)}")
+            self.gevent.joinall([self.gevent.spawn(execute, h) for h in batch])
+            if any(self.results[h.name].failed for h in batch) and i + size < len(active):
+                rest = active[i + size:]
+                for h in rest:
+                    self.results[h.name].skipped = True
+                    self.progress(h.name, "not started")
+                self.emit(f"stopped after batch {i // size + 1}: a host failed; not started: "
+                          f"{', '.join(h.name for h in rest)}", "failure")
+                break
+        state.set_stage(StateStage.Disconnect)
+        self.disconnect()
+        return DeployResult(self.results, seconds=time.monotonic() - self.started)
+
+
+def run_deploy(inventory: str | Path | Target | None = None, *, lab: bool = False, limit: list[str] | None = None,
                dry_run: bool = False, emit: Callable[..., None] = lambda line, kind="progress": print(line),
                show_diff: bool = True, secrets_dir: str | Path | None = None, serial: int | None = None,
-               confirm: Callable[[dict[str, int]], bool] | None = None) -> DeployResult:
+               confirm: Callable[[dict[str, int]], bool] | None = None,
+               on_host: Callable[[HostProgress], None] | None = None) -> DeployResult:
     """Deploy the region (or ``limit``'s nodes) and return what happened.
 
+    ``inventory``: a :class:`~kontur.target.Target`, or the inventory file (with
+    ``lab`` and ``secrets_dir``) to make one from (:func:`deploy_target`).
+    Stages (:data:`STAGES`): connect, store check, prepare (facts read and
+    operations planned on every host in parallel), confirm, execute (or, with
+    ``dry_run``, a report of what would change).
+    ``emit(line, kind)``: the printed lines; ``on_host(HostProgress)``: each
+    host's stage, step, changed count and time as it goes.
     ``serial``: hosts in batches of that many, in the inventory's order; a batch
     with a failed host stops the deploy (the hosts after it are not started).
     ``confirm``: asked with the planned changes per host once every host is
@@ -218,195 +455,13 @@ def run_deploy(inventory: str | None = None, *, lab: bool = False, limit: list[s
     if str(REPO_ROOT) not in sys.path:
         sys.path.insert(0, str(REPO_ROOT))
 
-    import gevent
-    from pyinfra.api import BaseStateCallback, Config, Inventory, State
-    from pyinfra.api.connect import connect_all, disconnect_all
-    from pyinfra.api.exceptions import PyinfraError
-    from pyinfra.api.operations import run_host_op
-    from pyinfra.api.state import StateStage
-    from pyinfra.context import ctx_config, ctx_host, ctx_inventory, ctx_state
-
-    from deploys import node as node_ctx
-    from deploys.region import deploy_node
-
-    started = time.monotonic()
-    groups = host_groups(inventory, lab=lab, secrets_dir=secrets_dir)
-    all_nodes = [n for hosts in groups.values() for n, _ in hosts]
-    if limit:
-        unknown = [n for n in limit if n not in all_nodes]
-        if unknown:
-            raise InvalidInput(f"unknown node {unknown[0]!r} in --limit; expected one of: {', '.join(all_nodes)}")
-    wanted = [n for n in all_nodes if not limit or n in limit]
-    results = {n: HostResult(n) for n in wanted}
-
-    node_ctx.reset()
-    names = [(n, d) for hosts in groups.values() for n, d in hosts]
-    inv = Inventory((names, {}), **{g: ([n for n, _ in hosts], {}) for g, hosts in groups.items()})
-    config = Config(CONNECT_TIMEOUT=10, FAIL_PERCENT=None)
-    state = State(check_for_changes=True)
-    state.init(inv, config, initial_limit={inv.get_host(n) for n in wanted})
-    connect_errors: dict[str, str] = {}
-
-    class Callbacks(BaseStateCallback):
-        @staticmethod
-        def host_connect_error(state, host, error):
-            connect_errors[host.name] = str(error)
-
-    state.add_callback_handler(Callbacks())
-    ctx_config.set(config)
-    ctx_inventory.set(inv)
-    ctx_state.set(state)
-
-    def fail(node: str, step: str, cause: str) -> None:
-        r = results[node]
-        if r.failed_step is None:
-            r.failed_step, r.cause = step, cause
-            emit(f"{node}: FAILED at {step}:", "failure")
-            for line in cause.splitlines():
-                emit(f"{node}:   {line}", "failure")
-
-    def drop(hosts) -> None:
-        try:
-            state.fail_hosts(set(hosts))
-        except PyinfraError:
-            pass  # no host left: the results say why
-
-    # connect
-    emit(f"connecting to {len(wanted)} host(s)" + (" in the lab" if lab else ""))
-    state.set_stage(StateStage.Connect)
-    try:
-        connect_all(state)
-    except PyinfraError:
-        pass
-    for n in wanted:
-        h = inv.get_host(n)
-        if not h.connected:
-            why = connect_errors.get(n)
-            fail(n, "connect", f"cannot reach {h.data.get('ssh_hostname')} over SSH "
-                               f"as {h.data.get('ssh_user')} (port {h.data.get('ssh_port')})"
-                               + (f": {why}" if why else ""))
-            drop([h])
-
-    # the secrets store: every host's record of the store it was deployed from,
-    # read before anything changes on any host (kontur.custody)
-    connected = [inv.get_host(n) for n in wanted if inv.get_host(n) in state.active_hosts]
-    if connected:
-        refused, unread = _foreign_store(state, connected, gevent)
-        if refused is not None:
-            disconnect_all(state)
-            raise refused
-        for h, why in unread.items():
-            fail(h.name, "store check", f"cannot read {h.name}'s record of its secrets store: {why}")
-            drop([h])
-
-    # prepare: read facts and plan operations on every host in parallel
-    state.set_stage(StateStage.Prepare)
-
-    def prepare(h) -> bool:
-        with ctx_state.use(state), ctx_host.use(h):
-            try:
-                deploy_node()
-            except Exception as exc:  # anything, so one broken host does not stop the others
-                # before its first step a host's failure is its rendering (deploys.node.context)
-                current = h.current_deploy_name or "render"
-                fail(h.name, f"{current} (planning)", _error_text(exc))
-                return False
-        return True
-
-    active = [inv.get_host(n) for n in wanted if inv.get_host(n) in state.active_hosts]
-    greenlets = {gevent.spawn(prepare, h): h for h in active}
-    gevent.joinall(list(greenlets))
-    drop([h for g, h in greenlets.items() if not g.value])
-    contexts = node_ctx.contexts()
-
-    def step_name(h, meta) -> str:
-        ctx = contexts.get(h.name)
-        for s in (ctx.steps if ctx else []):
-            if s.meta is meta:
-                return s.name
-        return "an operation"
-
-    if confirm is not None and not dry_run:
-        planned = {}
-        for h in active:
-            if h in state.active_hosts:
-                by_meta = {id(st.meta): st for st in contexts[h.name].steps}
-                planned[h.name] = sum(1 for st in contexts[h.name].steps if _will_change(st, by_meta))
-        if not confirm(planned):
-            disconnect_all(state)
-            raise Declined("nothing was changed: the deploy was not confirmed")
-
-    if dry_run:
-        for h in active:
-            if h not in state.active_hosts:
-                continue
-            ctx = contexts[h.name]
-            by_meta = {id(s.meta): s for s in ctx.steps}
-            changing = [s for s in ctx.steps if _will_change(s, by_meta)]
-            results[h.name].ops = len(ctx.steps)
-            results[h.name].changed = len(changing)
-            results[h.name].changes = [s.name for s in changing]
-            for s in changing:
-                emit(f"{h.name}: would change: {s.name}", "change")
-                if show_diff and s.file is not None:
-                    for line in _file_diff(state, h, s.file):
-                        emit(f"{h.name}:   {line}", "diff")
-            emit(f"{h.name}: {len(changing)} operation(s) would change")
-        disconnect_all(state)
-        return DeployResult(results, dry_run=True, seconds=time.monotonic() - started)
-
-    # execute: every host runs its own operations in order, independently
-    state.set_stage(StateStage.Execute)
-    state.is_executing = True
-    order = state.get_op_order()
-
-    def execute(h) -> None:
-        t0 = time.monotonic()
-        r = results[h.name]
-        with ctx_state.use(state), ctx_host.use(h):
-            for op_hash in order:
-                if op_hash not in state.ops[h]:
-                    continue
-                meta = state.ops[h][op_hash].operation_meta
-                name = step_name(h, meta)
-                try:
-                    ok = run_host_op(state, h, op_hash)
-                except Exception as exc:  # a lost connection, a bug: this host stops here
-                    fail(h.name, name, f"{type(exc).__name__}: {exc}" if str(exc) else
-                         f"{type(exc).__name__} (the connection to the host was lost?)")
-                    break
-                r.ops += 1
-                if not ok:
-                    out = meta._combined_output
-                    lines = [ln.line for ln in out] if out is not None else []
-                    err = [ln.line for ln in out if ln.buffer_name == "stderr"] if out is not None else []
-                    fail(h.name, name, _explain(_cause(err or lines), lab))
-                    break
-                if meta.did_change():
-                    r.changed += 1
-                    r.changes.append(name)
-                    emit(f"{h.name}: {name}", "change")
-        r.seconds = time.monotonic() - t0
-        if not r.failed:
-            emit(f"{h.name}: done, {r.changed} changed ({r.seconds:.1f} s)")
-
-    active = [h for h in active if h in state.active_hosts]
-    size = serial or len(active) or 1
-    for i in range(0, len(active), size):
-        batch = active[i:i + size]
-        if serial and len(active) > size:
-            emit(f"batch {i // size + 1} of {-(-len(active) // size)}: {', '.join(h.name for h in batch)}")
-        gevent.joinall([gevent.spawn(execute, h) for h in batch])
-        if any(results[h.name].failed for h in batch) and i + size < len(active):
-            rest = active[i + size:]
-            for h in rest:
-                results[h.name].skipped = True
-            emit(f"stopped after batch {i // size + 1}: a host failed; not started: "
-                 f"{', '.join(h.name for h in rest)}", "failure")
-            break
-    state.set_stage(StateStage.Disconnect)
-    disconnect_all(state)
-    return DeployResult(results, seconds=time.monotonic() - started)
+    where = inventory if isinstance(inventory, Target) else deploy_target(inventory, lab, secrets_dir)
+    run = _Run(where, limit, dry_run, emit, show_diff, serial, confirm, on_host)
+    run.connect()
+    run.store_check()
+    run.prepare()
+    run.ask()
+    return run.report() if dry_run else run.execute()
 
 
 def _foreign_store(state, hosts, gevent) -> tuple[InvalidInput | None, dict]:
@@ -419,10 +474,9 @@ def _foreign_store(state, hosts, gevent) -> tuple[InvalidInput | None, dict]:
 
     from . import custody
     from .secrets import SecretStore
-    data = hosts[0].data
-    region = load(Path(data.get("kontur_inventory")))
-    store_dir = Path(data.get("kontur_secrets"))
-    ours = SecretStore(store_dir).identity(region.region.title)
+    where: Target = hosts[0].data.get("kontur_target")
+    store_dir = where.secrets
+    ours = SecretStore(store_dir).identity(where.region.region.title)
 
     def read(h):
         try:
@@ -481,95 +535,3 @@ def _file_diff(state, host, f) -> list[str]:
         return ["(binary file) changed"]
     diff = list(difflib.unified_diff(current, desired, f"{f.path} (host)", f"{f.path} (rendered)", lineterm="", n=1))
     return diff or ["(owner or mode) changed"]
-
-
-# --- the command ------------------------------------------------------------------------
-
-def _ask_operator(planned: dict[str, int]) -> bool:
-    """The hosts and how many operations each would change; yes to go on."""
-    from .cli import out
-    total = sum(planned.values())
-    if total == 0:
-        return True                 # nothing would change: nothing to confirm
-    out.print(f"planned: {total} operation(s) to change on {sum(1 for v in planned.values() if v)} of "
-              f"{len(planned)} host(s):", markup=False)
-    for node, n in planned.items():
-        out.print(f"  {node}: {n}", markup=False)
-    return click.confirm("apply these changes to the hosts?", default=False)
-
-
-@click.command("deploy")
-@click.option("-i", "--inventory", "inventory", metavar="FILE", default=None,
-              help="Region inventory (YAML). Default: $KONTUR_INVENTORY; with --lab the lab's own. "
-                   "Never the example region by default.")
-@click.option("--lab", is_flag=True, help="Deploy into the running lab (kontur lab up) instead of the real hosts.")
-@click.option("--limit", "limit", metavar="NODE", multiple=True,
-              help="Deploy only this node (repeatable; several names may also be given comma-separated).")
-@click.option("--dry-run", is_flag=True, help="Show what would change, with config diffs (secrets: only 'changed'); change nothing.")
-@click.option("-q", "--quiet", is_flag=True, help="Print only failures and the summary line.")
-@click.option("--secrets", "secrets_dir", metavar="DIR", default=None,
-              help="The region's secrets store (default: KONTUR_SECRETS, else ~/.local/share/kontur/secrets/REGION; "
-                   "the lab's own with --lab).")
-@click.option("--serial", type=click.IntRange(1), default=None, metavar="N",
-              help="Hosts in batches of N (inventory order); a failed host stops the deploy after its batch.")
-@click.option("-y", "--yes", is_flag=True,
-              help="Do not ask before changing production hosts (the lab is never asked).")
-def deploy_command(inventory, lab, limit, dry_run, quiet, secrets_dir, serial, yes):
-    """Deploy the region with pyinfra: every node brought to its rendered state.
-
-    \b
-    Per node, in order:
-      install    package source (the region mirror / the lab repository),
-                 packages, directories
-      configure  every rendered file with owner and mode; kontur owns
-                 /etc/orthanc and the nginx sites: nothing else stays there
-      activate   configuration checked (check-orthanc-config, nginx -t,
-                 nft -c), then restart or reload only the units whose files
-                 changed; services enabled and running; PostgreSQL role and
-                 database
-
-    A second deploy with the same inventory changes nothing.  Before anything
-    changes, every host's record of the secrets store it was deployed from
-    (/etc/kontur/store.json) is compared with this one: another store's CA or
-    passwords are refused (exit 2) on every host -- see `kontur secrets`.
-    Production hosts: once every host is planned, the hosts and their change
-    counts are shown and the deploy asks before changing anything (--yes does
-    not ask; without a terminal --yes is required); --serial N deploys N hosts
-    at a time and stops after a batch with a failed host.
-    Ends with `hosts: H, changed operations: C, failed: F`; exit 1 if a host
-    failed (host, step and cause are printed), 2 for invalid input.
-    """
-    from .cli import err, load_region, out
-
-    nodes = [n.strip() for item in limit for n in item.split(",") if n.strip()]
-    if not inventory and not os.environ.get("KONTUR_INVENTORY"):
-        if not lab:
-            # other commands read the example region by default; a deploy acts on hospitals
-            raise InvalidInput("kontur deploy needs the region's inventory: -i FILE or KONTUR_INVENTORY "
-                               "(it never deploys the example region by default)")
-        from .lab.state import require_state
-        inventory = require_state().inventory       # the file the running lab was brought up with
-    load_region(inventory)              # an invalid inventory: validate's messages, before anything else
-
-    def emit(line: str, kind: str = "progress") -> None:
-        if quiet and kind != "failure":
-            return
-        (err if kind == "failure" else out).print(line, markup=False, highlight=False)
-
-    ask = None
-    if not lab and not dry_run and not yes:
-        if not sys.stdin.isatty():
-            raise InvalidInput("a deploy to production hosts asks before it changes them: run it on a terminal, "
-                               "or pass --yes (see what would change with --dry-run)")
-        ask = _ask_operator
-
-    result = run_deploy(inventory, lab=lab, limit=nodes or None, dry_run=dry_run, emit=emit, secrets_dir=secrets_dir,
-                        serial=serial, confirm=ask)
-    out.print(result.summary() + f" ({result.seconds:.1f} s)", markup=False)
-    if result.failed:
-        first = result.failed[0]
-        names = ", ".join(f"{h.node} ({h.failed_step})" for h in result.failed)
-        later = (f"; not started: {', '.join(h.node for h in result.skipped)}" if result.skipped else "")
-        raise OperationFailed(f"deploy failed on {len(result.failed)} host(s): {names}{later}",
-                              hint=f"fix {first.node} and run kontur deploy again: a re-run only changes what is left")
-    return 0

@@ -16,10 +16,13 @@ import ssl
 import urllib.error
 import urllib.parse
 import urllib.request
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import InvalidInput
 from .model import Region
+
+if TYPE_CHECKING:
+    from .target import Target
 
 SERVICE_USER = "kontur"
 
@@ -151,27 +154,26 @@ class NodeClient:
             raise NodeError(f"{self.name}: unreachable at {self.base_url}: {reason}") from None
 
 
-def client_for(region: Region, node: str, *, lab: bool = False) -> NodeClient:
+def client_for(where: "Target | Region", node: str, *, lab: bool = False,
+               secrets_dir: str | None = None) -> NodeClient:
     """The client of ``node`` for the control machine (service account
     ``kontur``, mutual TLS with the operator certificate).
 
-    With ``lab`` the node is reached at its address in the running region lab
-    (``kontur lab up``), with the lab's secrets store (the one ``kontur deploy
-    --lab`` rendered from)."""
+    ``where``: the :class:`~kontur.target.Target` (the production region or
+    the running lab, its secrets store); a region is made one with ``lab`` and
+    ``secrets_dir`` (:func:`kontur.target.resolve`: in the lab the node is
+    reached at its lab address, with the lab's secrets store, the one
+    ``kontur deploy --lab`` rendered from)."""
+    from . import target
     from .pki import operator_cert
-    from .secrets import SecretStore, default_dir
 
+    t = where if isinstance(where, target.Target) else target.resolve(where, lab=lab, secrets_dir=secrets_dir)
+    region = t.region
     if node not in region.nodes:
         raise InvalidInput(f"node {node!r} is not in the inventory")
-    if lab:
-        from .lab.state import running_lab_region
-        region = running_lab_region(region)
     spec = region.nodes[node]
-    how = "`kontur deploy --lab`" if lab else "`kontur render` (or deploy)"
-    directory = default_dir(region.region.name, lab=lab)
-    if lab and not directory.is_dir():
-        raise InvalidInput(f"the lab's secrets store {directory} does not exist; run {how} first")
-    store = SecretStore(directory, create=False)
+    how = "`kontur deploy --lab`" if t.lab else "`kontur render` (or deploy)"
+    store = t.existing_store()
     password = store.get(f"nodes/{node}/{SERVICE_USER}")
     if password is None:
         raise InvalidInput(f"the secrets store {store.dir} has no password for nodes/{node}/{SERVICE_USER}; "

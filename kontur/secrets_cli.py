@@ -263,11 +263,8 @@ def rotate_ca_command(inventory, lab, secrets_dir, reason, phase2, phase3, force
 
 def _reachable(region, lab: bool):
     """The region with the addresses this machine reaches it at (the running lab's with --lab)."""
-    if lab:
-        from .lab.state import require_state, running_lab_region
-        require_state()
-        return running_lab_region(region)
-    return region
+    from . import target
+    return target.resolve(region, lab=lab).region
 
 
 @secrets_group.command("log")

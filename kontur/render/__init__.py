@@ -150,7 +150,11 @@ def policy_for(region: Region, node: str, upstream: dict | None) -> dict | None:
     return build_policy(region, node, upstream)
 
 
-def render_node(region: Region, node: str, store: SecretStore) -> Bundle:
+def render_node(region: Region, node: str, store: SecretStore,
+                apt: system.AptRepository | None = None) -> Bundle:
+    """Every file, directory, package and service of ``node``.  ``apt``: the
+    package source instead of the region's mirror (the lab's repository; the
+    target decides it, :meth:`kontur.target.Target.render_node`)."""
     if node not in region.nodes:
         raise KeyError(node)
     spec = region.nodes[node]
@@ -161,7 +165,7 @@ def render_node(region: Region, node: str, store: SecretStore) -> Bundle:
     cas = trusted(store, title)        # the regional CA; two during a CA rotation (kontur.rotation)
     cert = node_cert(store, title, node, [spec.address])
     bundle = Bundle(node=node, role=role.value, packages=packages_for(role, index))
-    system.add_apt_source(region, bundle)
+    system.add_apt_source(region, bundle, apt)
 
     # TLS material: nginx (root) and Orthanc/plugin (group orthanc) read the key
     key_group = "orthanc" if is_archive(role) else "root"
@@ -280,9 +284,10 @@ def _render_orthanc(region: Region, node: str, store: SecretStore, bundle: Bundl
     return services
 
 
-def render_region(region: Region, store: SecretStore, nodes: list[str] | None = None) -> list[Bundle]:
+def render_region(region: Region, store: SecretStore, nodes: list[str] | None = None,
+                  apt: system.AptRepository | None = None) -> list[Bundle]:
     names = nodes or list(region.nodes)
-    return [render_node(region, n, store) for n in names]
+    return [render_node(region, n, store, apt) for n in names]
 
 
 __all__ = ["Bundle", "Directory", "RenderedFile", "render_node", "render_region"]

@@ -5,12 +5,16 @@ the two stay small; :func:`kontur.render.render_node` calls these.
 - ``/etc/apt/sources.list.d/kontur.sources``: the region's package mirror
   (``region.package_mirror``), the only source a node uses: kontur then owns
   ``/etc/apt/sources.list.d`` and removes ``/etc/apt/sources.list``.
+  In the lab instead (:class:`AptRepository`, given by the target): the lab's
+  signed repository, ``/etc/apt/sources.list.d/kontur-lab.list`` and its key
+  ``/etc/apt/keyrings/kontur-lab.gpg``.
 - ``/etc/postgresql/<version>/main/conf.d/kontur.conf``: PostgreSQL listens on
   loopback only, on the inventory's port; Orthanc is its only client.
 """
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
 from ..model import Region
 from .bundle import Bundle, RenderedFile
@@ -23,6 +27,17 @@ POSTGRESQL_CONF = f"/etc/postgresql/{POSTGRESQL_VERSION}/{POSTGRESQL_CLUSTER}/co
 POSTGRESQL_CLUSTER_UNIT = f"postgresql@{POSTGRESQL_VERSION}-{POSTGRESQL_CLUSTER}.service"
 APT_SOURCE = "/etc/apt/sources.list.d/kontur.sources"
 DEBIAN_SUITE = "bookworm"
+#: the lab's repository key on a host (see kontur.lab.config.HOST_KEYRING) and its source
+LAB_KEYRING = "/etc/apt/keyrings/kontur-lab.gpg"
+LAB_SOURCE = "/etc/apt/sources.list.d/kontur-lab.list"
+
+
+@dataclass(frozen=True)
+class AptRepository:
+    """A signed repository as a node's only package source (the lab's): its
+    public key and its ``deb [signed-by=...] URL ./`` line."""
+    keyring: bytes
+    source_line: str
 
 
 def postgresql_conf(port: int) -> bytes:
@@ -67,11 +82,20 @@ def apt_source(mirror: str) -> bytes:
     ])).encode()
 
 
-def add_apt_source(region: Region, bundle: Bundle) -> None:
-    mirror = region.region.package_mirror
-    if not mirror:
-        return
-    bundle.files.append(RenderedFile(APT_SOURCE, apt_source(mirror), "0644"))
+def add_apt_source(region: Region, bundle: Bundle, repository: AptRepository | None = None) -> None:
+    if repository is not None:
+        line = repository.source_line.strip()
+        if not line or "\n" in line or any(not c.isprintable() for c in line):
+            raise ValueError(f"the repository's source line {line!r} is not one line of printable text")
+        bundle.files += [
+            RenderedFile(LAB_KEYRING, repository.keyring, "0644"),
+            RenderedFile(LAB_SOURCE, f"# kontur lab: the lab's signed repository is the only source\n{line}\n".encode(),
+                         "0644")]
+    else:
+        mirror = region.region.package_mirror
+        if not mirror:
+            return
+        bundle.files.append(RenderedFile(APT_SOURCE, apt_source(mirror), "0644"))
     bundle.owned["/etc/apt/sources.list.d"] = "*"
     bundle.owned["/etc/apt"] = "sources.list"
 

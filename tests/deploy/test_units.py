@@ -117,3 +117,41 @@ def test_deploy_of_an_invalid_inventory_prints_validates_messages(tmp_path):
                            stdin=subprocess.DEVNULL, capture_output=True, text=True, env=env, timeout=120)
         assert p.returncode == 2, p.stdout + p.stderr
         assert "Traceback" not in p.stderr and "the region is not sound" in p.stderr and "line " in p.stderr
+
+
+def test_the_runner_reports_each_hosts_stages_to_its_progress_callback(tmp_path):
+    """run_deploy's on_host hears every host's stage (a live board plugs in there);
+    a host whose SSH port is closed fails at "connect", the others are not touched.
+    Real ssh to loopback ports where nothing listens; run in its own process
+    (the runner patches the process for gevent)."""
+    import json
+    import os
+    import socket
+    import subprocess
+    import sys
+    from pathlib import Path
+    small = Path(__file__).resolve().parents[1] / "data" / "small-region.yaml"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]          # closed again: nothing listens there
+    text = small.read_text(encoding="utf-8").replace("10.43.", "127.43.")
+    text = text.replace("address: 127.43.1.10", f"address: 127.43.1.10\n    ports: {{ssh: {port}}}", 1)
+    region = tmp_path / "region.yaml"
+    region.write_text(text, encoding="utf-8")
+    script = (
+        "import json, sys\n"
+        "from kontur.deploy import STAGES, deploy_target, run_deploy\n"
+        f"where = deploy_target({str(region)!r}, secrets_dir={str(tmp_path / 'secrets')!r})\n"
+        "events = []\n"
+        "r = run_deploy(where, limit=['city-lami'], dry_run=True, emit=lambda line, kind='progress': None,\n"
+        "               on_host=lambda p: events.append([p.node, p.stage, p.step]))\n"
+        "print(json.dumps({'events': events, 'failed': [(h.node, h.failed_step) for h in r.failed],\n"
+        "                  'hosts': list(r.hosts), 'stages': list(STAGES)}))\n")
+    p = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                       env=dict(os.environ, KONTUR_SSH_KEY="", KONTUR_KNOWN_HOSTS=str(tmp_path / "known_hosts")))
+    assert p.returncode == 0, p.stderr
+    got = json.loads(p.stdout.strip().splitlines()[-1])
+    assert got["hosts"] == ["city-lami"]
+    assert got["failed"] == [["city-lami", "connect"]]
+    assert got["events"] == [["city-lami", "connect", None], ["city-lami", "failed", "connect"]]
+    assert got["stages"] == ["connect", "store check", "prepare", "confirm", "execute"]

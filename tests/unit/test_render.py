@@ -155,3 +155,25 @@ def test_store_readable_by_others_is_refused(tmp_path):
     d.chmod(0o755)
     with pytest.raises(OperationFailed, match="readable by others"):
         SecretStore(d)
+
+
+def test_golden_lab_package_source(store):
+    """In the lab the bundle carries the lab's repository instead of the region's mirror
+    (tests/golden/lab/<node>/; the key is the lab's own, not golden); nothing else changes."""
+    from kontur.render.system import APT_SOURCE, LAB_KEYRING, LAB_SOURCE, AptRepository
+    repo = AptRepository(keyring=b"the lab's key",
+                         source_line="deb [signed-by=/etc/apt/keyrings/kontur-lab.gpg] http://198.18.0.1:8799/ ./")
+    lab = files_of(render_node(load(), "onco-lami", store, apt=repo))
+    prod = files_of(render_node(load(), "onco-lami", store))
+    golden = GOLDEN / "lab" / "onco-lami" / LAB_SOURCE.lstrip("/")
+    if UPDATE:
+        golden.parent.mkdir(parents=True, exist_ok=True)
+        golden.write_bytes(lab[LAB_SOURCE])
+    assert golden.exists(), f"no golden file {golden}; run with KONTUR_UPDATE_GOLDEN=1 and review the diff"
+    assert lab[LAB_SOURCE].decode() == golden.read_text()
+    assert lab[LAB_KEYRING] == b"the lab's key"
+    assert {p: c for p, c in lab.items() if not p.startswith("/etc/apt/")} == \
+        {p: c for p, c in prod.items() if not p.startswith("/etc/apt/")}
+    assert APT_SOURCE not in lab
+    with pytest.raises(ValueError, match="not one line"):
+        render_node(load(), "onco-lami", store, apt=AptRepository(b"k", "deb http://x/ ./\nTrusted: yes"))

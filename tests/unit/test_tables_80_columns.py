@@ -42,7 +42,7 @@ def in_rows(rows: list[list[str]], names) -> set[str]:
 
 
 def test_show(region):
-    from kontur.commands import summary_tables
+    from kontur.cli.core import summary_tables
     lines = render(*summary_tables(region))
     wanted = set(region.nodes) | {s.address for s in region.nodes.values()} | {
         s.aet for s in region.nodes.values() if s.aet}
@@ -52,7 +52,7 @@ def test_show(region):
 
 
 def test_check(region, tmp_path):
-    from kontur.check import _table
+    from kontur.cli.check import _table
     store = SecretStore(tmp_path / "secrets")
     results, rows = [], []
     for n, spec in region.nodes.items():

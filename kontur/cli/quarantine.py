@@ -12,10 +12,11 @@ import json
 import click
 from rich.table import Table
 
-from . import nodeapi
-from .cli import CONTEXT, err, inventory_option, load_region, out
-from .errors import InvalidInput, OperationFailed
-from .replication_cli import _targets
+from .. import nodeapi, target
+from . import CONTEXT, err, inventory_option, load_region, out
+from .core import secrets_option
+from ..errors import InvalidInput, OperationFailed
+from ..replication_cli import _targets
 
 
 @click.group("quarantine", context_settings=CONTEXT)
@@ -32,15 +33,17 @@ def _when(ts) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (one object per node).")
 @click.option("--lab", is_flag=True, help="Ask the nodes of the running region lab.")
 @inventory_option
-def list_command(hospital, as_json, lab, inventory):
+@secrets_option
+def list_command(hospital, as_json, lab, inventory, secrets_dir):
     """What is held and why, with each node's counts (valid / incomplete /
     quarantined).  Exit 0 nothing held; 1 something is held or a node could
     not be asked; 2 invalid input."""
     region = load_region(inventory)
+    where = target.resolve(region, lab=lab, secrets_dir=secrets_dir)
     rows, bad = [], 0
     for n in _targets(region, None, hospital):
         try:
-            rows.append({"node": n, **nodeapi.client_for(region, n, lab=lab).quarantine()})
+            rows.append({"node": n, **nodeapi.client_for(where, n).quarantine()})
         except nodeapi.NodeError as exc:
             rows.append({"node": n, "hospital": region.hospital_of(n), "error": str(exc)})
             bad += 1
@@ -80,16 +83,18 @@ def list_command(hospital, as_json, lab, inventory):
 @click.option("--hospital", metavar="H", help="The hospital whose node holds it (default: ask every one).")
 @click.option("--lab", is_flag=True, help="The nodes of the running region lab.")
 @inventory_option
-def release_command(study, reason, hospital, lab, inventory):
+@secrets_option
+def release_command(study, reason, hospital, lab, inventory, secrets_dir):
     """Let a quarantined STUDY (StudyInstanceUID or Orthanc ID) go as it is:
     the manual override, kept in the node's audit trail (who, when, why)."""
     if not reason.strip():
         raise InvalidInput("--reason is empty; say why the study may go as it is")
     region = load_region(inventory)
+    where = target.resolve(region, lab=lab, secrets_dir=secrets_dir)
     released, errors = [], []
     for n in _targets(region, None, hospital):
         try:
-            res = nodeapi.client_for(region, n, lab=lab).release_quarantine(study, reason)
+            res = nodeapi.client_for(where, n).release_quarantine(study, reason)
             released.append((n, res))
         except nodeapi.NodeError as exc:
             if exc.status in (404, 409):

@@ -15,11 +15,12 @@ import json
 import click
 from rich.table import Table
 
-from . import nodeapi
-from .cli import CONTEXT, err, inventory_option, load_region, out
-from .errors import InvalidInput, OperationFailed
-from .model import Role
-from .replication_cli import _targets
+from .. import nodeapi, target
+from . import CONTEXT, err, inventory_option, load_region, out
+from .core import secrets_option
+from ..errors import InvalidInput, OperationFailed
+from ..model import Role
+from ..replication_cli import _targets
 
 
 @click.group("study", context_settings=CONTEXT)
@@ -34,16 +35,18 @@ def study_group():
 @click.option("--json", "as_json", is_flag=True, help="Print the node's JSON answer.")
 @click.option("--lab", is_flag=True, help="Ask the nodes of the running region lab.")
 @inventory_option
-def status_command(value, node, hospital, as_json, lab, inventory):
+@secrets_option
+def status_command(value, node, hospital, as_json, lab, inventory, secrets_dir):
     """The study's steps with their times and what is still to come.  Exit 0
     found; 1 no node knows it or a node could not be asked; 2 invalid input."""
     if not value.strip():
         raise InvalidInput("give an accession number or a Study Instance UID")
     region = load_region(inventory)
+    where = target.resolve(region, lab=lab, secrets_dir=secrets_dir)
     problems = []
     for n in _targets(region, node, hospital):
         try:
-            body = nodeapi.client_for(region, n, lab=lab).get(f"kontur/study/{value}")
+            body = nodeapi.client_for(where, n).get(f"kontur/study/{value}")
         except nodeapi.NodeError as exc:
             if exc.status == 404:
                 continue
@@ -81,15 +84,15 @@ def _print(body: dict) -> None:
         out.print("still to come: " + ", ".join(body["to_come"]), markup=False, highlight=False)
 
 
-def _tsami(region, lab: bool):
-    nodes = region.nodes_by_role(Role.TSAMI)
+def _tsami(where: target.Target):
+    nodes = where.region.nodes_by_role(Role.TSAMI)
     if not nodes:
         raise InvalidInput("the inventory has no TsAMI node (role: tsami): studies are shared on the TsAMI")
-    return nodes[0], nodeapi.client_for(region, nodes[0], lab=lab)
+    return nodes[0], nodeapi.client_for(where, nodes[0])
 
 
-def _share_call(region, lab: bool, method: str, path: str, body=None):
-    node, client = _tsami(region, lab)
+def _share_call(region, lab: bool, secrets_dir: str | None, method: str, path: str, body=None):
+    node, client = _tsami(target.resolve(region, lab=lab, secrets_dir=secrets_dir))
     try:
         return node, client.request(method, path, body)
     except nodeapi.NodeError as exc:
@@ -106,7 +109,8 @@ def _share_call(region, lab: bool, method: str, path: str, body=None):
 @click.option("--reason", required=True, metavar="TEXT", help="Why: double reading, second opinion, ...")
 @click.option("--lab", is_flag=True, help="Share on the running region lab's TsAMI.")
 @inventory_option
-def share_command(study, hospital, days, reason, lab, inventory):
+@secrets_option
+def share_command(study, hospital, days, reason, lab, inventory, secrets_dir):
     """Let another hospital's radiologists open a study's TsAMI copy through
     the viewer link for DAYS days (double reading, second opinion).  The
     share, each opening through it and its revocation are audited on the
@@ -115,7 +119,7 @@ def share_command(study, hospital, days, reason, lab, inventory):
     if hospital not in region.hospitals:
         raise InvalidInput(f"--with {hospital!r} is not a hospital of the inventory; expected one of "
                            + ", ".join(sorted(region.hospitals)))
-    node, body = _share_call(region, lab, "POST", "kontur/shares",
+    node, body = _share_call(region, lab, secrets_dir, "POST", "kontur/shares",
                              {"study": study, "hospital": hospital, "days": days, "reason": reason})
     s = body["share"]
     out.print(f"shared study {s['study_uid']} with {hospital} on {node} until {s['expires_at']} "
@@ -127,10 +131,11 @@ def share_command(study, hospital, days, reason, lab, inventory):
 @click.option("--json", "as_json", is_flag=True, help="Print the TsAMI's JSON answer (with the audit trail).")
 @click.option("--lab", is_flag=True, help="Ask the running region lab's TsAMI.")
 @inventory_option
-def shares_command(as_json, lab, inventory):
+@secrets_option
+def shares_command(as_json, lab, inventory, secrets_dir):
     """The TsAMI's shares: active, expired and revoked."""
     region = load_region(inventory)
-    node, body = _share_call(region, lab, "GET", "kontur/shares")
+    node, body = _share_call(region, lab, secrets_dir, "GET", "kontur/shares")
     if as_json:
         out.print_json(json.dumps(body, ensure_ascii=False))
         return 0
@@ -148,10 +153,11 @@ def shares_command(as_json, lab, inventory):
 @click.argument("share_id", metavar="SHARE-ID", type=int)
 @click.option("--lab", is_flag=True, help="On the running region lab's TsAMI.")
 @inventory_option
-def unshare_command(share_id, lab, inventory):
+@secrets_option
+def unshare_command(share_id, lab, inventory, secrets_dir):
     """End a share now (audited)."""
     region = load_region(inventory)
-    node, body = _share_call(region, lab, "DELETE", f"kontur/shares/{share_id}")
+    node, body = _share_call(region, lab, secrets_dir, "DELETE", f"kontur/shares/{share_id}")
     s = body["share"]
     out.print(f"share {s['id']} of study {s['study_uid']} with {s['hospital']}: {s['state']}",
               markup=False, highlight=False)

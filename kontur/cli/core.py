@@ -6,9 +6,9 @@ from pathlib import Path
 import click
 from rich.table import Table
 
-from .cli import cli, err, inventory_option, inventory_path, load_region, out, whole
-from .model import LEGACY_NOTE, Region, Role
-from .secrets import SecretStore, store_dir
+from .. import target
+from . import cli, err, inventory_option, inventory_path, load_region, out, whole
+from ..model import LEGACY_NOTE, Region, Role
 
 
 def secrets_option(f):
@@ -16,10 +16,6 @@ def secrets_option(f):
         "--secrets", "secrets_dir", metavar="DIR", default=None,
         help="Secrets store (passwords, the regional CA, node keys); created on first use, mode 0700. "
              "Default: $KONTUR_SECRETS, else ~/.local/share/kontur/secrets/<region>.")(f)
-
-
-def open_store(region: Region, secrets_dir: str | None, lab: bool = False) -> SecretStore:
-    return SecretStore(store_dir(region.region.name, secrets_dir, lab=lab))
 
 
 @cli.command()
@@ -98,7 +94,8 @@ def show(inventory):
 @click.option("--out", "out_dir", metavar="DIR", default="out", show_default=True,
               help="Where to write: one folder per node, DIR/<node>/<path on the node>.")
 @click.option("--node", "nodes", metavar="NODE", multiple=True, help="Render only this node (repeatable).")
-@click.option("--lab", is_flag=True, help="Render with the running lab's addresses and the lab's secrets store.")
+@click.option("--lab", is_flag=True, help="Render for the running lab: its addresses, its package repository and "
+                                         "its secrets store -- exactly what `kontur deploy --lab` uploads.")
 @secrets_option
 def render(inventory, out_dir, nodes, lab, secrets_dir):
     """Render every node's files from the inventory.
@@ -111,29 +108,23 @@ def render(inventory, out_dir, nodes, lab, secrets_dir):
     a change restarts.  Rendering is deterministic: the same inventory and
     secrets store give byte-identical files.
     """
-    from .errors import InvalidInput
-    from .render import render_region
+    from ..errors import InvalidInput, OperationFailed
+    from ..render.bundle import write_out
 
     region = load_region(inventory)
-    if lab:
-        from .lab.state import lab_region, load_state
-        state = load_state()
-        if state is None:
-            raise InvalidInput("no lab is running; start one with `kontur lab up` first")
-        region = lab_region(region, state)
-    unknown = [n for n in nodes if n not in region.nodes]
+    # the production region or the running lab: kontur.target decides, as for deploy
+    where = target.resolve(region, lab=lab, inventory=inventory_path(inventory), secrets_dir=secrets_dir)
+    unknown = [n for n in nodes if n not in where.region.nodes]
     if unknown:
-        raise InvalidInput(f"unknown node {unknown[0]!r}; expected one of: {', '.join(region.nodes)}")
-    from .errors import OperationFailed
-    from .render.bundle import write_out
+        raise InvalidInput(f"unknown node {unknown[0]!r}; expected one of: {', '.join(where.region.nodes)}")
     try:
-        store = open_store(region, secrets_dir, lab=lab)
-        bundles = render_region(region, store, list(nodes) or None)
+        store = where.store()
+        bundles = where.render(store, list(nodes) or None)
     except OSError as exc:
         raise OperationFailed(f"the secrets store: {exc.filename or ''}: {exc.strerror or exc}") from None
-    target = Path(out_dir)
-    write_out(target, bundles, keep=set(region.nodes))
-    table = Table(title=f"rendered into {target}/", title_justify="left")
+    folder = Path(out_dir)
+    write_out(folder, bundles, keep=set(where.region.nodes))
+    table = Table(title=f"rendered into {folder}/", title_justify="left")
     for col in ("node", "role", "files", "services"):
         table.add_column(col)
     for b in bundles:

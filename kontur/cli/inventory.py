@@ -21,11 +21,11 @@ import click
 from rich.table import Table
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 
-from .cli import inventory_option, inventory_path, out
-from .errors import InvalidInput
-from .files import replace_keeping_mode
-from .inventory import InventoryError, dump_rt, locked, parse_yaml, read_text, validate_data
-from .model import LEGACY_NOTE, Role
+from . import inventory_option, inventory_path, out
+from ..errors import InvalidInput
+from ..files import replace_keeping_mode
+from ..inventory import InventoryError, dump_rt, locked, parse_yaml, read_text, validate_data
+from ..model import LEGACY_NOTE, Role
 
 
 def _edit(inventory: str | None, change: Callable[[Path, CommentedMap], str]) -> None:
@@ -271,7 +271,7 @@ def sheet(inventory, modality):
     """Print the connection sheet for MODALITY (its AE title or name): what the
     modality engineer enters on site (R8).  Both sides get the other's AE
     title, address and port."""
-    from .cli import load_region
+    from . import load_region
 
     region = load_region(inventory)
     found = region.find_modality(modality)

@@ -1,4 +1,9 @@
-"""The ``kontur`` command line.
+"""The ``kontur`` command line: this package holds the commands (``core``:
+validate, show, render; ``deploy``, ``check`` (and audit), ``inventory``,
+``users``, ``study``, ``quarantine``); the lab's, the secrets' and the
+replication's commands are still ``kontur/lab/cli.py``, ``kontur/secrets_cli.py``
+and ``kontur/replication_cli.py``.  Nothing under ``kontur/render/``,
+``deploys/`` or the runners imports from here (``tests/unit/test_layout.py``).
 
 Exit codes, for every command: 0 success; 1 the command ran and found
 problems, or an operation failed; 2 invalid input or usage.
@@ -13,9 +18,9 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from . import errors
-from .errors import KonturError
-from .inventory import EXAMPLE_INVENTORY, InventoryError, load
+from .. import errors
+from ..errors import KonturError
+from ..inventory import EXAMPLE_INVENTORY, InventoryError, load
 
 def _width(stream) -> int | None:
     """Tables keep their columns when the output is a pipe or a log file."""
@@ -155,17 +160,17 @@ def cli():
 
 
 def _register() -> None:
-    from . import commands  # noqa: F401  (registers the core commands)
-    for modname, attr in (("kontur.inventory_cli", "inventory_group"),
+    from . import core  # noqa: F401  (registers the core commands)
+    for modname, attr in (("kontur.cli.inventory", "inventory_group"),
                           ("kontur.lab.cli", "lab"),
-                          ("kontur.deploy", "deploy_command"),
-                          ("kontur.check", "check_command"),
-                          ("kontur.check", "audit_command"),
+                          ("kontur.cli.deploy", "deploy_command"),
+                          ("kontur.cli.check", "check_command"),
+                          ("kontur.cli.check", "audit_command"),
                           ("kontur.replication_cli", "replicate_command"),
                           ("kontur.replication_cli", "replication_group"),
-                          ("kontur.quarantine_cli", "quarantine_group"),
-                          ("kontur.study_cli", "study_group"),
-                          ("kontur.users_cli", "users_group"),
+                          ("kontur.cli.quarantine", "quarantine_group"),
+                          ("kontur.cli.study", "study_group"),
+                          ("kontur.cli.users", "users_group"),
                           ("kontur.secrets_cli", "secrets_group")):
         try:
             mod = __import__(modname, fromlist=[attr])

@@ -15,21 +15,24 @@ from pathlib import Path
 import click
 from rich.table import Table
 
-from .cli import err, inventory_option, load_region, out
-from .commands import open_store, secrets_option
-from .errors import InvalidInput
-from .model import Region, User
-from .files import atomic_write
+from . import err, inventory_option, load_region, out
+from .. import target
+from .core import secrets_option
+from ..errors import InvalidInput
+from ..model import Region, User
+from ..target import Target
+from ..files import atomic_write
 
 RIGHTS = ("view", "download", "upload", "delete", "admin")
 
 
+def _target(inventory: str | None, lab: bool, secrets_dir: str | None = None) -> Target:
+    """The production region or the running lab (:mod:`kontur.target`)."""
+    return target.resolve(load_region(inventory), lab=lab, secrets_dir=secrets_dir)
+
+
 def _region(inventory: str | None, lab: bool) -> Region:
-    region = load_region(inventory)
-    if lab:
-        from .lab.state import running_lab_region
-        region = running_lab_region(region)
-    return region
+    return _target(inventory, lab).region
 
 
 def user_nodes(region: Region, user: User) -> list[str]:
@@ -48,7 +51,7 @@ def browser_url(region: Region, node: str) -> str:
 
 def _unreachable(region: Region, user: User, nodes: list[str]) -> list[str]:
     """Why a browser of ``user`` may not get through the firewall to ``nodes``."""
-    from .render import firewall_rules
+    from ..render import firewall_rules
 
     notes = []
     hospital = region.hospitals.get(user.hospital) if user.hospital else None
@@ -125,14 +128,15 @@ def issue_cmd(login, inventory, out_dir, lab, legacy_p12, secrets_dir):
     Issuing again gives the same password and certificate (the secrets store keeps
     them).  The account itself appears on the nodes at the next `kontur deploy`.
     """
-    from .pki import user_p12
+    from ..pki import user_p12
 
-    region = _region(inventory, lab)
+    where = _target(inventory, lab, secrets_dir)
+    region = where.region
     user = _find(region, login)
     nodes = user_nodes(region, user)
     if not nodes:
         raise InvalidInput(f"user {login!r} has an account on no node (nodes: {user.nodes})")
-    store = open_store(region, secrets_dir, lab=lab)
+    store = where.store()
     password = store.password(f"users/{login}")
     p12, passphrase = user_p12(store, region.region.title, login, legacy=legacy_p12)
 
@@ -180,11 +184,10 @@ def revoke_cmd(login, inventory, reason, lab, secrets_dir):
     certificate.  To close the account, remove the user from the inventory (a
     person already removed can still be revoked).
     """
-    from . import revocation
-    from .pki import forget_user_cert, issued_user_cert
+    from .. import revocation
+    from ..pki import forget_user_cert, issued_user_cert
 
-    region = _region(inventory, lab)            # a person removed from the inventory is revoked too
-    store = open_store(region, secrets_dir, lab=lab)
+    store = _target(inventory, lab, secrets_dir).store()    # a person removed from the inventory is revoked too
     row = revocation.revoke(store, login, issued_user_cert(store, login), reason)
     forget_user_cert(store, login)
     out.print(f"{login}: certificate {row.serial:x} revoked ({row.reason}); nginx on every node refuses it "
