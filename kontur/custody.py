@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import fcntl
 import json
 import os
 import secrets as _random
@@ -199,6 +200,40 @@ def import_store(data: bytes, passphrase: str, source: str, directory: Path, reg
     identity = StoreIdentity(ca_sha256=str(header.get("ca_sha256")), store_id=str(body["secrets"].get(
         "store/id", "")))
     directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    busy = InvalidInput(f"the secrets store {directory} is in use by another kontur command (a deploy, a render, "
+                        f"a rotation, an import); nothing was imported. Import again when it has ended")
+    # two imports into one directory do not interleave (a lock beside it: the store's own lock is taken
+    # again by what the import opens); a command writing the store now is waited for by nobody: refused
+    lock_path = directory.with_name(f".{directory.name}.import.lock")
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise busy from None
+        if (directory / SecretStore.LOCK).is_file() and not _free(directory / SecretStore.LOCK):
+            raise busy
+        return _import_locked(body, header, identity, directory, replace)
+    finally:
+        os.close(fd)
+        lock_path.unlink(missing_ok=True)
+
+
+def _free(lock_file: Path) -> bool:
+    """No kontur command holds the store's lock (tried without waiting, released at once)."""
+    fd = os.open(lock_file, os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)
+
+
+def _import_locked(body: dict, header: dict, identity: StoreIdentity, directory: Path,
+                   replace: bool) -> tuple[StoreIdentity, Path | None]:
     kept = None
     if directory.exists() and any(p.name != SecretStore.LOCK for p in directory.iterdir()):
         if _same(directory, body):

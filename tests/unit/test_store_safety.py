@@ -331,3 +331,33 @@ def test_an_export_carries_node_and_user_certificates_and_an_old_flat_export_imp
     assert pki.ensure_ca(c, region.region.title).key_pem == files["ca.key"]
     # the same store again is recognised as the same (nothing replaced)
     assert custody.import_store(data, "a long enough passphrase", "x", tmp_path / "b", region.region.name)[1] is None
+
+
+def test_an_import_into_a_store_another_command_is_writing_is_refused_and_changes_nothing(tmp_path):
+    import fcntl
+
+    from kontur import custody
+    from kontur.errors import InvalidInput
+    region = load()
+    a, b = SecretStore(tmp_path / "a"), SecretStore(tmp_path / "b")
+    render_region(region, a, ["tsami"])
+    render_region(region, b, ["tsami"])
+    data = custody.export_store(a, region.region.name, region.region.title, "a long enough passphrase")
+    before = {p: p.read_bytes() for p in b.dir.rglob("*") if p.is_file()}
+    with b.locked():                                   # a deploy or a rotation writing to b
+        with pytest.raises(InvalidInput, match="in use by another kontur command"):
+            custody.import_store(data, "a long enough passphrase", "x", b.dir, region.region.name, replace=True)
+    assert {p: p.read_bytes() for p in b.dir.rglob("*") if p.is_file()} == before
+    assert not list(tmp_path.glob("b.replaced-*"))
+    # and once it has ended, the import goes through (b kept aside)
+    custody.import_store(data, "a long enough passphrase", "x", b.dir, region.region.name, replace=True)
+    assert len(list(tmp_path.glob("b.replaced-*"))) == 1
+    # a new store's directory: two imports at once do not interleave
+    fd = os.open(tmp_path / ".c.import.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        with pytest.raises(InvalidInput, match="in use"):
+            custody.import_store(data, "a long enough passphrase", "x", tmp_path / "c", region.region.name)
+        assert not (tmp_path / "c").exists()
+    finally:
+        os.close(fd)
