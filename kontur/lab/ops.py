@@ -264,6 +264,7 @@ def up(region: Region, inventory: Path, progress: Progress = _quiet) -> LabState
                 hint="stop whatever uses it; a lab whose state file was lost is removed with "
                      f"`ip link del {BRIDGE}` and `ip netns delete NAME` for its kl-* namespaces")
         t0 = time.monotonic()
+        _forget_secrets(progress, "an earlier lab's")
         base = ensure_base(progress)
         repo = ensure_repo(progress)
         d = lab_dir()
@@ -646,6 +647,17 @@ def _check_logins(state: LabState, nodes: list[str] | None = None) -> None:
 
 # --- down -------------------------------------------------------------------
 
+def _forget_secrets(progress: Progress, whose: str) -> None:
+    """The lab's secrets store (its CA, passwords, a CA change-over under way) belongs to its hosts: it
+    goes with them.  A lab that crashed without ``down`` left its store behind; a new lab starts without
+    it (else a half-done rotation of hosts long gone would refuse the next one)."""
+    from ..secrets import default_dir
+    d = default_dir("", lab=True)
+    if d.exists():
+        fs.remove_tree(d)
+        progress(f"removed {whose} secrets store {d} (its hosts are gone)")
+
+
 def down(progress: Progress = _quiet) -> bool:
     """Stop and remove the lab.  False when there was none (a no-op)."""
     check_root()
@@ -672,6 +684,7 @@ def down(progress: Progress = _quiet) -> bool:
             save_state(state)
             raise OperationFailed("the lab is only partly down: " + "; ".join(problems),
                                   hint="fix the cause and run `kontur lab down` again")
+        _forget_secrets(progress, "the lab's")
         state_file().unlink(missing_ok=True)
         _clear_owner(state)
         progress(f"lab down: region {state.region_name} removed in {time.monotonic() - t0:.1f} s")

@@ -27,6 +27,7 @@ from kontur.lab.proc import alive
 from kontur.lab.pytest_fixtures import SMALL_INVENTORY
 from kontur.lab.state import lab_region, load_state, ssh_command
 from kontur.packages import NODE_PACKAGES
+from kontur.secrets import default_dir
 
 pytestmark = pytest.mark.lab
 
@@ -367,11 +368,14 @@ def test_down_leaves_nothing_behind(example_lab):
         | {m.netns for m in state.mis.values()}
     links = {r["name"] for r in state.resources if r["kind"] == "link"}
     assert pids and netns and BRIDGE in links
+    secrets = default_dir(state.region_name, lab=True)
+    _leftover_store(secrets)            # whatever the lab's store holds (the deploys' CA, passwords)
 
     cp = kontur("lab", "down")
     assert cp.returncode == 0, cp.stderr
 
     assert load_state() is None
+    assert not secrets.exists() and f"removed the lab's secrets store {secrets}" in cp.stderr, cp.stderr
     listed = subprocess.run(["ip", "netns", "list"], check=False, capture_output=True, text=True).stdout
     assert not [line for line in listed.splitlines() if line.split()[0] in netns or line.startswith("kl-")]
     ip_link = subprocess.run(["ip", "-o", "link"], check=False, capture_output=True, text=True).stdout
@@ -410,8 +414,33 @@ def nothing_of_a_lab_exists() -> list[str]:
     return left
 
 
+def _leftover_store(d: Path) -> Path:
+    """A lab store as a lab that crashed leaves it: a CA change-over half done for hosts gone."""
+    d.mkdir(parents=True, exist_ok=True)
+    marker = d / "left-by-an-earlier-lab"
+    marker.write_text("a CA change-over under way, phase 2 of 3\n")
+    return marker
+
+
+def test_a_new_lab_starts_without_the_secrets_store_an_earlier_one_left(no_lab):
+    """A lab that crashed (no `lab down`) left its store: a new lab's first deploy would push that old CA,
+    and a change-over it had half done refused the next `kontur secrets rotate ca` (a CI failure)."""
+    secrets = default_dir("small", lab=True)
+    marker = _leftover_store(secrets)
+    try:
+        cp = kontur("lab", "up", "-i", str(SMALL_INVENTORY))
+        assert cp.returncode == 0, cp.stderr
+        assert not marker.exists(), "the earlier lab's store was kept"
+        assert f"removed an earlier lab's secrets store {secrets}" in cp.stderr, cp.stderr
+    finally:
+        down = kontur("lab", "down")
+    assert down.returncode == 0, down.stderr
+    assert nothing_of_a_lab_exists() == []
+
+
 def test_up_refuses_when_the_lab_network_is_already_taken(no_lab):
     # an address of 198.18.0.0/24 on some interface that no lab state accounts for
+    marker = _leftover_store(default_dir("small", lab=True))
     subprocess.run(["ip", "link", "add", "kltaken0", "type", "bridge"], check=True)
     try:
         subprocess.run(["ip", "addr", "add", "198.18.0.250/32", "dev", "kltaken0"], check=True)
@@ -421,6 +450,8 @@ def test_up_refuses_when_the_lab_network_is_already_taken(no_lab):
     assert cp.returncode == 2, cp.stderr
     assert "198.18.0.250" in cp.stderr and "kltaken0" in cp.stderr and "Nothing was changed" in cp.stderr
     assert nothing_of_a_lab_exists() == []
+    assert marker.exists(), "a refused lab up removed the lab's secrets store"
+    fs.remove_tree(marker.parent)
 
 
 def test_up_that_fails_midway_rolls_back_everything(no_lab):
