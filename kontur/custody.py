@@ -208,11 +208,7 @@ def import_store(data: bytes, passphrase: str, source: str, directory: Path, reg
     lock_path = directory.with_name(f".{directory.name}.import.lock")
     fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise busy from None
-        if (directory / SecretStore.LOCK).is_file() and not _free(directory / SecretStore.LOCK):
+        if not _try_lock(fd) or ((directory / SecretStore.LOCK).is_file() and not _free(directory / SecretStore.LOCK)):
             raise busy
         return _import_locked(body, header, identity, directory, replace)
     finally:
@@ -220,14 +216,20 @@ def import_store(data: bytes, passphrase: str, source: str, directory: Path, reg
         lock_path.unlink(missing_ok=True)
 
 
-def _free(lock_file: Path) -> bool:
-    """No kontur command holds the store's lock (tried without waiting, released at once)."""
-    fd = os.open(lock_file, os.O_RDWR)
+def _try_lock(fd: int) -> bool:
+    """An exclusive flock on ``fd`` without waiting; False when someone holds it."""
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         return True
     except BlockingIOError:
         return False
+
+
+def _free(lock_file: Path) -> bool:
+    """No kontur command holds the store's lock (tried without waiting, released at once)."""
+    fd = os.open(lock_file, os.O_RDWR)
+    try:
+        return _try_lock(fd)
     finally:
         os.close(fd)
 
