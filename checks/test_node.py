@@ -176,7 +176,7 @@ def _store_from_the_hospital(target, node: str, calling: str | None, called: str
     from kontur.testing.dicom import make_instance
     region = target.region
     device = next((m for h in region.hospitals.values() if h.node == node for m in h.modalities
-                   if m.aet in target.state.modalities), None)
+                   if target.where.device_netns(m.aet)), None)
     if device is None:
         pytest.skip(f"no device of {node}'s hospitals has a namespace in the lab")
     inst = make_instance(patient_id="KONTUR-AUDIT", patient_name="AUDIT^PROBE", study_uid=generate_uid(),
@@ -185,7 +185,7 @@ def _store_from_the_hospital(target, node: str, calling: str | None, called: str
         f = Path(d) / "probe.dcm"
         f.write_bytes(inst.data)
         run = target.auditor().run(
-            f"ip netns exec {target.state.modalities[device.aet].netns} env TCP_NODELAY=1 storescu -ta 5 -td 5 "
+            f"ip netns exec {target.where.device_netns(device.aet)} env TCP_NODELAY=1 storescu -ta 5 -td 5 "
             f"-to 5 -aet {calling or device.aet} -aec {called or region.nodes[node].aet} "
             f"{region.nodes[node].address} {region.ports(node).dicom} {f}")
     host = target.host(node)

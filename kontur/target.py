@@ -74,6 +74,12 @@ class Target:
             port = self.region.ports(node).ssh
         return dataclasses.replace(self.ssh_settings, port=port)
 
+    def device_netns(self, aet: str) -> str | None:
+        """The lab's network namespace of the device ``aet`` (None in production, or when the lab runs none)."""
+        if self.lab_state is None or aet not in self.lab_state.modalities:
+            return None
+        return self.lab_state.modalities[aet].netns
+
     def require_hosts(self, nodes: list[str] | None = None) -> None:
         """In the lab: every one of ``nodes`` (default: the region's) has a lab host."""
         if self.lab_state is None:

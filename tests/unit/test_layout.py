@@ -129,3 +129,39 @@ def test_lab_or_production_is_decided_in_the_target_module_only():
     lab_ssh = sorted(n for n, path in MODULES.items()
                      if "reach.lab(" in path.read_text() and not _under(n, MAY_READ_LAB + ("kontur.reach",)))
     assert not lab_ssh, f"the lab's SSH settings are chosen in kontur.target only: {lab_ssh}"
+
+
+def _checks_target_attributes() -> set[str]:
+    """What the audit's ``Target`` (checks/conftest.py) has: its methods and what ``__init__`` sets on self."""
+    tree = ast.parse((REPO / "checks" / "conftest.py").read_text())
+    cls = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "Target")
+    names = {n.name for n in cls.body if isinstance(n, ast.FunctionDef)}
+    for node in ast.walk(cls):
+        targets = node.targets if isinstance(node, ast.Assign) else \
+            [node.target] if isinstance(node, (ast.AnnAssign, ast.AugAssign)) else []
+        names |= {t.attr for t in targets if isinstance(t, ast.Attribute)
+                  and isinstance(t.value, ast.Name) and t.value.id == "self"}
+    return names
+
+
+def test_the_audits_controls_read_only_what_their_target_has():
+    """Every ``target.X`` and ``target.where.X`` a control reads exists (an attribute renamed in the
+    target module once failed ten controls in the example lab only)."""
+    import dataclasses
+
+    from kontur.target import Target
+    has = _checks_target_attributes()
+    where_has = {f.name for f in dataclasses.fields(Target)} | set(dir(Target))
+    missing = []
+    for path in sorted((REPO / "checks").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.Attribute):
+                continue
+            v = node.value
+            if isinstance(v, ast.Name) and v.id == "target" and node.attr not in has:
+                missing.append(f"{path.name}:{node.lineno}: target.{node.attr}")
+            elif (isinstance(v, ast.Attribute) and v.attr == "where" and isinstance(v.value, ast.Name)
+                  and v.value.id == "target" and node.attr not in where_has):
+                missing.append(f"{path.name}:{node.lineno}: target.where.{node.attr}")
+    assert "where" in has and "region" in has, sorted(has)
+    assert not missing, missing

@@ -133,12 +133,13 @@ def test_the_labs_bundle_carries_the_labs_repository_instead_of_the_mirror(regio
     assert LAB_SOURCE not in prod
 
 
-def test_render_lab_writes_exactly_what_the_deploy_uploads(region, lab, tmp_path):
+def test_render_lab_writes_exactly_what_the_deploy_uploads(region, lab, tmp_path, monkeypatch):
     """``kontur render --lab`` and the deploy's bundle (deploys/node.py, from the host data
     host_groups makes) are one rendering: same files, same bytes."""
     from pyinfra.api import Config, Inventory, State
     from pyinfra.context import ctx_host, ctx_state
 
+    monkeypatch.syspath_prepend(str(REPO))          # deploys/ (as pyinfra runs it)
     from deploys import node as node_ctx
     from kontur.deploy import host_groups
 
@@ -177,3 +178,15 @@ def test_node_api_commands_take_their_store_from_secrets(argv, tmp_path):
     assert p.returncode == 2, p.stdout + p.stderr
     assert f"the secrets store {missing} does not exist" in p.stderr and "Traceback" not in p.stderr
     assert not missing.exists()
+
+
+def test_a_devices_lab_namespace_comes_from_the_lab_none_in_production(region, lab, tmp_path):
+    from kontur.lab.state import ModalityInfo
+    device = region.hospitals["onco"].modalities[0].aet if "onco" in region.hospitals else \
+        next(m.aet for h in region.hospitals.values() for m in h.modalities)
+    save_state(LabState(**{**lab.to_dict(), "hosts": lab.hosts, "apt": lab.apt,
+                           "modalities": {device: ModalityInfo(address="198.18.0.77", netns="ns-dev")}}))
+    t = target.resolve(region, lab=True)
+    assert t.device_netns(device) == "ns-dev"
+    assert t.device_netns("NOT-A-DEVICE") is None
+    assert target.resolve(region, secrets_dir=tmp_path / "s").device_netns(device) is None
