@@ -1,0 +1,61 @@
+# SPDX-License-Identifier: AGPL-3.0-or-later
+"""The exporter's archive and destination over Orthanc's REST API (standard
+library only): the TsAMI's own Orthanc as the archive, the research node's as
+the destination.  Credentials come from a file, never a command line."""
+from __future__ import annotations
+
+import base64
+import json
+import ssl
+import urllib.request
+
+
+class Endpoint:
+    def __init__(self, url: str, username: str | None = None, password: str | None = None,
+                 context: ssl.SSLContext | None = None, timeout: float = 120):
+        self.url, self.timeout, self.context = url.rstrip("/"), timeout, context
+        self.headers = {}
+        if username is not None:
+            token = base64.b64encode(f"{username}:{password or ''}".encode()).decode()
+            self.headers["Authorization"] = f"Basic {token}"
+
+    def call(self, method: str, path: str, body: bytes | dict | None = None) -> bytes:
+        headers = dict(self.headers)
+        if isinstance(body, dict):
+            body = json.dumps(body).encode()
+            headers["Content-Type"] = "application/json"
+        elif body is not None:
+            headers["Content-Type"] = "application/dicom"
+        req = urllib.request.Request(self.url + path, data=body, method=method, headers=headers)
+        with urllib.request.urlopen(req, timeout=self.timeout, context=self.context) as resp:
+            return resp.read()
+
+
+class OrthancArchive:
+    """The :class:`~.export.Archive` of an Orthanc reached over REST."""
+
+    def __init__(self, endpoint: Endpoint):
+        self.ep = endpoint
+
+    def study_instances(self, study_id: str) -> list[str]:
+        return [i["ID"] for i in json.loads(self.ep.call("GET", f"/studies/{study_id}/instances"))]
+
+    def file(self, instance_id: str) -> bytes:
+        return self.ep.call("GET", f"/instances/{instance_id}/file")
+
+    def anonymize(self, instance_id: str, body: dict) -> bytes:
+        return self.ep.call("POST", f"/instances/{instance_id}/anonymize", body)
+
+    def studies(self) -> list[str]:
+        return json.loads(self.ep.call("GET", "/studies"))
+
+
+def store(endpoint: Endpoint, data: bytes) -> None:
+    """POST one instance to a destination Orthanc; refused unless it answers Success."""
+    answer = json.loads(endpoint.call("POST", "/instances", data))
+    if answer.get("Status") not in ("Success", "AlreadyStored"):
+        raise RuntimeError(f"the destination answered {answer.get('Status')!r}")
+
+
+def endpoint_from(doc: dict) -> Endpoint:
+    return Endpoint(doc["url"], doc.get("username"), doc.get("password"))
