@@ -414,6 +414,48 @@ class TransferPackage(Strict):
     procedure_code: list[AttributePath] | None = None
 
 
+class ResearchSelect(Strict):
+    """Which studies a research feed copies: every key given must hold; within a key, any value."""
+    hospitals: list[Slug] = Field(default_factory=list)
+    modalities: list[Annotated[str, Field(pattern=r"^[A-Z]{2,16}$")]] = Field(default_factory=list)
+    body_parts: list[Annotated[str, Field(pattern=r"^[A-Z0-9_ ]{1,16}$")]] = Field(default_factory=list)
+    descriptions: list[Annotated[str, Field(min_length=1, max_length=64)]] = Field(default_factory=list)
+    procedure_codes: list[Annotated[str, Field(min_length=1, max_length=16)]] = Field(default_factory=list)
+    since: Annotated[str, Field(pattern=r"^\d{8}$")] | None = None
+    until: Annotated[str, Field(pattern=r"^\d{8}$")] | None = None
+
+
+class SafePrivate(Strict):
+    tag: Annotated[str, Field(pattern=r"^[0-9A-Fa-f]{4},[0-9A-Fa-f]{4}$")]
+    creator: str = Field(min_length=1, max_length=64)
+
+
+class ResearchProfile(Strict):
+    """DICOM PS3.15 Annex E: the Basic profile and these options (names and meaning:
+    plugins/kontur_plugins/research/profile.py)."""
+    options: list[str] = Field(default_factory=list)
+    safe_private: list[SafePrivate] = Field(default_factory=list)
+    burned_in: Literal["hold", "cleaned"] = "hold"
+
+
+class ResearchFeed(Strict):
+    destination: HostName
+    #: the collection point that exports: the TsAMI unless a LAMI is named
+    at: HostName | None = None
+    select: ResearchSelect
+    profile: ResearchProfile = Field(default_factory=ResearchProfile)
+
+
+class Research(Strict):
+    """Research feeds (issue 16, R9): de-identified copies into the research sandbox."""
+    feeds: dict[Slug, ResearchFeed] = Field(default_factory=dict)
+    #: issuers of identifiers every hospital records for a person (in Other Patient IDs): a patient
+    #: carrying one gets one pseudonym in every hospital
+    link_issuers: list[Annotated[str, AfterValidator(check_issuer)]] = Field(default_factory=list)
+    #: the roles whose users may re-identify a pseudonym (audited)
+    reidentify_roles: list[Slug] = Field(default_factory=list)
+
+
 #: what kontur does (and does not yet do) for a legacy device, said wherever one shows up
 LEGACY_NOTE = ("a legacy device (legacy_folder: true) cannot send over DICOM, and kontur does not deploy an "
                "incoming folder for it yet: it is left out of its node's DICOM peers and firewall, and its "
@@ -574,6 +616,7 @@ class Region(Strict):
     nodes: dict[HostName, Node]
     hospitals: dict[Slug, Hospital] = Field(default_factory=dict)
     transfer: TransferPackage = Field(default_factory=TransferPackage)
+    research: Research = Field(default_factory=Research)
     roles: dict[Slug, Permissions] = Field(default_factory=dict)
     users: list[User] = Field(default_factory=list)
 
@@ -593,6 +636,11 @@ class Region(Strict):
     def issuer_of(self, hospital: str) -> str:
         """The Issuer of Patient ID of ``hospital``'s patients."""
         return self.hospitals[hospital].patient_id_issuer or f"{self.region.code}-{hospital.upper()}"
+
+    def research_feeds_at(self, node: str) -> dict[str, "ResearchFeed"]:
+        """The research feeds ``node`` exports (the TsAMI's unless a feed names another)."""
+        tsami = next(iter(self.nodes_by_role(Role.TSAMI)), None)
+        return {k: f for k, f in self.research.feeds.items() if (f.at or tsami) == node}
 
     def hospital_of(self, node: str) -> str | None:
         for key, h in self.hospitals.items():

@@ -52,6 +52,9 @@ def build_policy(region: Region, node: str, upstream: dict | None, *,
         "transfer": transfer_section(region, node),
         "viewer": viewer_section(region, node),
     }
+    research = research_section(region, node)
+    if research is not None:
+        doc["research"] = research
     if spec.role not in (Role.LAMI, Role.GATEWAY):
         doc["replication"] = {"enabled": False,
                               "reason": f"a {spec.role.value} node does not replicate to an upstream"}
@@ -136,7 +139,7 @@ def validation_section(region: Region, hospital: str | None) -> dict[str, Any]:
     pkg = region.transfer
     h = region.hospitals[hospital] if hospital is not None else None
     switched = {**pkg.rules, **(h.transfer_rules if h is not None else {})}
-    _plugins_importable()
+    plugins_importable()
     from kontur_plugins.transfer.rules import DEFAULT_PATHS, RULES
     return {
         "mode": h.validation if h is not None else "enforce",
@@ -147,7 +150,23 @@ def validation_section(region: Region, hospital: str | None) -> dict[str, Any]:
     }
 
 
-def _plugins_importable() -> None:
+def research_section(region: Region, node: str) -> dict[str, Any] | None:
+    """The research feeds ``node`` exports (issue 16; schema: plugins/kontur_plugins/research/feeds.py),
+    None where it exports none.  The key and the endpoints' credentials are not here: they are secrets."""
+    feeds = region.research_feeds_at(node)
+    if not feeds:
+        return None
+    return {
+        "region_code": region.region.code,
+        "link_issuers": list(region.research.link_issuers),
+        "hospitals": {region.issuer_of(h): h for h in sorted(region.hospitals)},
+        "feeds": {name: {"destination": f.destination,
+                         "select": f.select.model_dump(exclude_none=True, exclude_defaults=True),
+                         "profile": f.profile.model_dump()} for name, f in sorted(feeds.items())},
+    }
+
+
+def plugins_importable() -> None:
     """The plugin's pure modules are the one definition of the policy's schema and rules."""
     if str(PLUGINS_SRC) not in sys.path:
         sys.path.insert(0, str(PLUGINS_SRC))
@@ -155,11 +174,13 @@ def _plugins_importable() -> None:
 
 def check_policy(doc: dict[str, Any]) -> None:
     """Validate with the plugin's own parser (the one that runs on the node)."""
-    _plugins_importable()
+    plugins_importable()
     from kontur_plugins.replication.config import PolicyError, parse_policy
+    from kontur_plugins.research.feeds import FeedError, parse_research
     from kontur_plugins.transfer.config import TransferError, parse_transfer
     try:
         parse_policy(doc)
         parse_transfer(doc)
-    except (PolicyError, TransferError) as exc:
+        parse_research(doc)
+    except (PolicyError, TransferError, FeedError) as exc:
         raise InvalidInput(f"policy for {doc.get('node')} is not valid: " + "; ".join(exc.problems)) from None

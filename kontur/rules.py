@@ -281,4 +281,38 @@ def mis_orders(region: Region) -> Found:
                 names.setdefault(n, m.aet)
 
 
-RULES = [reserved_node_names, staff_named, unique_issuers, references, roles_present, routes, unique_aets, unique_endpoints, addresses_in_networks, users_unique, mis_orders]
+def research_feeds(region: Region) -> Found:
+    """Issue 16: a feed goes from a collection point (the TsAMI, or a LAMI) to a research node, selects
+    something, and chooses only PS3.15 options kontur applies (the plugin's parser decides)."""
+    from .policy import plugins_importable
+    plugins_importable()
+    from kontur_plugins.research.feeds import parse_selection
+    from kontur_plugins.research.profile import ProfileError, parse_profile
+    res = region.research
+    for name, f in res.feeds.items():
+        loc = ("research", "feeds", name)
+        dest = region.nodes.get(f.destination)
+        if dest is None or dest.role != Role.RESEARCH:
+            research = region.nodes_by_role(Role.RESEARCH)
+            yield loc + ("destination",), (f"{f.destination!r} is not a research node; expected one of: "
+                                           f"{', '.join(research) or '(the region has no node with role research)'}")
+        if f.at is not None and (f.at not in region.nodes or region.nodes[f.at].role not in (Role.TSAMI, Role.LAMI)):
+            yield loc + ("at",), f"{f.at!r} is not the TsAMI or a LAMI; a feed is exported where studies are collected"
+        for i, h in enumerate(f.select.hospitals):
+            if h not in region.hospitals:
+                yield loc + ("select", "hospitals", i), f"unknown hospital {h!r}; expected one of: {', '.join(region.hospitals)}"
+        problems: list[str] = []
+        parse_selection(f.select.model_dump(exclude_none=True), "select", problems)
+        for p in problems:
+            yield loc + ("select",), p.removeprefix("select ").removeprefix("select: ")
+        try:
+            parse_profile(f.profile.model_dump(), "profile")
+        except ProfileError as exc:
+            for p in exc.problems:
+                yield loc + ("profile",), p.removeprefix("profile.").removeprefix("profile: ")
+    for i, r in enumerate(res.reidentify_roles):
+        if r not in region.roles:
+            yield ("research", "reidentify_roles", i), f"unknown role {r!r}; expected one of: {', '.join(region.roles)}"
+
+
+RULES = [reserved_node_names, staff_named, unique_issuers, references, roles_present, routes, unique_aets, unique_endpoints, addresses_in_networks, users_unique, mis_orders, research_feeds]
