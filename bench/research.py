@@ -10,8 +10,8 @@ instances (identity planted in their headers, as in the tests' corpus) and a
 "research" node.  Each round, in alternating order, with the research node
 emptied before each path:
 
-* forward -- every instance read from the TsAMI and stored into the research
-             node over REST (the same transport the exporter uses)
+* forward -- every instance read from the TsAMI and sent on to the research
+             node, the TsAMI's peer (the same transport the exporter uses)
 * deid    -- ``python3 -m kontur_plugins.research export`` as the TsAMI runs
              it: Orthanc's /anonymize, the second pass, the leak scan, store
 
@@ -40,12 +40,11 @@ from kontur.testing.orthanc import OrthancProcess  # noqa: E402
 NODE_PYTHON = "/usr/bin/python3"
 FORWARD = """
 import json, sys
-from kontur_plugins.research.rest import OrthancArchive, endpoint_from, store
-ep = json.load(open(sys.argv[1]))
-src, dst = OrthancArchive(endpoint_from(ep["archive"])), endpoint_from(ep["destinations"]["research"])
+from kontur_plugins.research.rest import OrthancArchive, endpoint_from
+src = OrthancArchive(endpoint_from(json.load(open(sys.argv[1]))["archive"]))
 for study in src.studies():
     for i in src.study_instances(study):
-        store(dst, src.file(i))
+        src.store_at_peer("research", src.file(i))
 """
 POLICY = {"research": {"region_code": "42", "hospitals": {"42-BENCH": "bench"}, "feeds": {"bench": {
     "destination": "research", "select": {"modalities": ["CT"]},
@@ -61,7 +60,9 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="kontur-bench-research-") as tmp:
         d = Path(tmp)
         cfg = {"DefaultEncoding": "Utf8"}
-        with OrthancProcess("tsami", cfg, d / "tsami") as tsami, OrthancProcess("research", cfg, d / "research") as research:
+        with OrthancProcess("research", cfg, d / "research") as research, OrthancProcess("tsami", {**cfg, "OrthancPeers": {
+                "research": {"Url": research.url + "/", "Username": research.username,
+                             "Password": research.password}}}, d / "tsami") as tsami:
             uid = "1.2.826.0.1.3680043.8.498.91.1"
             for n in range(args.instances):
                 inst = make_instance(patient_id="42-BENCH:7001", patient_name="Иванов^Пётр^Сергеевич",
@@ -69,27 +70,23 @@ def main() -> int:
                                      instance_number=n + 1, accession="ACC7001",
                                      study_description="КТ груди Иванов")
                 tsami.upload(inst.data)
-            ep = d / "endpoints.json"
-            ep.write_text(json.dumps({name: ({"url": o.url, "username": o.username, "password": o.password}
-                                             if name == "archive" else {"research": {
-                                                 "url": research.url, "username": research.username,
-                                                 "password": research.password}})
-                                      for name, o in (("archive", tsami), ("destinations", research))}))
+            ep = d / "research.json"
+            ep.write_text(json.dumps({"archive": {"url": tsami.url, "username": tsami.username,
+                                                  "password": tsami.password}, "key": os.urandom(32).hex()}))
             ep.chmod(0o600)
             (d / "policy.json").write_text(json.dumps(POLICY))
-            key = d / "key"
-            key.write_bytes(os.urandom(32).hex().encode())
             env = dict(os.environ, PYTHONPATH=str(REPO / "plugins"))
             cmds = {
                 "forward": [NODE_PYTHON, "-c", FORWARD, str(ep)],
                 "deid": [NODE_PYTHON, "-m", "kontur_plugins.research", "export", "--policy", str(d / "policy.json"),
-                         "--endpoints", str(ep), "--key", str(key), "--keymap", str(d / "keymap.sqlite"), "bench"],
+                         "--secrets", str(ep), "--keymap", str(d / "keymap.sqlite"), "bench"],
             }
             times: dict[str, list[float]] = {k: [] for k in cmds}
             for r in range(args.rounds):
                 for name in (list(cmds) if r % 2 == 0 else list(reversed(cmds))):
                     for s in research.get("/studies"):
                         research.delete(f"/studies/{s}")
+                    (d / "keymap.sqlite").unlink(missing_ok=True)       # a fresh map: every instance is sent
                     t0 = time.perf_counter()
                     p = subprocess.run(cmds[name], env=env, capture_output=True, text=True)
                     times[name].append(time.perf_counter() - t0)

@@ -23,7 +23,7 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from kontur.testing.orthanc import OrthancProcess
+from kontur.testing.orthanc import OrthancProcess, wait_for
 from kontur.testing.research import Corpus, build_corpus, raw_leaks
 
 pytestmark = pytest.mark.orthanc
@@ -47,26 +47,20 @@ class Feeds:
 
     def __init__(self, tmp: Path, tsami: OrthancProcess, research: OrthancProcess, corpus: Corpus):
         self.tmp, self.tsami, self.research, self.corpus = tmp, tsami, research, corpus
-        self.key = tmp / "research.key"
-        self.key.write_bytes(os.urandom(32).hex().encode())
-        self.key.chmod(0o600)
         self.keymap = tmp / "keymap.sqlite"
-        ep = tmp / "endpoints.json"
-        ep.write_text(json.dumps({"archive": self._ep(tsami), "destinations": {"research": self._ep(research)}}))
-        ep.chmod(0o600)
-        self.endpoints = ep
+        self.secrets = tmp / "research.json"
+        self.secrets.write_text(json.dumps({"archive": {"url": tsami.url, "username": tsami.username,
+                                                        "password": tsami.password},
+                                            "key": os.urandom(32).hex()}))
+        self.secrets.chmod(0o600)
 
-    @staticmethod
-    def _ep(o: OrthancProcess) -> dict:
-        return {"url": o.url, "username": o.username, "password": o.password}
-
-    def export(self, feeds: dict = FEED, feed: str = "trial") -> tuple[int, list[dict], str]:
+    def export(self, feeds: dict = FEED, *args: str, command: str = "export") -> tuple[int, list[dict], str]:
         pol = self.tmp / "policy.json"
         pol.write_text(json.dumps(policy(feeds)))
         env = dict(os.environ, PYTHONPATH=str(REPO / "plugins"))
-        p = subprocess.run([NODE_PYTHON, "-m", "kontur_plugins.research", "export", "--policy", str(pol),
-                            "--endpoints", str(self.endpoints), "--key", str(self.key),
-                            "--keymap", str(self.keymap), feed], capture_output=True, text=True, env=env, timeout=600)
+        p = subprocess.run([NODE_PYTHON, "-m", "kontur_plugins.research", command, "--policy", str(pol),
+                            "--secrets", str(self.secrets), "--keymap", str(self.keymap), *args],
+                           capture_output=True, text=True, env=env, timeout=600)
         return p.returncode, [json.loads(x) for x in p.stdout.splitlines() if x.strip()], p.stderr
 
     def delivered(self) -> list[pydicom.Dataset]:
@@ -76,11 +70,15 @@ class Feeds:
 
 @pytest.fixture
 def feeds(tmp_path, processes) -> Feeds:
-    cfg = {"DefaultEncoding": "Utf8"}
-    tsami = OrthancProcess("tsami", cfg, tmp_path / "tsami")
-    research = OrthancProcess("research", cfg, tmp_path / "research")
-    processes += [tsami, research]
-    tsami.start(), research.start()
+    research = OrthancProcess("research", {"DefaultEncoding": "Utf8"}, tmp_path / "research")
+    processes.append(research)
+    research.start()
+    # the research node is the TsAMI's Orthanc peer: the exporter holds no credentials of it
+    tsami = OrthancProcess("tsami", {"DefaultEncoding": "Utf8", "StableAge": 1, "OrthancPeers": {"research": {
+        "Url": research.url + "/", "Username": research.username, "Password": research.password}}},
+        tmp_path / "tsami")
+    processes.append(tsami)
+    tsami.start()
     corpus = build_corpus()
     for item in corpus.items:
         tsami.upload(item.data)
@@ -220,7 +218,7 @@ def test_the_corpus_reaches_the_research_node_with_no_leak_and_every_required_ac
         assert not missed, f"the raw scanner does not find these planted values in the originals: {missed}"
     before = _md5s(feeds.tsami)
 
-    rc, outcomes, err = feeds.export()
+    rc, outcomes, err = feeds.export(FEED, "trial")
     assert rc == 0, err + json.dumps(outcomes, ensure_ascii=False, indent=1)
 
     # 0 leaks, by the independent scanner, in every delivered file
@@ -317,3 +315,46 @@ def test_the_corpus_reaches_the_research_node_with_no_leak_and_every_required_ac
         for r in rows:
             print(" | ".join(str(x) for x in r))
     assert not failed, f"actions not applied: {failed}\n" + "\n".join(" | ".join(map(str, r)) for r in rows)
+
+
+def _research_state(feeds: Feeds) -> tuple[set[str], dict[str, str]]:
+    copies = feeds.delivered()
+    return {str(c.SOPInstanceUID) for c in copies}, {str(c.StudyInstanceUID): str(c.PatientID) for c in copies}
+
+
+def test_the_timer_sends_stable_studies_once_and_a_fresh_run_gives_the_same_pseudonyms_and_uids(feeds):
+    # run: what became stable since the last position, through every feed of the node
+    wait_for(lambda: all(feeds.tsami.get(f"/studies/{s}")["IsStable"] for s in feeds.tsami.study_ids()),
+             60, message="the TsAMI's studies stable")
+    rc, outcomes, err = feeds.export(FEED, command="run")
+    assert rc == 0, err
+    assert sorted(o["study"] for o in outcomes) == sorted(feeds.tsami.study_ids())
+    first_uids, first_patients = _research_state(feeds)
+    assert len(first_uids) == sum(i.expect == "delivered" for i in feeds.corpus.items)
+    # the next run has nothing new; an explicit export skips what the feed delivered once
+    rc, outcomes, err = feeds.export(FEED, command="run")
+    assert rc == 0 and outcomes == [], (err, outcomes)
+    rc, outcomes, err = feeds.export(FEED, "trial")
+    assert rc == 0 and sum(o["already"] for o in outcomes) == len(first_uids) and not any(
+        o["delivered"] for o in outcomes), outcomes
+    # a fresh key map and an empty research node, the same key: the same pseudonyms and UIDs
+    for s in feeds.research.study_ids():
+        feeds.research.delete(f"/studies/{s}")
+    feeds.keymap.unlink()
+    rc, outcomes, err = feeds.export(FEED, "trial")
+    assert rc == 0, err
+    assert _research_state(feeds) == (first_uids, first_patients)
+
+
+def test_bad_input_is_refused_with_a_message_and_nothing_reaches_the_research_node(feeds):
+    rc, _, err = feeds.export(FEED, "nosuchfeed")
+    assert rc == 2 and "no feed 'nosuchfeed' here; this node's feeds: trial" in err and "Traceback" not in err
+    bad = {"trial": {**FEED["trial"], "profile": {"options": ["clean_pixels"]}}}
+    rc, _, err = feeds.export(bad, "trial")
+    assert rc == 2 and "'clean_pixels' is not a PS3.15 option kontur knows" in err and "Traceback" not in err
+    rc, _, err = feeds.export(FEED, "trial", "--since", "2026-01-01")
+    assert rc == 2 and "expected YYYYMMDD" in err
+    feeds.secrets.write_text(json.dumps({"archive": {"url": feeds.tsami.url}}))
+    rc, _, err = feeds.export(FEED, "trial")
+    assert rc == 2 and "has no 'key'" in err and "Traceback" not in err
+    assert feeds.research.study_ids() == []

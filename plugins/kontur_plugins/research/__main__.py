@@ -1,16 +1,19 @@
 # SPDX-License-Identifier: AGPL-3.0-or-later
 """The exporter on the exporting node (Debian's python3, standard library and
-python3-pydicom):
+python3-pydicom), as user orthanc:
 
-    python3 -m kontur_plugins.research export --policy POLICY.json \\
-        --endpoints ENDPOINTS.json --key KEYFILE --keymap KEYMAP.sqlite FEED [STUDY ...]
+    python3 -m kontur_plugins.research run    --policy P --secrets S --keymap K
+    python3 -m kontur_plugins.research export --policy P --secrets S --keymap K FEED [--since YYYYMMDD] [STUDY ...]
 
-``ENDPOINTS.json`` (mode 0600, beside the node's other secrets) names the
-archive and each destination: ``{"archive": {"url", "username", "password"},
-"destinations": {"research": {...}}}``.  Without STUDY every study of the
-archive is judged.  Prints one JSON object per study; exit 0 when nothing was
-held back for a reason other than the feed's own rules, 1 when a study could
-not be exported cleanly, 2 for bad input.
+``run`` (kontur-research.timer, every minute) reads Orthanc's change log from
+where it stopped and sends the studies that became stable through every feed
+of this node; ``export`` judges the studies named, or every study (from
+``--since``, by Study Date), through one feed.  An instance a feed delivered
+once is not sent again.  ``S`` (mode 0600) holds the local Orthanc's account
+and the region's research key: ``{"archive": {"url", "username", "password"},
+"key": "..."}``; each copy goes to the feed's destination as this Orthanc's
+peer.  One JSON line per study on stdout; exit 0, 1 when a study could not
+be exported cleanly (a leak, a failed de-identification), 2 for bad input.
 """
 from __future__ import annotations
 
@@ -19,65 +22,104 @@ import json
 import sys
 import warnings
 
-from .export import Exporter
+from .export import Exporter, Outcome
 from .feeds import FeedError, parse_research
 from .keymap import KeyMap
 from .pseudonyms import Keys
-from .rest import OrthancArchive, endpoint_from, store
+from .rest import OrthancArchive, endpoint_from
+
+POSITION = "changes_seen"
 
 
 def _fail(message: str) -> int:
-    print(f"kontur research export: {message}", file=sys.stderr)
+    print(f"kontur research: {message}", file=sys.stderr)
     return 2
+
+
+def _line(out: Outcome) -> str:
+    return json.dumps({"feed": out.feed, "study": out.study, "selected": out.selected, "reason": out.reason,
+                       "pseudonym": out.pseudonym, "new_study_uid": out.new_study_uid,
+                       "delivered": out.delivered, "already": out.already,
+                       "held": [{"instance": h.instance, "reason": h.reason} for h in out.held],
+                       "leaks": {k: [str(x) for x in v] for k, v in out.leaks.items()}}, ensure_ascii=False)
+
+
+def _bad(out: Outcome) -> bool:
+    return bool(out.leaks) or any(h.reason.startswith(("de-identification failed", "not readable"))
+                                  for h in out.held)
+
+
+def _stable_studies(archive: OrthancArchive, keymap: KeyMap) -> tuple[list[str], int]:
+    """Studies that became stable since the saved position, and the new position."""
+    pos = int(keymap.meta(POSITION, "0") or 0)
+    studies: list[str] = []
+    while True:
+        page = archive.changes(pos)
+        if page.get("Last", pos) < pos:          # Orthanc's change log restarted (a new index): from the start
+            pos = 0
+            continue
+        for ch in page.get("Changes", []):
+            if ch.get("ChangeType") == "StableStudy" and ch.get("ID") not in studies:
+                studies.append(ch["ID"])
+        pos = max(pos, int(page.get("Last", pos)))
+        if page.get("Done", True):
+            return studies, pos
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python3 -m kontur_plugins.research")
     sub = ap.add_subparsers(dest="command", required=True)
-    ex = sub.add_parser("export")
-    ex.add_argument("--policy", required=True)
-    ex.add_argument("--endpoints", required=True)
-    ex.add_argument("--key", required=True)
-    ex.add_argument("--keymap", required=True)
-    ex.add_argument("feed")
-    ex.add_argument("studies", nargs="*")
+    for name in ("run", "export"):
+        p = sub.add_parser(name)
+        p.add_argument("--policy", required=True)
+        p.add_argument("--secrets", required=True)
+        p.add_argument("--keymap", required=True)
+        if name == "export":
+            p.add_argument("--since", default=None)
+            p.add_argument("feed")
+            p.add_argument("studies", nargs="*")
     args = ap.parse_args(argv)
     # pydicom's value-length notes about what the hospitals wrote are not the exporter's to report
     warnings.simplefilter("ignore", UserWarning)
     try:
         with open(args.policy, encoding="utf-8") as f:
             config = parse_research(json.load(f))
-        with open(args.endpoints, encoding="utf-8") as f:
-            endpoints = json.load(f)
-        with open(args.key, "rb") as f:
-            keys = Keys(f.read().strip(), config.region_code)
+        with open(args.secrets, encoding="utf-8") as f:
+            secrets = json.load(f)
+        keys = Keys(str(secrets["key"]).encode(), config.region_code)
+        archive = OrthancArchive(endpoint_from(secrets["archive"]))
     except FeedError as exc:
         return _fail("the policy's research section is not valid: " + "; ".join(exc.problems))
-    except (OSError, ValueError, KeyError) as exc:
+    except KeyError as exc:
+        return _fail(f"{args.secrets} has no {exc}; expected archive (url, username, password) and key")
+    except (OSError, ValueError) as exc:
         return _fail(str(exc))
-    if args.feed not in config.feeds:
-        return _fail(f"no feed {args.feed!r}; the policy has {', '.join(sorted(config.feeds)) or 'none'}")
-    feed = config.feeds[args.feed]
-    dest = (endpoints.get("destinations") or {}).get(feed.destination)
-    if dest is None:
-        return _fail(f"the endpoints file names no destination {feed.destination!r}")
-    archive = OrthancArchive(endpoint_from(endpoints["archive"]))
-    destination = endpoint_from(dest)
+    if args.command == "export":
+        if args.feed not in config.feeds:
+            return _fail(f"no feed {args.feed!r} here; this node's feeds: {', '.join(sorted(config.feeds)) or 'none'}")
+        if args.since is not None and not (len(args.since) == 8 and args.since.isdigit()):
+            return _fail(f"--since {args.since!r} is not a date; expected YYYYMMDD")
     keymap = KeyMap(args.keymap)
-    exporter = Exporter(config, keys, keymap, archive, lambda _name, data: store(destination, data))
+    exporter = Exporter(config, keys, keymap, archive, archive.store_at_peer)
     rc = 0
     try:
-        for study in args.studies or archive.studies():
-            out = exporter.export_study(args.feed, study)
-            if out.leaks or any(h.reason.startswith(("de-identification failed", "not readable"))
-                                for h in out.held):
-                rc = 1
-            print(json.dumps({"study": study, "selected": out.selected, "reason": out.reason,
-                              "pseudonym": out.pseudonym, "new_study_uid": out.new_study_uid,
-                              "delivered": out.delivered,
-                              "held": [{"instance": h.instance, "reason": h.reason} for h in out.held],
-                              "leaks": {k: [str(x) for x in v] for k, v in out.leaks.items()}},
-                             ensure_ascii=False), flush=True)
+        if args.command == "export":
+            work = [(args.feed, s) for s in (args.studies or archive.studies())
+                    if args.since is None or args.studies or archive.study_date(s) >= args.since]
+            pos = None
+        else:
+            studies, pos = _stable_studies(archive, keymap)
+            work = [(feed, s) for s in studies for feed in sorted(config.feeds)]
+        for feed, study in work:
+            out = exporter.export_study(feed, study)
+            rc = 1 if _bad(out) else rc
+            print(_line(out), flush=True)
+        if pos is not None:
+            keymap.set_meta(POSITION, str(pos))
+    except OSError as exc:             # Orthanc or the destination went away: the next run starts where this one did
+        print(f"kontur research: the archive or the feed's destination did not answer ({exc}); nothing is lost, "
+              f"the next run retries", file=sys.stderr)
+        return 1
     finally:
         keymap.close()
     return rc

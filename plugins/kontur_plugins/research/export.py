@@ -47,6 +47,8 @@ class Outcome:
     delivered: list[str] = field(default_factory=list)       # the research copies' SOP Instance UIDs
     held: list[Held] = field(default_factory=list)
     leaks: dict[str, list[Leak]] = field(default_factory=dict)
+    #: instances this feed delivered in an earlier run (not sent again)
+    already: int = 0
 
     def lines(self) -> list[str]:
         out = [f"feed {self.feed}, study {self.study}: {self.reason}"]
@@ -100,6 +102,9 @@ class Exporter:
         for _, original in originals:
             identity_of(original, self.standard, into=identity)
         for iid, original in originals:
+            if self.keymap.exported(feed.name, iid):
+                out.already += 1
+                continue
             self._instance(feed, iid, original, identity, out)
         return out
 
@@ -136,5 +141,6 @@ class Exporter:
                                new_study_uid=new_study, original_study_uid=str(original.StudyInstanceUID),
                                feed=feed.name)
         self.deliver(feed.destination, data)
+        self.keymap.mark_exported(feed.name, iid)
         out.pseudonym, out.new_study_uid = pseudonym, new_study
         out.delivered.append(str(anon.SOPInstanceUID))

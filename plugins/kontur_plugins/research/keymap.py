@@ -20,6 +20,9 @@ CREATE TABLE IF NOT EXISTS patients (
 CREATE TABLE IF NOT EXISTS studies (
   new_study_uid TEXT PRIMARY KEY, original_study_uid TEXT NOT NULL, pseudonym TEXT NOT NULL,
   feed TEXT NOT NULL, exported_at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS exported (
+  feed TEXT NOT NULL, instance TEXT NOT NULL, at REAL NOT NULL, PRIMARY KEY (feed, instance));
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS audit (
   at REAL NOT NULL, who TEXT NOT NULL, reason TEXT NOT NULL, asked TEXT NOT NULL, answer TEXT NOT NULL);
 """
@@ -54,6 +57,22 @@ class KeyMap:
                             (pseudonym, issuer, patient_id, patient_name, birth_date, now))
             self.db.execute("INSERT OR IGNORE INTO studies VALUES (?,?,?,?,?)",
                             (new_study_uid, original_study_uid, pseudonym, feed, now))
+
+    def exported(self, feed: str, instance: str) -> bool:
+        return self.db.execute("SELECT 1 FROM exported WHERE feed = ? AND instance = ?",
+                               (feed, instance)).fetchone() is not None
+
+    def mark_exported(self, feed: str, instance: str) -> None:
+        with self.db:
+            self.db.execute("INSERT OR IGNORE INTO exported VALUES (?,?,?)", (feed, instance, time.time()))
+
+    def meta(self, key: str, default: str | None = None) -> str | None:
+        row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else default
+
+    def set_meta(self, key: str, value: str) -> None:
+        with self.db:
+            self.db.execute("INSERT OR REPLACE INTO meta VALUES (?,?)", (key, value))
 
     def _find(self, key: str) -> Person | None:
         row = self.db.execute("SELECT pseudonym, issuer, patient_id, patient_name, birth_date FROM patients "

@@ -1,7 +1,8 @@
 # SPDX-License-Identifier: AGPL-3.0-or-later
-"""The exporter's archive and destination over Orthanc's REST API (standard
-library only): the TsAMI's own Orthanc as the archive, the research node's as
-the destination.  Credentials come from a file, never a command line."""
+"""The exporter's archive over Orthanc's REST API (standard library only): the
+exporting node's own Orthanc, which also sends each copy on to the research
+node, its peer (``/peers/{name}/store-straight``).  Credentials come from a
+file, never a command line."""
 from __future__ import annotations
 
 import base64
@@ -50,11 +51,19 @@ class OrthancArchive:
         return json.loads(self.ep.call("GET", "/studies"))
 
 
-def store(endpoint: Endpoint, data: bytes) -> None:
-    """POST one instance to a destination Orthanc; refused unless it answers Success."""
-    answer = json.loads(endpoint.call("POST", "/instances", data))
-    if answer.get("Status") not in ("Success", "AlreadyStored"):
-        raise RuntimeError(f"the destination answered {answer.get('Status')!r}")
+    def changes(self, since: int, limit: int = 500) -> dict:
+        return json.loads(self.ep.call("GET", f"/changes?since={since}&limit={limit}"))
+
+    def study_date(self, study_id: str) -> str:
+        return json.loads(self.ep.call("GET", f"/studies/{study_id}")).get("MainDicomTags", {}).get("StudyDate", "")
+
+    def store_at_peer(self, peer: str, data: bytes) -> None:
+        """Send one instance to the Orthanc peer ``peer`` (its URL, account and mutual TLS are in this
+        Orthanc's configuration: the exporter holds no credentials of the destination), storing
+        nothing here; refused unless the peer answers Success."""
+        answer = json.loads(self.ep.call("POST", f"/peers/{peer}/store-straight", data))
+        if answer.get("Status") not in ("Success", "AlreadyStored"):
+            raise RuntimeError(f"the peer {peer} answered {answer.get('Status')!r}")
 
 
 def endpoint_from(doc: dict) -> Endpoint:
