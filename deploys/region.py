@@ -10,11 +10,12 @@
 Stages, on every host, in this order:
 
 1. install    Base (package source, packages, directories)
-2. configure  Base (TLS, /etc/kontur), Firewall, PostgreSQL, Orthanc, the HL7 service, nginx:
+2. configure  Base (TLS, /etc/kontur), Firewall, PostgreSQL, Orthanc, the HL7 service, the research
+              feeds, nginx:
               every rendered file uploaded; each upload remembers which units
               it restarts or reloads
 3. activate   in the bundle's service order (nftables, PostgreSQL, Orthanc,
-              the HL7 service, nginx): check the configuration, restart or reload only if one
+              the HL7 service, the research feeds' timer, nginx): check the configuration, restart or reload only if one
               of that unit's files changed, then enabled and running
 """
 from __future__ import annotations
@@ -26,7 +27,7 @@ _ROOT = str(Path(__file__).resolve().parent.parent)
 if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
-from deploys import base, firewall, hl7, nginx, orthanc, postgresql  # noqa: E402
+from deploys import base, firewall, hl7, nginx, orthanc, postgresql, research  # noqa: E402
 from deploys.node import context  # noqa: E402
 
 ACTIVATE = {
@@ -34,6 +35,7 @@ ACTIVATE = {
     "postgresql.service": postgresql.activate,
     "orthanc.service": orthanc.activate,
     "kontur-hl7.service": hl7.activate,
+    "kontur-research.timer": research.activate,
     "nginx.service": nginx.activate,
 }
 
@@ -47,6 +49,7 @@ def deploy_node() -> None:
     postgresql.configure()
     orthanc.configure()
     hl7.configure()
+    research.configure()
     nginx.configure()
     for unit in ctx.bundle.services:
         ACTIVATE[unit]()

@@ -68,7 +68,7 @@ class NodeClient:
                 ctx.load_cert_chain(cert_file, key_file)
             self._context = ctx
 
-    def request(self, method: str, path: str, body: Any = None) -> Any:
+    def request(self, method: str, path: str, body: Any = None, *, raw: bool = False) -> Any:
         url = self.base_url + path.lstrip("/")
         data = None
         headers = dict(self._headers)
@@ -92,10 +92,14 @@ class NodeClient:
         except (urllib.error.URLError, OSError, ssl.SSLError) as exc:
             reason = getattr(exc, "reason", exc)
             raise NodeError(f"{self.name}: unreachable at {self.base_url}: {reason}") from None
-        return decode_body(payload)
+        return payload if raw else decode_body(payload)
 
     def get(self, path: str) -> Any:
         return self.request("GET", path)
+
+    def get_raw(self, path: str) -> bytes:
+        """The answer's bytes (a DICOM file)."""
+        return self.request("GET", path, raw=True)
 
     def post(self, path: str, body: Any = None) -> Any:
         return self.request("POST", path, body if body is not None else {})

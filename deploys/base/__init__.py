@@ -45,7 +45,8 @@ COMPONENT_PREFIXES = ("/etc/apt/", "/etc/orthanc/", "/etc/systemd/system/orthanc
                       "/usr/lib/kontur/plugins/", "/usr/lib/kontur/lua/", "/usr/lib/kontur/bin/",
                       "/etc/kontur/policy.json", "/etc/nginx/", "/etc/nftables.conf", "/etc/postgresql/",
                       "/usr/lib/kontur/services/", "/usr/lib/kontur/wheels/", "/etc/kontur/hl7.json",
-                      "/etc/systemd/system/kontur-hl7.service")
+                      "/etc/systemd/system/kontur-hl7.service", "/etc/kontur/research.json",
+                      "/etc/systemd/system/kontur-research.service", "/etc/systemd/system/kontur-research.timer")
 
 
 # --- operations of our own ------------------------------------------------------

@@ -152,6 +152,7 @@ def cli():
       kontur check -i region.yaml           on-call: every node green / yellow / red
       kontur audit -i region.yaml --report DIR   auditors: the controls, with evidence
       kontur users issue LOGIN --out DIR    a doctor's browser certificate and password
+      kontur research export FEED           de-identified copies for the research sandbox
       kontur secrets export --out FILE      the region's store for a second operator
 
     Exit codes: 0 success, 1 problems found or an operation failed,
@@ -171,6 +172,7 @@ def _register() -> None:
                           ("kontur.cli.quarantine", "quarantine_group"),
                           ("kontur.cli.study", "study_group"),
                           ("kontur.cli.users", "users_group"),
+                          ("kontur.cli.research", "research_group"),
                           ("kontur.secrets_cli", "secrets_group")):
         try:
             mod = __import__(modname, fromlist=[attr])

@@ -21,7 +21,7 @@ from ..pki import node_cert
 from ..rotation import trust_bundle, trusted
 from ..rules import services_of
 from ..secrets import SecretStore
-from . import hl7
+from . import hl7, research
 from . import orthanc as oc
 from . import system
 from .bundle import Bundle, Directory, RenderedFile
@@ -281,6 +281,7 @@ def _render_orthanc(region: Region, node: str, store: SecretStore, bundle: Bundl
         services.append(PG_UNIT)
     services.append(ORTHANC_UNIT)
     services += hl7.add(region, node, bundle)
+    services += research.add(region, node, bundle, store)
     return services
 
 

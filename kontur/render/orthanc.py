@@ -99,8 +99,12 @@ def roles_table(region: Region, node: str) -> dict[str, dict[str, Any]]:
     full = {"view": True, "download": True, "upload": True, "delete": True, "admin": True}
     table[SERVICE_USER] = dict(full)
     senders = set(region.downstream_of(node))
+    exporters = set(research_exporters(region, node))
     for peer in peers_allowed_in(region, node):
-        if peer in senders:
+        if peer in exporters and peer not in senders:
+            # a collection point sending de-identified copies here (issue 16): it stores, nothing else
+            table[peer_login(peer)] = dict(RESEARCH_EXPORTER)
+        elif peer in senders:
             # a node replicating here: it uploads, lists what it verifies and asks kontur's
             # receiver routes; it may not read other hospitals' studies (roles.lua, "peer")
             table[peer_login(peer)] = dict(PEER_SENDER)
@@ -125,6 +129,15 @@ def viewer_scope(region: Region, node: str, user) -> str | None:
 PEER_SENDER = {"view": False, "download": False, "upload": False, "delete": False, "admin": False, "peer": True}
 
 
+#: the rights of a node that exports research copies into a research node: store them, read nothing
+RESEARCH_EXPORTER = {"view": False, "download": False, "upload": True, "delete": False, "admin": False}
+
+
+def research_exporters(region: Region, node: str) -> list[str]:
+    """The nodes whose research feeds deliver into ``node``."""
+    return sorted({n for n in region.nodes for f in region.research_feeds_at(n).values() if f.destination == node})
+
+
 def peers_allowed_in(region: Region, node: str) -> list[str]:
     """Nodes that log in to ``node``'s REST API with a peer account."""
     spec = region.nodes[node]
@@ -132,6 +145,7 @@ def peers_allowed_in(region: Region, node: str) -> list[str]:
     if spec.upstream:
         out.append(spec.upstream)
     out += [n for n, s in region.nodes.items() if s.reads_from == node]
+    out += research_exporters(region, node)
     return sorted(set(out))
 
 
@@ -234,11 +248,14 @@ def credentials_config(region: Region, node: str, passwords) -> dict[str, Any]:
 
 def outgoing_peers(region: Region, node: str) -> list[str]:
     """Nodes ``node`` calls over HTTPS: its upstream; the TsAMI calls its
-    LAMIs and gateways (on-demand import, tele-audit)."""
+    LAMIs and gateways (on-demand import, tele-audit); a collection point its
+    feeds' research nodes."""
     spec = region.nodes[node]
     out = []
     if spec.upstream:
         out.append(spec.upstream)
     if spec.role == Role.TSAMI:
         out += region.downstream_of(node)
+    # the research node a feed delivers into (issue 16: the exporter sends through this Orthanc)
+    out += [f.destination for f in region.research_feeds_at(node).values()]
     return sorted(set(out))

@@ -4,6 +4,8 @@ python3-pydicom), as user orthanc:
 
     python3 -m kontur_plugins.research run    --policy P --secrets S --keymap K
     python3 -m kontur_plugins.research export --policy P --secrets S --keymap K FEED [--since YYYYMMDD] [STUDY ...]
+    python3 -m kontur_plugins.research reidentify --keymap K --who LOGIN --reason WHY [--refused WHY] KEY
+    python3 -m kontur_plugins.research audit --keymap K
 
 ``run`` (kontur-research.timer, every minute) reads Orthanc's change log from
 where it stopped and sends the studies that became stable through every feed
@@ -14,6 +16,10 @@ and the region's research key: ``{"archive": {"url", "username", "password"},
 "key": "..."}``; each copy goes to the feed's destination as this Orthanc's
 peer.  One JSON line per study on stdout; exit 0, 1 when a study could not
 be exported cleanly (a leak, a failed de-identification), 2 for bad input.
+``reidentify`` answers from the key map what a pseudonym or a research copy's
+Study Instance UID stands for, every request audited first; whether the
+asker may is decided on the control machine, from the inventory's roles, and
+a refusal is audited here too.
 """
 from __future__ import annotations
 
@@ -66,6 +72,32 @@ def _stable_studies(archive: OrthancArchive, keymap: KeyMap) -> tuple[list[str],
             return studies, pos
 
 
+def _keymap_command(args) -> int:
+    """Re-identification and its audit trail: the key map only, no Orthanc, no key."""
+    keymap = KeyMap(args.keymap)
+    try:
+        if args.command == "audit":
+            for at, who, reason, asked, answer in keymap.audit_trail():
+                print(json.dumps({"at": at, "who": who, "reason": reason, "asked": asked, "answer": answer},
+                                 ensure_ascii=False))
+            return 0
+        if not args.reason.strip():
+            keymap.audit(who=args.who, reason="", asked=args.key, answer="refused: no reason given")
+            return _fail("a re-identification needs --reason (it is audited: who, when, why, what)")
+        if args.refused:
+            keymap.audit(who=args.who, reason=args.reason, asked=args.key, answer=f"refused: {args.refused}")
+            return _fail(f"refused: {args.refused} (the request is audited)")
+        person = keymap.reidentify(args.key, who=args.who, reason=args.reason)
+        if person is None:
+            return _fail(f"{args.key!r} is no pseudonym or research study UID this node exported (audited)")
+        print(json.dumps({"pseudonym": person.pseudonym, "issuer": person.issuer, "patient_id": person.patient_id,
+                          "patient_name": person.patient_name, "birth_date": person.birth_date,
+                          "original_study_uid": person.original_study_uid}, ensure_ascii=False))
+        return 0
+    finally:
+        keymap.close()
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python3 -m kontur_plugins.research")
     sub = ap.add_subparsers(dest="command", required=True)
@@ -78,7 +110,17 @@ def main(argv: list[str] | None = None) -> int:
             p.add_argument("--since", default=None)
             p.add_argument("feed")
             p.add_argument("studies", nargs="*")
+    re_ = sub.add_parser("reidentify")
+    re_.add_argument("--keymap", required=True)
+    re_.add_argument("--who", required=True)
+    re_.add_argument("--reason", required=True)
+    re_.add_argument("--refused", default=None, help="the control machine refused the request: audit it only")
+    re_.add_argument("key")
+    au = sub.add_parser("audit")
+    au.add_argument("--keymap", required=True)
     args = ap.parse_args(argv)
+    if args.command in ("reidentify", "audit"):
+        return _keymap_command(args)
     # pydicom's value-length notes about what the hospitals wrote are not the exporter's to report
     warnings.simplefilter("ignore", UserWarning)
     try:
