@@ -151,8 +151,8 @@ def audit_command(as_json, lab, inventory, secrets_dir):
         raise OperationFailed(_node_error(node, p))
     rows = [json.loads(x) for x in p.stdout.splitlines() if x.startswith("{")]
     if as_json:
-        for r in rows:
-            out.print_json(json.dumps(r, ensure_ascii=False))
+        for r in rows:              # one JSON object per line
+            click.echo(json.dumps(r, ensure_ascii=False))
         return
     import datetime as dt
     for r in rows:

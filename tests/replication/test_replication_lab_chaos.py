@@ -22,10 +22,10 @@ SEED = int(os.environ.get("KONTUR_CHAOS_SEED", "20261201"))
 
 
 def test_chaos_loses_nothing_duplicates_nothing_misfiles_nothing(deployed, region, tmp_path, figures):
-    # every kind once, 10-20 s apart (a fault's own time comes on top: a reboot, a minute of full disk);
+    # every kind once, 6-12 s apart (a fault's own time comes on top: a reboot, a minute of full disk);
     # bench/chaos.py is the long run
     chaos = Chaos(deployed, region, seed=SEED, seconds=float(os.environ.get("KONTUR_CHAOS_SECONDS", "100")),
-                  interval=(10, 20), workdir=tmp_path, on_host=on_host, study_size=(1, 4), pixel_bytes=2048,
+                  interval=(6, 12), workdir=tmp_path, on_host=on_host, study_size=(1, 4), pixel_bytes=2048,
                   tmpfs_mb=1024)
     report = chaos.run()
     for line in report.lines():

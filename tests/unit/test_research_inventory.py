@@ -78,3 +78,32 @@ def test_a_feed_exported_at_a_gateway_is_refused(tmp_path):
     found = problems(variant(tmp_path, "      destination: research\n",
                              "      destination: research\n      at: crb-gw\n"))
     assert any("research.feeds.onco-ct.at" in p and "not the TsAMI or a LAMI" in p for p in found), found
+
+
+def test_the_tsami_gets_the_exporter_and_the_research_node_only_a_store_only_account(tmp_path):
+    import json
+
+    from kontur.render import render_node
+    from kontur.secrets import SecretStore
+    region = load(EXAMPLE)
+    store = SecretStore(tmp_path / "secrets")
+    tsami = render_node(region, "tsami", store)
+    secrets = tsami.file("/etc/kontur/research.json")
+    assert (secrets.mode, secrets.owner, secrets.secret) == ("0600", "orthanc", True)
+    doc = json.loads(secrets.content)
+    assert doc["archive"]["url"].startswith("http://127.0.0.1:") and len(doc["key"]) >= 32
+    assert doc["key"] == store.password("research/key", 32)
+    assert "kontur-research.timer" in tsami.services
+    unit = tsami.file("/etc/systemd/system/kontur-research.service").text
+    assert "User=orthanc" in unit and "kontur_plugins.research run" in unit and doc["key"] not in unit
+    peers = json.loads(tsami.file("/etc/orthanc/credentials.json").content)["OrthancPeers"]
+    assert peers["research"]["Url"].startswith(f"https://{region.nodes['research'].address}:")
+
+    research = render_node(region, "research", store)
+    assert not [f.path for f in research.files if "research.json" in f.path or "kontur-research" in f.path]
+    assert not any(doc["key"].encode() in f.content for f in research.files)
+    config = json.dumps(json.loads(research.file("/etc/orthanc/orthanc.json").content), sort_keys=True)
+    assert '"peer-tsami": {"admin": false, "delete": false, "download": false, "upload": true, "view": false}' \
+        in config
+    # a LAMI exports nothing
+    assert "kontur-research.timer" not in render_node(region, "onco-lami", store).services

@@ -29,10 +29,8 @@ SELECT_KEYS = ("hospitals", "modalities", "body_parts", "descriptions", "procedu
 _DATE = re.compile(r"\d{8}")
 
 
-class FeedError(ValueError):
-    def __init__(self, problems: list[str]):
-        super().__init__("; ".join(problems))
-        self.problems = problems
+class FeedError(ProfileError):
+    """The research section's problems, every one named (``.problems``)."""
 
 
 @dataclass(frozen=True)
