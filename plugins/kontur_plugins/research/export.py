@@ -16,7 +16,7 @@ import io
 from dataclasses import dataclass, field
 from typing import Callable, Protocol
 
-from ..transfer.ingest import _write
+from ..transfer.ingest import write_dataset
 from .deid import Context, held_back, second_pass, standard_uids
 from .feeds import ResearchConfig, facts_of, matches
 from .identity import Identity, Leak, identity_of, leaks
@@ -73,9 +73,13 @@ def patient_key(ds, link_issuers: tuple[str, ...]) -> tuple[str, str]:
     return issuer, pid
 
 
-def _read(data: bytes):
+def _pydicom():
     import pydicom  # noqa: PLC0415 - Debian's python3-pydicom on the node
-    return pydicom.dcmread(io.BytesIO(data), force=True)
+    return pydicom
+
+
+def _read(data: bytes):
+    return _pydicom().dcmread(io.BytesIO(data), force=True)
 
 
 class Exporter:
@@ -125,7 +129,7 @@ class Exporter:
                 {"PatientID": pseudonym, "PatientName": pseudonym})))
             second_pass(anon, original, ctx)
             found = leaks(anon, ctx.identity)
-            data = b"" if found else _write(anon, __import__("pydicom"))
+            data = b"" if found else write_dataset(anon, _pydicom())
         except Exception as exc:  # noqa: BLE001 - a failed de-identification is held back, named
             out.held.append(Held(iid, f"de-identification failed ({type(exc).__name__}: {exc})"))
             return

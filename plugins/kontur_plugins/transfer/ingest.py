@@ -96,7 +96,8 @@ def _declared(ds) -> list[str] | None:
     return [str(v) for v in value]
 
 
-def _write(ds, pydicom) -> bytes:
+def write_dataset(ds, pydicom) -> bytes:
+    """``ds`` as a file's bytes, as read (pydicom 2.3 on the nodes, 3.0 on the control machine)."""
     out = io.BytesIO()
     if int(pydicom.__version__.split(".")[0]) >= 3:
         pydicom.dcmwrite(out, ds, enforce_file_format=False)
@@ -317,4 +318,4 @@ def _rewrite(data: bytes, edits, verdict: charset.Verdict, pydicom) -> bytes:
             item.PatientID, item.IssuerOfPatientID, item.TypeOfPatientID = pid, own, "TEXT"
             seq = list(ds.get("OtherPatientIDsSequence") or [])
             ds.OtherPatientIDsSequence = seq + [item]
-    return _write(ds, pydicom)
+    return write_dataset(ds, pydicom)
