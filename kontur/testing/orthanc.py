@@ -43,11 +43,20 @@ LOOPBACK = "127.0.0.1"
 _LIVE: dict[int, "OrthancProcess"] = {}
 
 
+#: every port free_port has handed out in this process: the kernel may give a just-closed ephemeral
+#: port to the next bind, and two Orthancs given one port would look like one
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    """A TCP port that was free on loopback a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((LOOPBACK, 0))
-        return s.getsockname()[1]
+    """A TCP port that was free on loopback a moment ago and that this process has not handed out before."""
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind((LOOPBACK, 0))
+            port = s.getsockname()[1]
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 def orthanc_available() -> bool:
@@ -180,7 +189,7 @@ class OrthancProcess:
             except OrthancError:
                 log = self.log_tail()
                 self._reap()
-                if attempt < 2 and ("address already in use" in log.lower() or "cannot bind" in log.lower()):
+                if attempt < 2 and any(said in log.lower() for said in ("already in use", "cannot bind")):
                     self.http_port, self.dicom_port = free_port(), free_port()
                     continue
                 raise
@@ -208,10 +217,15 @@ class OrthancProcess:
                     f"{self.name}: Orthanc exited with code {self.proc.returncode} while starting:\n"
                     f"{self.log_tail()}")
             try:
-                self.get("/system", timeout=2)
-                return
+                system = self.get("/system", timeout=2)
             except (OSError, OrthancError):
                 time.sleep(0.1)
+                continue
+            if system.get("Name") == self.name and system.get("DicomPort") == self.dicom_port:
+                return
+            # another Orthanc answers on our port: ours cannot bind it and is about to exit (then the
+            # loop above sees it and start() retries on new ports)
+            time.sleep(0.1)
         raise OrthancError(f"{self.name}: /system did not answer within {self.startup_timeout:.0f} s:\n"
                            f"{self.log_tail()}")
 
