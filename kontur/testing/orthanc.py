@@ -211,6 +211,7 @@ class OrthancProcess:
 
     def _wait_ready(self) -> None:
         deadline = time.monotonic() + self.startup_timeout
+        expected = self.effective_config()   # a test's own config may name the node otherwise
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise OrthancError(
@@ -221,7 +222,7 @@ class OrthancProcess:
             except (OSError, OrthancError):
                 time.sleep(0.1)
                 continue
-            if system.get("Name") == self.name and system.get("DicomPort") == self.dicom_port:
+            if (system.get("Name"), system.get("DicomPort")) == (expected.get("Name"), expected.get("DicomPort")):
                 return
             # another Orthanc answers on our port: ours cannot bind it and is about to exit (then the
             # loop above sees it and start() retries on new ports)

@@ -324,6 +324,123 @@ def test_the_onco_ct_feed_puts_a_de_identified_copy_on_the_research_node_and_onl
                                                                           ("ivanova", "refused")], r.out
 
 
+#: the test feed: the research corpus's hospitals, its profile (kontur.testing.research_actions), and only
+#: studies of the corpus's date (the studies earlier tests sent are dated today)
+TRIAL_FEED = """    trial:
+      destination: research
+      select:
+        hospitals: [onco, gkb3]
+        until: "20260630"
+      profile:
+        options: [retain_modified_dates, clean_descriptors, clean_structured_content]
+        safe_private:
+          - {tag: "0019,1001", creator: KONTUR_SAFE}
+"""
+
+
+def test_the_corpus_goes_through_a_feed_into_the_lab_research_node_with_no_leak(
+        example_lab, deployed, region, tmp_path, capsys):
+    """Issue 16's corpus (identity planted in 150 places across CT, MR, US, SR, SC, a PDF and private
+    elements, Cyrillic and Latin) at the lab's TsAMI, through a feed of the inventory (the example with the
+    test feed in place of onco-ct, deployed to the TsAMI) into the research node over the TsAMI's mTLS
+    peer: 0 leaks by the independent byte scanner, every PS3.15 action of the profile applied (the table
+    printed), the burned-in-risk instances and the PDF held back, one pseudonym for the patient of two
+    hospitals, and a second run sends nothing new: the same pseudonyms and UIDs."""
+    import io
+    import re
+    import shutil
+
+    import pydicom
+
+    from deploy_helpers import kontur, on_host
+    from kontur import nodeapi
+    from kontur.testing.research import build_corpus, raw_leaks
+    from kontur.testing.research_actions import action_table
+
+    variant_dir = tmp_path / "inventory"
+    shutil.copytree(EXAMPLE_INVENTORY.parent, variant_dir)
+    variant = variant_dir / EXAMPLE_INVENTORY.name
+    text = variant.read_text(encoding="utf-8")
+    start = text.index("    onco-ct:\n")
+    end = text.index("\n\n", start) + 1
+    variant.write_text(text[:start] + TRIAL_FEED + text[end:], encoding="utf-8")
+    inv = load(variant)
+    assert list(inv.research.feeds) == ["trial"]
+    tsami = nodeapi.client_for(inv, "tsami", lab=True)
+    research = nodeapi.client_for(inv, "research", lab=True)
+    corpus = build_corpus()
+    uploaded: set[str] = set()
+    try:
+        r = deploy(variant, "--limit", "tsami")
+        assert r.rc == 0, r.out
+        for item in corpus.items:
+            answer = tsami.request_raw_post("instances", item.data)
+            uploaded.add(answer["ParentStudy"])
+
+        def export():
+            r = kontur("research", "export", "trial", "--lab", "-i", str(variant))
+            m = re.search(r"(\d+) selected, (\d+) instance\(s\) delivered, (\d+) already there, (\d+) held back", r.out)
+            assert r.rc == 0 and m, r.out
+            return r, [int(g) for g in m.groups()]
+
+        r, (selected, delivered, already, held) = export()
+        want = [i for i in corpus.items if i.expect == "delivered"]
+        assert selected == len({i.study for i in corpus.items if i.hospital in ("onco", "gkb3")}), r.out
+        assert delivered + already == len(want), r.out              # the timer may have sent some meanwhile
+        reasons = re.findall(r"^  held back \S+ / \S+: (.*)$", r.out, re.M)
+        assert held == len(reasons) == sum(i.expect == "held" for i in corpus.items), r.out
+        assert sum("encapsulated document" in x for x in reasons) == 1, reasons
+        assert sum("burned-in identity" in x for x in reasons) == 2, reasons
+
+        # the key map at the TsAMI: research study -> original (read on the node, as the service does)
+        p = on_host(example_lab, "tsami", "python3 -c \"import json, sqlite3; print(json.dumps(dict(sqlite3.connect("
+                                          "'/var/lib/kontur/research/keymap.sqlite').execute("
+                                          "'SELECT new_study_uid, original_study_uid FROM studies'))))\"")
+        assert p.returncode == 0, p.stderr
+        study_map = json.loads(p.stdout)
+        originals = [pydicom.dcmread(io.BytesIO(i.data)) for i in want]
+        ours = {str(o.StudyInstanceUID) for o in originals}
+        files = {}
+        for s in research.get("studies"):
+            uid = research.get(f"studies/{s}")["MainDicomTags"]["StudyInstanceUID"]
+            if study_map.get(uid) in ours:
+                for i in research.get(f"studies/{s}/instances"):
+                    files[i["ID"]] = research.get_raw(f"instances/{i['ID']}/file")
+        assert len(files) == len(want), f"{len(files)} copies of the corpus on the research node, {len(want)} expected"
+        leaks = {i: raw_leaks(data, corpus) for i, data in files.items()}
+        assert not any(leaks.values()), {i: f for i, f in leaks.items() if f}
+
+        copies = [pydicom.dcmread(io.BytesIO(data)) for data in files.values()]
+        patient_of = {str(o.StudyInstanceUID): corpus.studies[i.study][1] for o, i in zip(originals, want)}
+        hospitals_of: dict[str, set[str]] = {}
+        pseudonyms: dict[str, set[str]] = {}
+        for c in copies:
+            original = study_map[str(c.StudyInstanceUID)]
+            pseudonyms.setdefault(patient_of[original], set()).add(str(c.PatientID))
+            hospitals_of.setdefault(patient_of[original], set()).update(
+                i.hospital for o, i in zip(originals, want) if str(o.StudyInstanceUID) == original)
+        assert all(len(v) == 1 for v in pseudonyms.values()), pseudonyms
+        assert len({next(iter(v)) for v in pseudonyms.values()}) == len(pseudonyms), pseudonyms
+        assert any(len(h) == 2 for h in hospitals_of.values()), hospitals_of   # one patient of two hospitals
+        rows, failed = action_table(originals, copies, study_map)
+        with capsys.disabled():
+            print("\nPS3.15 actions on the corpus in the lab (attribute | required | applied | example):")
+            for row in rows:
+                print(" | ".join(str(x) for x in row))
+        assert not failed, f"actions not applied: {failed}"
+
+        # a second run: nothing new; the research node holds the same instances (same pseudonyms and UIDs)
+        before = set(research.get("instances"))
+        r, (_, delivered, already, _) = export()
+        assert delivered == 0 and already == len(want), r.out
+        assert set(research.get("instances")) == before
+    finally:
+        for study in uploaded:                 # the clinical archive as the next test finds it
+            tsami.request("DELETE", f"studies/{study}")
+        back = deploy(EXAMPLE_INVENTORY, "--limit", "tsami")
+        assert back.rc == 0, back.out
+
+
 def test_check_and_audit_catch_each_fault_made_on_purpose(example_lab, deployed, region, tmp_path):
     """Issue 13's faults, made at once on six nodes (tests/deploy/faults.py):
     Orthanc stopped and a disk over its critical threshold; a link cut; a

@@ -11,7 +11,6 @@ attribute requires is checked attribute by attribute, and printed.
 """
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 import io
 import json
@@ -25,14 +24,13 @@ import pytest
 
 from kontur.testing.orthanc import OrthancProcess, wait_for
 from kontur.testing.research import Corpus, build_corpus, raw_leaks
+from kontur.testing.research_actions import PROFILE, action_table
 
 pytestmark = pytest.mark.orthanc
 
 REPO = Path(__file__).resolve().parents[2]
 NODE_PYTHON = "/usr/bin/python3"
 HOSPITALS = {"42-ONCO": "onco", "42-GKB3": "gkb3", "42-PERINATAL": "perinatal"}
-PROFILE = {"options": ["retain_modified_dates", "clean_descriptors", "clean_structured_content"],
-           "safe_private": [{"tag": "0019,1001", "creator": "KONTUR_SAFE"}]}
 
 
 def policy(feeds: dict) -> dict:
@@ -83,124 +81,6 @@ def feeds(tmp_path, processes) -> Feeds:
     for item in corpus.items:
         tsami.upload(item.data)
     return Feeds(tmp_path, tsami, research, corpus)
-
-
-# --- PS3.15 E.1-1: what each planted attribute must become under the feed's profile ----------------------
-
-def _absent(o, c, kw):
-    return kw not in c, "absent" if kw not in c else f"present: {c.get(kw)!r}"
-
-
-def _empty(o, c, kw):
-    v = c.get(kw)
-    return (v is None or str(v) == ""), "empty" if not v else f"{v!r}"
-
-
-def _not_original(o, c, kw):
-    v = c.get(kw)
-    return (v is None or str(v) != str(o.get(kw))), "absent" if v is None else f"{v!r}"
-
-
-def _dummy(o, c, kw):
-    v = str(c.get(kw, ""))
-    return bool(v) and v != str(o.get(kw)), f"{v!r}"
-
-
-def _cleaned(o, c, kw):
-    v = c.get(kw)
-    return v is None or str(v) != str(o.get(kw)), "absent" if v is None else f"{str(v)!r}"
-
-
-def _mapped(o, c, kw):
-    v = str(c.get(kw, ""))
-    return v.startswith("2.25.") and v != str(o.get(kw)), v[:20] + "..."
-
-
-def _kept(o, c, kw):
-    return str(c.get(kw)) == str(o.get(kw)), f"{c.get(kw)!r}"
-
-
-def _private(tag, want):
-    def check(o, c, _kw):
-        have = tag in c
-        return have == want, ("kept: " + repr(c[tag].value)) if have else "absent"
-    return check
-
-
-def _nested(seq, kw, check):
-    def f(o, c, _kw):
-        oi = o[seq][0] if seq in o and o[seq].value else None
-        ci = c[seq][0] if seq in c and c[seq].value else None
-        if ci is None:
-            return True, f"{seq} absent"
-        return check(oi, ci, kw)
-    return f
-
-
-#: (attribute, PS3.15 action for it (basic, then the option that changes it), check)
-ACTIONS = [
-    ("PatientName", "Z (a dummy: the pseudonym)", _dummy),
-    ("PatientID", "Z (a dummy: the pseudonym)", _dummy),
-    ("PatientBirthDate", "Z", _empty),
-    ("PatientSex", "Z (K only under Retain Patient Characteristics)", _empty),
-    ("PatientAge", "X (K only under Retain Patient Characteristics)", _absent),
-    ("OtherPatientIDsSequence", "X", _absent),
-    ("OtherPatientNames", "X", _absent),
-    ("PatientMotherBirthName", "X", _absent),
-    ("PatientAddress", "X", _absent),
-    ("PatientTelephoneNumbers", "X", _absent),
-    ("IssuerOfPatientID", "X", _absent),
-    ("AccessionNumber", "Z", _empty),
-    ("StudyID", "Z", _empty),
-    ("InstitutionName", "X/Z/D", _not_original),
-    ("InstitutionAddress", "X", _absent),
-    ("InstitutionalDepartmentName", "X", _absent),
-    ("ReferringPhysicianName", "Z", _empty),
-    ("ReferringPhysicianTelephoneNumbers", "X", _absent),
-    ("PerformingPhysicianName", "X", _absent),
-    ("OperatorsName", "X/Z/D", _not_original),
-    ("NameOfPhysiciansReadingStudy", "X", _absent),
-    ("PhysiciansOfRecord", "X", _absent),
-    ("RequestingPhysician", "X", _absent),
-    ("StationName", "X/Z/D (K only under Retain Device Identity)", _not_original),
-    ("DeviceSerialNumber", "X/Z/D (K only under Retain Device Identity)", _not_original),
-    ("MilitaryRank", "X", _absent),
-    ("Occupation", "X", _absent),
-    ("AdditionalPatientHistory", "X (K only under Retain Patient Characteristics)", _absent),
-    ("PatientComments", "X (C under Clean Descriptors)", _cleaned),
-    ("RequestAttributesSequence", "X", _absent),
-    ("StudyDescription", "X, C under Clean Descriptors", _cleaned),
-    ("SeriesDescription", "X, C under Clean Descriptors", _cleaned),
-    ("ProtocolName", "X/D, C under Clean Descriptors", _cleaned),
-    ("ImageComments", "X, C under Clean Descriptors", _cleaned),
-    ("DerivationDescription", "X, C under Clean Descriptors", _cleaned),
-    ("PerformedProcedureStepDescription", "X, C under Clean Descriptors", _cleaned),
-    ("StudyInstanceUID", "U", _mapped),
-    ("SeriesInstanceUID", "U", _mapped),
-    ("SOPInstanceUID", "U", _mapped),
-    ("FrameOfReferenceUID", "U", _mapped),
-    ("ReferencedImageSequence > ReferencedSOPInstanceUID", "U",
-     _nested("ReferencedImageSequence", "ReferencedSOPInstanceUID", _mapped)),
-    ("ReferencedImageSequence > PatientName", "X (a name inside a kept sequence)",
-     _nested("ReferencedImageSequence", "PatientName", _absent)),
-    ("ReferencedImageSequence > private (0011,1001)", "X (private)",
-     _nested("ReferencedImageSequence", None, _private(0x00111001, False))),
-    ("private (0009,1001) LO", "X (private)", _private(0x00091001, False)),
-    ("private (0009,1002) OB", "X (private)", _private(0x00091002, False)),
-    ("private (0019,1001), listed safe", "K (Retain Safe Private)", _private(0x00191001, True)),
-    ("StudyTime", "Z, kept under Modified Dates (whole days)", _kept),
-    ("VerifyingObserverSequence > VerifyingObserverName", "D",
-     _nested("VerifyingObserverSequence", "VerifyingObserverName", _not_original)),
-    ("VerifyingObserverSequence > VerifyingOrganization", "X",
-     _nested("VerifyingObserverSequence", "VerifyingOrganization", _absent)),
-    ("ContentCreatorName", "Z", _empty),
-]
-DATES = ("StudyDate", "SeriesDate", "ContentDate")      # C under Retain ... Modified Dates: one offset per patient
-
-
-def _days(a: str, b: str) -> int:
-    d = lambda s: dt.date(int(s[:4]), int(s[4:6]), int(s[6:8]))  # noqa: E731
-    return (d(a) - d(b)).days
 
 
 def _md5s(o: OrthancProcess) -> dict[str, str]:
@@ -257,59 +137,7 @@ def test_the_corpus_reaches_the_research_node_with_no_leak_and_every_required_ac
     assert pseudonyms["ivanov"] != pseudonyms["petrova"]
     assert len({by_study[o]["pseudonym"] for o in by_study if by_study[o]["selected"]}) == 2
 
-    # each copy with its original: the same study (the key map), modality, series and instance number
-    pairs = []
-    for c in copies_ds:
-        o = [o for o in originals if str(o.StudyInstanceUID) == study_map[str(c.StudyInstanceUID)]
-             and o.Modality == c.Modality and int(o.InstanceNumber) == int(c.InstanceNumber)
-             and o.get("BurnedInAnnotation") == c.get("BurnedInAnnotation")]
-        assert len(o) >= 1, c
-        pairs.append((o[:1], c))
-    rows, failed = [], []
-    for attr, action, check in ACTIONS:
-        kw = attr.split(" > ")[-1] if " > " in attr else attr
-        seen = ok = 0
-        example = ""
-        for cands, c in pairs:
-            for o in cands:
-                top = attr.split(" > ")[0]
-                if not top.startswith("private") and top not in o:
-                    continue
-                if top.startswith("private") and int(attr.split("(")[1][:4], 16) * 0x10000 + int(
-                        attr.split(",")[1][:4], 16) not in o:
-                    continue
-                seen += 1
-                good, example = check(o, c, kw)
-                ok += bool(good)
-                break
-        rows.append((attr, action, f"{ok}/{seen}", example))
-        if seen == 0 or ok != seen:
-            failed.append(attr)
-    # dates: one offset per patient, 30 days to 10 years back, across studies and hospitals
-    offsets: dict[str, set[int]] = {}
-    for cands, c in pairs:
-        for o in cands:
-            for kw in DATES:
-                if kw in o and o.get(kw):
-                    offsets.setdefault(str(c.PatientID), set()).add(_days(str(c.get(kw)), str(o.get(kw))))
-    rows.append(("StudyDate, SeriesDate, ContentDate", "Z/X/D, C under Modified Dates",
-                 f"offsets per patient: {sorted(map(sorted, offsets.values()))}", ""))
-    if not offsets or any(len(v) != 1 or not -3680 <= next(iter(v)) <= -30 for v in offsets.values()):
-        failed.append("dates")
-    # the SR's content, cleaned
-    sr = next(c for c in copies_ds if c.Modality == "SR")
-    text = next(i for i in sr.ContentSequence if i.ValueType == "TEXT").TextValue
-    pname = next(i for i in sr.ContentSequence if i.ValueType == "PNAME")
-    rows.append(("ContentSequence > TEXT", "X, C under Clean Structured Content", repr(text), ""))
-    rows.append(("ContentSequence > PNAME", "X, C: a dummy", repr(str(pname.get("PersonName"))), ""))
-    if "очаг" not in text or str(pname.get("PersonName")) in ("", "None"):
-        failed.append("SR content")
-    marks = [str(c.get("PatientIdentityRemoved")) == "YES" and str(c.get("LongitudinalTemporalInformationModified"))
-             == "MODIFIED" and {i.CodeValue for i in c.DeidentificationMethodCodeSequence}
-             == {"113100", "113104", "113105", "113107"} for c in copies_ds]
-    rows.append(("PatientIdentityRemoved, method codes", "YES; 113100 + the options", f"{sum(marks)}/{len(marks)}", ""))
-    if not all(marks):
-        failed.append("marks")
+    rows, failed = action_table(originals, copies_ds, study_map)
     with capsys.disabled():
         print("\nPS3.15 actions on the corpus (attribute | required | applied | example):")
         for r in rows:
@@ -344,6 +172,30 @@ def test_the_timer_sends_stable_studies_once_and_a_fresh_run_gives_the_same_pseu
     rc, outcomes, err = feeds.export(FEED, "trial")
     assert rc == 0, err
     assert _research_state(feeds) == (first_uids, first_patients)
+
+
+def test_an_export_waits_for_the_run_already_holding_the_key_map(feeds):
+    """The timer's run and an operator's export never judge and send side by side: the second waits on the
+    key map's lock (seen in the kernel's lock table as a blocked waiter) and runs once the first is done."""
+    import fcntl
+    holder = open(str(feeds.keymap) + ".lock", "a")
+    fcntl.flock(holder, fcntl.LOCK_EX)
+    pol = feeds.tmp / "policy.json"
+    pol.write_text(json.dumps(policy(FEED)))
+    second = subprocess.Popen([NODE_PYTHON, "-m", "kontur_plugins.research", "export", "--policy", str(pol),
+                               "--secrets", str(feeds.secrets), "--keymap", str(feeds.keymap), "trial"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env=dict(os.environ, PYTHONPATH=str(REPO / "plugins")))
+    try:
+        wait_for(lambda: any(line.split()[1:2] == ["->"] and line.split()[-4:-3] == [str(second.pid)]
+                             for line in Path("/proc/locks").read_text().splitlines()),
+                 60, message="the second export waiting on the key map's lock")
+        assert second.poll() is None and not feeds.keymap.exists() and feeds.research.instance_ids() == []
+    finally:
+        holder.close()
+        out, err = second.communicate(timeout=600)
+    assert second.returncode == 0, err
+    assert len(feeds.research.instance_ids()) == sum(i.expect == "delivered" for i in feeds.corpus.items)
 
 
 def test_bad_input_is_refused_with_a_message_and_nothing_reaches_the_research_node(feeds):

@@ -24,6 +24,7 @@ a refusal is audited here too.
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import sys
 import warnings
@@ -141,6 +142,10 @@ def main(argv: list[str] | None = None) -> int:
             return _fail(f"no feed {args.feed!r} here; this node's feeds: {', '.join(sorted(config.feeds)) or 'none'}")
         if args.since is not None and not (len(args.since) == 8 and args.since.isdigit()):
             return _fail(f"--since {args.since!r} is not a date; expected YYYYMMDD")
+    # one exporter at a time per key map: the timer's run and an operator's export would otherwise judge
+    # and send the same studies side by side (the lock goes with the process, also when it is killed)
+    lock = open(args.keymap + ".lock", "a")  # noqa: SIM115
+    fcntl.flock(lock, fcntl.LOCK_EX)
     keymap = KeyMap(args.keymap)
     exporter = Exporter(config, keys, keymap, archive, archive.store_at_peer)
     rc = 0
@@ -164,6 +169,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     finally:
         keymap.close()
+        lock.close()
     return rc
 
 
