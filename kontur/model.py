@@ -423,6 +423,8 @@ class ResearchSelect(Strict):
     procedure_codes: list[Annotated[str, Field(min_length=1, max_length=16)]] = Field(default_factory=list)
     since: Annotated[str, Field(pattern=r"^\d{8}$")] | None = None
     until: Annotated[str, Field(pattern=r"^\d{8}$")] | None = None
+    #: only studies whose report (kontur's HL7 service attaches it) marks pathology
+    pathology_only: bool = False
 
 
 class SafePrivate(Strict):

@@ -80,7 +80,8 @@ class Attacher:
             return False
         study = found[0]
         predecessor = self.store.result_predecessor(r)
-        ds = results.sr_dataset(r["report"], study, now=dt.datetime.now(), predecessor=predecessor)
+        ds = results.sr_dataset(r["report"], study, now=dt.datetime.now(), predecessor=predecessor,
+                                pathology=bool(r.get("pathology")))
         try:
             status = self.c_store(ds)
         except Exception as exc:  # noqa: BLE001

@@ -64,6 +64,12 @@ def series_uid(study_uid: str) -> str:
     return _uid(study_uid, "series")
 
 
+#: the report's mark of a result that marks pathology (OBX-8 abnormal, or a code the inventory declares):
+#: a CODE item "Finding" (DCM 121071) = "Abnormal" (SNOMED CT 263654008).  The TsAMI and a research feed
+#: (``pathology_only``) read it from the study itself.
+PATHOLOGY_MARK = (("121071", "DCM", "Finding"), ("263654008", "SCT", "Abnormal"))
+
+
 def _code(value: str, scheme: str, meaning: str):
     from pydicom.dataset import Dataset  # noqa: PLC0415
     c = Dataset()
@@ -92,10 +98,12 @@ def _container(concept, children: list, relationship: str | None = "CONTAINS"):
     return c
 
 
-def sr_dataset(report: dict, study: dict, *, now: dt.datetime, predecessor: dict | None = None):
+def sr_dataset(report: dict, study: dict, *, now: dt.datetime, predecessor: dict | None = None,
+               pathology: bool = False):
     """The report as a Basic Text SR of ``study`` (the stored study's patient
     and study attributes, as Orthanc's C-FIND answers them).  ``predecessor``:
-    ``{"sop_uid", "series_uid"}`` of the report a corrected result replaces."""
+    ``{"sop_uid", "series_uid"}`` of the report a corrected result replaces.
+    ``pathology``: the result marks pathology (:data:`PATHOLOGY_MARK`)."""
     from pydicom.dataset import Dataset, FileMetaDataset  # noqa: PLC0415
     from pydicom.uid import ExplicitVRLittleEndian  # noqa: PLC0415
 
@@ -148,6 +156,13 @@ def sr_dataset(report: dict, study: dict, *, now: dt.datetime, predecessor: dict
     if report.get("conclusion"):
         children.append(_container(_code("121076", "DCM", "Conclusions"),
                                    [_text_item(_code("121077", "DCM", "Conclusion"), report["conclusion"])]))
+    if pathology:
+        from pydicom.dataset import Dataset  # noqa: PLC0415
+        mark = Dataset()
+        mark.RelationshipType, mark.ValueType = "CONTAINS", "CODE"
+        mark.ConceptNameCodeSequence = [_code(*PATHOLOGY_MARK[0])]
+        mark.ConceptCodeSequence = [_code(*PATHOLOGY_MARK[1])]
+        children.append(mark)
     root = _container(_code("18748-4", "LN", "Diagnostic Imaging Report"), children, relationship=None)
     for k in root:
         ds.add(k)

@@ -198,6 +198,34 @@ def test_an_export_waits_for_the_run_already_holding_the_key_map(feeds):
     assert len(feeds.research.instance_ids()) == sum(i.expect == "delivered" for i in feeds.corpus.items)
 
 
+def test_a_pathology_only_feed_takes_the_study_whose_report_marks_pathology(feeds):
+    """The HL7 service's report of a result marking pathology (services/kontur_hl7/results.py, as it
+    attaches it) in one corpus study at the TsAMI: a ``pathology_only`` feed selects that study alone."""
+    import datetime as dt
+    import sys
+    sys.path.insert(0, str(REPO / "services"))
+    from kontur_hl7 import results
+    item = next(i for i in feeds.corpus.items if i.kind == "CT")
+    ct = pydicom.dcmread(io.BytesIO(item.data))
+    study = {k: str(ct.get(k, "") or "") for k in results.STUDY_KEYS}
+    report = {"accession": study["AccessionNumber"], "status": "final", "findings": "Очаг в S6.",
+              "conclusion": "Образование правого лёгкого.", "observer": "", "observed": "", "flags": ["A"],
+              "codes": [], "study_uid": study["StudyInstanceUID"], "institution": "", "patient": {}}
+    buf = io.BytesIO()
+    pydicom.dcmwrite(buf, results.sr_dataset(report, study, now=dt.datetime.now(), pathology=True),
+                     enforce_file_format=True)
+    feeds.tsami.upload(buf.getvalue())
+    patho = {"patho": {"destination": "research", "select": {"pathology_only": True}, "profile": PROFILE}}
+    rc, outcomes, err = feeds.export(patho, "patho")
+    assert rc == 0, err
+    chosen = [o for o in outcomes if o["selected"]]
+    assert len(chosen) == 1 and len(outcomes) == len(feeds.corpus.studies), outcomes
+    assert feeds.tsami.get(f"/studies/{chosen[0]['study']}")["MainDicomTags"]["StudyInstanceUID"] == \
+        str(ct.StudyInstanceUID)
+    assert all("marks pathology" in o["reason"] for o in outcomes if not o["selected"])
+    assert chosen[0]["delivered"] and not any(o["delivered"] for o in outcomes if not o["selected"])
+
+
 def test_bad_input_is_refused_with_a_message_and_nothing_reaches_the_research_node(feeds):
     rc, _, err = feeds.export(FEED, "nosuchfeed")
     assert rc == 2 and "no feed 'nosuchfeed' here; this node's feeds: trial" in err and "Traceback" not in err

@@ -77,6 +77,15 @@ def _reports(o, study_id: str) -> list[pydicom.Dataset]:
     return out
 
 
+def _research_facts(datasets):
+    """What a research feed reads of a study (the plugin's own code, as the TsAMI runs it)."""
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "plugins"))
+    from kontur_plugins.research.feeds import facts_of
+    return facts_of(datasets, {})
+
+
 def test_a_result_becomes_a_report_inside_its_study_with_its_text_intact(lami):
     node, hl7 = lami
     with hl7.client() as c:
@@ -93,8 +102,12 @@ def test_a_result_becomes_a_report_inside_its_study_with_its_text_intact(lami):
     assert ds.SOPClassUID == BASIC_TEXT_SR and ds.StudyInstanceUID == uid
     assert text_of(ds) == ("Очаговых изменений в лёгких не выявлено.", "Образование правого лёгкого.")
     assert str(ds.PatientName) == "Иванов^Пётр^Ильич"
-    (r,) = hl7.results()
+    # the service records the report attached once Orthanc has answered its C-STORE: after it is visible
+    (r,) = wait_for(lambda: all(x["state"] != "waiting" for x in hl7.results()) and hl7.results(), 30,
+                    message="the result recorded attached")
     assert (r["state"], r["pathology"], r["sop_uid"]) == ("attached", 1, ds.SOPInstanceUID)
+    # the report says so itself: a research feed's pathology_only reads it at the TsAMI
+    assert _research_facts([ds]).pathology
     # the same result again: nothing new
     with hl7.client() as c:
         assert "the same result again" in c.send_message(oru(cid="R2", conclusion="Образование правого лёгкого.",

@@ -68,6 +68,8 @@ def test_the_example_feeds_onco_ct_from_the_tsami_into_its_research_node():
     ("        burned_in: hold", "        burned_in: maybe", "research.feeds.onco-ct.profile.burned_in", "hold"),
     ("        hospitals: [onco]\n", "        hospitals: [onco]\n        since: 2026-01-01\n",
      "research.feeds.onco-ct.select.since", "string"),
+    ("        modalities: [CT]\n", "        modalities: [CT]\n        pathology_only: often\n",
+     "research.feeds.onco-ct.select.pathology_only", "boolean"),
 ])
 def test_a_bad_feed_is_refused_naming_the_field_and_what_was_expected(tmp_path, old, new, where, word):
     found = problems(variant(tmp_path, old, new))
@@ -107,3 +109,11 @@ def test_the_tsami_gets_the_exporter_and_the_research_node_only_a_store_only_acc
         in config
     # a LAMI exports nothing
     assert "kontur-research.timer" not in render_node(region, "onco-lami", store).services
+
+
+def test_a_pathology_only_feed_reaches_the_exporters_policy(tmp_path):
+    region = load(variant(tmp_path, "        modalities: [CT]\n", "        modalities: [CT]\n        pathology_only: true\n"))
+    doc = build_policy(region, "tsami", None)
+    assert doc["research"]["feeds"]["onco-ct"]["select"] == {"hospitals": ["onco"], "modalities": ["CT"],
+                                                            "pathology_only": True}
+    check_policy(doc)

@@ -16,7 +16,8 @@ A selection's keys all must hold (an empty selection selects nothing: the
 inventory refuses it); within a key any listed value does.  A study is
 judged by what its instances say (hospital by Issuer of Patient ID, stamped
 at ingest; modality and body part per series; description; procedure code;
-study date).
+study date; pathology by the report kontur's HL7 service attached, which marks
+a result that marks pathology with :data:`PATHOLOGY_MARK`).
 """
 from __future__ import annotations
 
@@ -25,7 +26,11 @@ from dataclasses import dataclass, field
 
 from .profile import Profile, ProfileError, parse_profile
 
-SELECT_KEYS = ("hospitals", "modalities", "body_parts", "descriptions", "procedure_codes", "since", "until")
+SELECT_KEYS = ("hospitals", "modalities", "body_parts", "descriptions", "procedure_codes", "since", "until",
+               "pathology_only")
+#: the CODE item of a report whose result marks pathology: "Finding" (DCM 121071) = "Abnormal" (SNOMED CT
+#: 263654008) -- services/kontur_hl7/results.py writes it (a unit test holds the two the same)
+PATHOLOGY_MARK = (("121071", "DCM"), ("263654008", "SCT"))
 _DATE = re.compile(r"\d{8}")
 
 
@@ -42,6 +47,8 @@ class Selection:
     procedure_codes: tuple[str, ...] = ()
     since: str | None = None
     until: str | None = None
+    #: only studies whose report marks pathology
+    pathology_only: bool = False
 
     def empty(self) -> bool:
         return not any(getattr(self, k) for k in SELECT_KEYS)
@@ -64,6 +71,7 @@ class StudyFacts:
     description: str = ""
     procedure_codes: set[str] = field(default_factory=set)
     date: str = ""
+    pathology: bool = False
 
 
 @dataclass(frozen=True)
@@ -100,7 +108,12 @@ def parse_selection(doc, where: str, problems: list[str]) -> Selection:
             problems.append(f"{where}.{k} is {v!r}; expected a date YYYYMMDD")
             v = None
         dates[k] = v
-    sel = Selection(*(_strings(doc.get(k), f"{where}.{k}", problems) for k in SELECT_KEYS[:5]), **dates)
+    only = doc.get("pathology_only", False)
+    if not isinstance(only, bool):
+        problems.append(f"{where}.pathology_only is {only!r}; expected true or false")
+        only = False
+    sel = Selection(*(_strings(doc.get(k), f"{where}.{k}", problems) for k in SELECT_KEYS[:5]), **dates,
+                    pathology_only=only)
     if sel.empty() and not unknown:
         problems.append(f"{where} selects nothing; expected at least one of {', '.join(SELECT_KEYS)}")
     return sel
@@ -154,7 +167,24 @@ def facts_of(datasets, hospitals: dict[str, str]) -> StudyFacts:
             code = str(item.get("CodeValue", "") or "").strip()
             if code:
                 f.procedure_codes.add(code)
+        f.pathology = f.pathology or _marks_pathology(ds.get("ContentSequence") or [])
     return f
+
+
+def _code(item, keyword: str) -> tuple[str, str]:
+    seq = item.get(keyword) or []
+    return (str(seq[0].get("CodeValue", "")), str(seq[0].get("CodingSchemeDesignator", ""))) if seq else ("", "")
+
+
+def _marks_pathology(content, depth: int = 0) -> bool:
+    """Does an SR's content tree hold :data:`PATHOLOGY_MARK` (at any depth, up to 10)?"""
+    for item in content:
+        if (str(item.get("ValueType", "")) == "CODE" and _code(item, "ConceptNameCodeSequence") == PATHOLOGY_MARK[0]
+                and _code(item, "ConceptCodeSequence") == PATHOLOGY_MARK[1]):
+            return True
+        if depth < 10 and _marks_pathology(item.get("ContentSequence") or [], depth + 1):
+            return True
+    return False
 
 
 def matches(sel: Selection, f: StudyFacts) -> tuple[bool, str]:
@@ -175,4 +205,6 @@ def matches(sel: Selection, f: StudyFacts) -> tuple[bool, str]:
         return False, f"study date {f.date or 'unknown'} before {sel.since}"
     if sel.until and not (f.date and f.date <= sel.until):
         return False, f"study date {f.date or 'unknown'} after {sel.until}"
+    if sel.pathology_only and not f.pathology:
+        return False, "no report of the study marks pathology (yet: the study is judged again when one comes)"
     return True, "selected"

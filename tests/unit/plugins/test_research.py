@@ -159,3 +159,16 @@ def test_the_key_map_reidentifies_by_pseudonym_or_study_and_audits_every_ask(tmp
         ("archivist", "clinical return", "R42-AB", "found"), ("archivist", "x", "2.25.1", "found"),
         ("someone", "curiosity", "R42-NONE", "unknown pseudonym or study")]
     km.close()
+
+
+def test_a_pathology_only_selection_is_a_selection_and_judges_the_studys_reports():
+    problems: list[str] = []
+    sel = parse_selection({"pathology_only": True}, "select", problems)
+    assert problems == [] and sel.pathology_only and not sel.empty()
+    parse_selection({"hospitals": ["onco"], "pathology_only": "yes"}, "select", problems)
+    assert problems == ["select.pathology_only is 'yes'; expected true or false"]
+    sel = parse_selection({"hospitals": ["onco"], "pathology_only": True}, "select", [])
+    ok, why = matches(sel, StudyFacts(hospital="onco"))
+    assert not ok and "marks pathology" in why
+    assert matches(sel, StudyFacts(hospital="onco", pathology=True)) == (True, "selected")
+    assert matches(parse_selection({"hospitals": ["onco"]}, "select", []), StudyFacts(hospital="onco"))[0]

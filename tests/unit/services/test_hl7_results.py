@@ -108,3 +108,19 @@ def test_the_report_is_a_basic_text_sr_of_the_stored_study_with_the_text_intact(
     p = results.report_facts(orders.parse(oru(cid="R3", status="P")).result, None, None)
     pre = results.sr_dataset(p, STUDY, now=now)
     assert (pre.CompletionFlag, pre.VerificationFlag) == ("PARTIAL", "UNVERIFIED")
+
+
+def test_a_report_of_a_result_marking_pathology_carries_the_mark_a_research_feed_reads():
+    """``pathology_only`` feeds select by the study itself at the TsAMI: the report of a result that marks
+    pathology holds a CODE item Finding = Abnormal (SNOMED CT 263654008); the text stays as it was."""
+    from kontur_plugins.research import feeds
+    r = orders.parse(oru(cid="R1", conclusion="Образование правого лёгкого.", flag="A")).result
+    report = results.report_facts(r, None, None)
+    now = dt.datetime(2026, 12, 1, 13, 0, 0)
+    marked = _roundtrip(results.sr_dataset(report, STUDY, now=now, pathology=True))
+    plain = _roundtrip(results.sr_dataset(report, STUDY, now=now))
+    assert results.text_of(marked) == results.text_of(plain)
+    assert marked.SOPInstanceUID == plain.SOPInstanceUID          # one result, one report, whatever its mark
+    assert feeds.facts_of([marked], {}).pathology and not feeds.facts_of([plain], {}).pathology
+    # the two packages' definitions of the mark are one
+    assert tuple(c[:2] for c in results.PATHOLOGY_MARK) == feeds.PATHOLOGY_MARK
