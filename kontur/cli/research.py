@@ -104,16 +104,25 @@ def export_command(feed, since, lab, inventory, secrets_dir):
 @click.argument("key", metavar="PSEUDONYM|STUDY-UID")
 @click.option("--reason", required=True, help="Why (audited with who, when and what).")
 @click.option("--as", "login", required=True, metavar="LOGIN", help="The inventory user asking.")
+@click.option("--send-to", "send_to", default=None, metavar="NODE",
+              help="Also send the original studies back to this hospital archive (a LAMI).")
 @click.option("--lab", is_flag=True, help="In the running region lab.")
 @inventory_option
 @secrets_option
-def reidentify_command(key, reason, login, lab, inventory, secrets_dir):
-    """Who a pseudonym (or a research copy's Study Instance UID) is.  Only a
-    user whose role is in research.reidentify_roles may; every request,
-    refused or not, is audited at the MIAC.  Exit 0; 1 refused or unknown;
-    2 invalid input."""
+def reidentify_command(key, reason, login, send_to, lab, inventory, secrets_dir):
+    """Who a pseudonym (or a research copy's Study Instance UID) is, and with
+    --send-to the original studies (that research study's, or every study of
+    the pseudonym) sent from the MIAC's archive back to a hospital's LAMI for
+    clinical use.  Only a user whose role is in research.reidentify_roles
+    may; every request, refused or not, and every send is audited at the
+    MIAC.  Exit 0; 1 refused, unknown or not sent; 2 invalid input."""
     region = load_region(inventory)
     node = _exporting_node(region, None)
+    if send_to is not None:
+        lamis = sorted(n for n in oc.outgoing_peers(region, node) if region.nodes[n].role == Role.LAMI)
+        if send_to not in lamis:
+            raise InvalidInput(f"--send-to {send_to!r} is not a hospital archive {node} sends to; "
+                               f"expected one of: {', '.join(lamis) or 'none'}")
     user = next((u for u in region.users if u.login == login), None)
     refused = None
     if user is None:
@@ -125,15 +134,23 @@ def reidentify_command(key, reason, login, lab, inventory, secrets_dir):
     args = ["reidentify", "--keymap", rr.KEYMAP, "--who", login, "--reason", reason, key]
     if refused:
         args[1:1] = ["--refused", refused]
+    elif send_to:
+        args[1:1] = ["--send-to", send_to, "--secrets", rr.SECRETS_FILE]
     p = _run(where, node, _node_command(*args), timeout=120)
     if refused:
         raise OperationFailed(f"refused: {refused} (the request is audited on {node})")
-    if p.returncode != 0:
+    lines = [ln for ln in p.stdout.splitlines() if ln.startswith("{")]
+    if p.returncode != 0 and not lines:
         raise OperationFailed(_node_error(node, p))
-    person = json.loads(p.stdout)
+    person = json.loads(lines[-1])
     for k in ("pseudonym", "patient_name", "patient_id", "issuer", "birth_date", "original_study_uid"):
         if person.get(k):
             out.print(f"{k:20} {person[k]}", markup=False)
+    for s in person.get("sent") or []:
+        out.print(f"sent back           the original study {s['study_uid']} ({s['instances']} instances) to "
+                  f"{s['to']}", markup=False)
+    if person.get("problem"):
+        raise OperationFailed(f"{node}: {person['problem']} (audited)")
 
 
 @research_group.command("audit")

@@ -260,7 +260,8 @@ def test_the_onco_ct_feed_puts_a_de_identified_copy_on_the_research_node_and_onl
     """Issue 16 on the deployed example region: a CT study of the oncology centre, sent by its CT,
     replicated to the TsAMI, reaches the research node de-identified by `kontur research export` (the
     report SR held back: the feed does not clean structured content); the research node holds no
-    key material; the archivist re-identifies the pseudonym, a radiologist is refused, both audited."""
+    key material; the archivist re-identifies the pseudonym, a radiologist is refused, both audited;
+    the archivist has the original study sent back to the oncology centre's LAMI, audited."""
     import io
 
     import pydicom
@@ -322,6 +323,24 @@ def test_the_onco_ct_feed_puts_a_de_identified_copy_on_the_research_node_and_onl
     trail = [json.loads(ln) for ln in r.out.splitlines() if ln.startswith("{")]
     assert [(t["who"], t["answer"].split(":")[0]) for t in trail[-2:]] == [("archivist", "found"),
                                                                           ("ivanova", "refused")], r.out
+
+    # seed 001: the image returns to clinical use -- the oncology centre's LAMI lost its copy, and the
+    # archivist has the TsAMI send the original back there (its Orthanc peer, mutual TLS), audited
+    onco = nodeapi.client_for(inv, "onco-lami", lab=True)
+    query = {"Level": "Study", "Query": {"StudyInstanceUID": study.study_uid}}
+    for sid in onco.post("tools/find", query):
+        onco.request("DELETE", f"studies/{sid}")
+    assert onco.post("tools/find", query) == []
+    r = kontur("research", "reidentify", pseudonym, "--reason", "повторное обращение пациента", "--as",
+               "archivist", "--send-to", "onco-lami", "--lab")
+    assert r.rc == 0 and f"the original study {study.study_uid}" in r.out and "to onco-lami" in r.out, r.out
+    (back,) = onco.post("tools/find", query)
+    (there,) = tsami.post("tools/find", query)
+    assert len(onco.get(f"studies/{back}/instances")) == len(tsami.get(f"studies/{there}/instances"))
+    r = kontur("research", "audit", "--lab", "--json")
+    trail = [json.loads(ln) for ln in r.out.splitlines() if ln.startswith("{")]
+    assert trail[-1]["who"] == "archivist" and trail[-1]["answer"].startswith(
+        f"sent: the original study {study.study_uid}") and "to onco-lami" in trail[-1]["answer"], r.out
 
 
 #: the test feed: the research corpus's hospitals, its profile (kontur.testing.research_actions), and only

@@ -71,16 +71,22 @@ def feeds(tmp_path, processes) -> Feeds:
     research = OrthancProcess("research", {"DefaultEncoding": "Utf8"}, tmp_path / "research")
     processes.append(research)
     research.start()
+    # a hospital's archive, where a re-identified study may go back for clinical use
+    clinical = OrthancProcess("onco-lami", {"DefaultEncoding": "Utf8"}, tmp_path / "onco-lami")
+    processes.append(clinical)
+    clinical.start()
     # the research node is the TsAMI's Orthanc peer: the exporter holds no credentials of it
-    tsami = OrthancProcess("tsami", {"DefaultEncoding": "Utf8", "StableAge": 1, "OrthancPeers": {"research": {
-        "Url": research.url + "/", "Username": research.username, "Password": research.password}}},
-        tmp_path / "tsami")
+    tsami = OrthancProcess("tsami", {"DefaultEncoding": "Utf8", "StableAge": 1, "OrthancPeers": {
+        name: {"Url": o.url + "/", "Username": o.username, "Password": o.password}
+        for name, o in (("research", research), ("onco-lami", clinical))}}, tmp_path / "tsami")
     processes.append(tsami)
     tsami.start()
     corpus = build_corpus()
     for item in corpus.items:
         tsami.upload(item.data)
-    return Feeds(tmp_path, tsami, research, corpus)
+    feeds = Feeds(tmp_path, tsami, research, corpus)
+    feeds.clinical = clinical
+    return feeds
 
 
 def _md5s(o: OrthancProcess) -> dict[str, str]:
@@ -224,6 +230,55 @@ def test_a_pathology_only_feed_takes_the_study_whose_report_marks_pathology(feed
         str(ct.StudyInstanceUID)
     assert all("marks pathology" in o["reason"] for o in outcomes if not o["selected"])
     assert chosen[0]["delivered"] and not any(o["delivered"] for o in outcomes if not o["selected"])
+
+
+def test_reidentify_sends_the_original_studies_back_to_a_clinical_archive_and_audits_each_send(feeds):
+    """Seed 001: an image returns to clinical use.  ``reidentify --send-to PEER`` sends the original
+    studies behind a pseudonym from the TsAMI to the hospital's archive (its Orthanc peer), byte for byte,
+    each send audited; an archive that lost the original says so, audited, exit 1."""
+    rc, outcomes, err = feeds.export(FEED, "trial")
+    assert rc == 0, err
+    ivanov = next(o for o in outcomes if o["selected"] and o["pseudonym"] and
+                  feeds.corpus.studies[_corpus_study(feeds, o["study"])][1] == "ivanov")
+    id_of = {feeds.tsami.get(f"/studies/{o['study']}")["MainDicomTags"]["StudyInstanceUID"]: o["study"]
+             for o in outcomes if o["pseudonym"] == ivanov["pseudonym"]}
+    originals = set(id_of)
+    assert len(originals) == 2                                    # his studies of two hospitals
+
+    def reidentify(*extra):
+        env = dict(os.environ, PYTHONPATH=str(REPO / "plugins"))
+        p = subprocess.run([NODE_PYTHON, "-m", "kontur_plugins.research", "reidentify", "--keymap",
+                            str(feeds.keymap), "--who", "archivist", "--reason", "повторное обращение", *extra,
+                            ivanov["pseudonym"]], capture_output=True, text=True, env=env, timeout=600)
+        return p.returncode, json.loads(p.stdout.splitlines()[-1]) if p.stdout.strip() else {}, p.stderr
+
+    rc, answer, err = reidentify("--send-to", "onco-lami")
+    assert rc == 2 and "--send-to needs --secrets" in err
+    rc, answer, err = reidentify("--send-to", "onco-lami", "--secrets", str(feeds.secrets))
+    assert rc == 0, err
+    assert {s["study_uid"] for s in answer["sent"]} == originals
+    back = {feeds.clinical.get(f"/studies/{s}")["MainDicomTags"]["StudyInstanceUID"] for s in feeds.clinical.study_ids()}
+    assert back == originals
+    assert set(_md5s(feeds.clinical).values()) <= set(_md5s(feeds.tsami).values())   # the originals, unchanged
+    # the TsAMI lost one of them: named, audited, exit 1
+    lost = sorted(originals)[0]
+    feeds.tsami.delete(f"/studies/{id_of[lost]}")
+    rc, answer, err = reidentify("--send-to", "onco-lami", "--secrets", str(feeds.secrets))
+    assert rc == 1 and lost in answer["problem"] and "no longer in this archive" in answer["problem"], answer
+    trail = [json.loads(x)["answer"] for x in subprocess.run(
+        [NODE_PYTHON, "-m", "kontur_plugins.research", "audit", "--keymap", str(feeds.keymap)], capture_output=True,
+        text=True, env=dict(os.environ, PYTHONPATH=str(REPO / "plugins")), timeout=60).stdout.splitlines()]
+    assert sum(a.startswith("sent: the original study") for a in trail) == 2 + (len(answer["sent"]))
+    assert trail[-1].startswith("not sent: the original study " + lost)
+
+
+def _corpus_study(feeds: Feeds, orthanc_id: str) -> str:
+    """The corpus's key of the study with this Orthanc ID at the TsAMI."""
+    uid = feeds.tsami.get(f"/studies/{orthanc_id}")["MainDicomTags"]["StudyInstanceUID"]
+    for item in feeds.corpus.items:
+        if str(pydicom.dcmread(io.BytesIO(item.data), stop_before_pixels=True).StudyInstanceUID) == uid:
+            return item.study
+    raise KeyError(uid)
 
 
 def test_bad_input_is_refused_with_a_message_and_nothing_reaches_the_research_node(feeds):

@@ -254,3 +254,11 @@ def test_show_on_an_80_column_terminal_cuts_no_address_ae_title_or_node_name():
     for h in region.hospitals.values():
         for m in h.modalities:
             assert m.aet in cells and f"{m.host}:{m.port}" in cells, m.aet
+
+
+def test_reidentify_sends_back_only_to_a_hospital_archive_the_tsami_sends_to():
+    r = kontur("research", "reidentify", "R42-X", "--reason", "r", "--as", "archivist", "--send-to", "research",
+               "-i", str(EXAMPLE))
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert ("--send-to 'research' is not a hospital archive tsami sends to; expected one of: gkb3-lami, "
+            "onco-lami, perinatal-lami") in r.stderr

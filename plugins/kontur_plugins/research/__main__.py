@@ -4,7 +4,8 @@ python3-pydicom), as user orthanc:
 
     python3 -m kontur_plugins.research run    --policy P --secrets S --keymap K
     python3 -m kontur_plugins.research export --policy P --secrets S --keymap K FEED [--since YYYYMMDD] [STUDY ...]
-    python3 -m kontur_plugins.research reidentify --keymap K --who LOGIN --reason WHY [--refused WHY] KEY
+    python3 -m kontur_plugins.research reidentify --keymap K --who LOGIN --reason WHY [--refused WHY]
+                                                  [--send-to PEER --secrets S] KEY
     python3 -m kontur_plugins.research audit --keymap K
 
 ``run`` (kontur-research.timer, every minute) reads Orthanc's change log from
@@ -19,7 +20,10 @@ be exported cleanly (a leak, a failed de-identification), 2 for bad input.
 ``reidentify`` answers from the key map what a pseudonym or a research copy's
 Study Instance UID stands for, every request audited first; whether the
 asker may is decided on the control machine, from the inventory's roles, and
-a refusal is audited here too.
+a refusal is audited here too.  ``--send-to PEER`` also sends the original
+studies (of the research study, or every one of the pseudonym's) from this
+archive to the clinical archive PEER (an Orthanc peer of this node), each
+send audited.
 """
 from __future__ import annotations
 
@@ -73,8 +77,36 @@ def _stable_studies(archive: OrthancArchive, keymap: KeyMap) -> tuple[list[str],
             return studies, pos
 
 
+def _send_back(args, keymap: KeyMap) -> tuple[list[dict], str | None]:
+    """The original studies behind ``args.key`` sent from this node's archive to the clinical archive
+    ``args.send_to`` (its Orthanc peer), each send audited.  (what was sent, the problem if any)"""
+    sent: list[dict] = []
+    try:
+        with open(args.secrets, encoding="utf-8") as f:
+            archive = OrthancArchive(endpoint_from(json.load(f)["archive"]))
+    except (OSError, ValueError, KeyError) as exc:
+        return sent, f"{args.secrets}: {exc}; expected the archive's url, username and password"
+    for uid in keymap.original_studies(args.key):
+        try:
+            study = archive.find_study(uid)
+            if study is None:
+                problem = f"the original study {uid} is no longer in this archive"
+            else:
+                count = archive.send_study(args.send_to, study)
+                keymap.audit(who=args.who, reason=args.reason, asked=args.key,
+                             answer=f"sent: the original study {uid} ({count} instances) to {args.send_to}")
+                sent.append({"study_uid": uid, "instances": count, "to": args.send_to})
+                continue
+        except (OSError, RuntimeError, ValueError) as exc:
+            problem = f"sending the original study {uid} to {args.send_to} failed: {exc}"
+        keymap.audit(who=args.who, reason=args.reason, asked=args.key, answer=f"not sent: {problem}")
+        return sent, problem
+    return sent, None
+
+
 def _keymap_command(args) -> int:
-    """Re-identification and its audit trail: the key map only, no Orthanc, no key."""
+    """Re-identification and its audit trail: the key map (and, to send original studies back, the
+    archive's account); never the research key."""
     keymap = KeyMap(args.keymap)
     try:
         if args.command == "audit":
@@ -82,6 +114,8 @@ def _keymap_command(args) -> int:
                 print(json.dumps({"at": at, "who": who, "reason": reason, "asked": asked, "answer": answer},
                                  ensure_ascii=False))
             return 0
+        if args.send_to and not args.secrets:
+            return _fail("--send-to needs --secrets (the archive's account that sends the original studies)")
         if not args.reason.strip():
             keymap.audit(who=args.who, reason="", asked=args.key, answer="refused: no reason given")
             return _fail("a re-identification needs --reason (it is audited: who, when, why, what)")
@@ -91,10 +125,16 @@ def _keymap_command(args) -> int:
         person = keymap.reidentify(args.key, who=args.who, reason=args.reason)
         if person is None:
             return _fail(f"{args.key!r} is no pseudonym or research study UID this node exported (audited)")
-        print(json.dumps({"pseudonym": person.pseudonym, "issuer": person.issuer, "patient_id": person.patient_id,
-                          "patient_name": person.patient_name, "birth_date": person.birth_date,
-                          "original_study_uid": person.original_study_uid}, ensure_ascii=False))
-        return 0
+        answer = {"pseudonym": person.pseudonym, "issuer": person.issuer, "patient_id": person.patient_id,
+                  "patient_name": person.patient_name, "birth_date": person.birth_date,
+                  "original_study_uid": person.original_study_uid}
+        rc = 0
+        if args.send_to:
+            answer["sent"], problem = _send_back(args, keymap)
+            if problem:
+                answer["problem"], rc = problem, 1
+        print(json.dumps(answer, ensure_ascii=False))
+        return rc
     finally:
         keymap.close()
 
@@ -116,6 +156,9 @@ def main(argv: list[str] | None = None) -> int:
     re_.add_argument("--who", required=True)
     re_.add_argument("--reason", required=True)
     re_.add_argument("--refused", default=None, help="the control machine refused the request: audit it only")
+    re_.add_argument("--send-to", default=None, help="the clinical archive (an Orthanc peer of this node) that "
+                                                     "gets the original studies back")
+    re_.add_argument("--secrets", default=None, help="this node's exporter secrets (the archive's account)")
     re_.add_argument("key")
     au = sub.add_parser("audit")
     au.add_argument("--keymap", required=True)

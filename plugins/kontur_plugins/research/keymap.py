@@ -91,6 +91,13 @@ class KeyMap:
         self.audit(who=who, reason=reason, asked=key, answer=answer)
         return person
 
+    def original_studies(self, key: str) -> list[str]:
+        """The original Study Instance UIDs behind a research study UID, or behind every study of a
+        pseudonym, in the order they were exported."""
+        rows = self.db.execute("SELECT original_study_uid FROM studies WHERE new_study_uid = ? OR pseudonym = ? "
+                               "ORDER BY exported_at, rowid", (key, key)).fetchall()
+        return list(dict.fromkeys(r[0] for r in rows))
+
     def audit(self, *, who: str, reason: str, asked: str, answer: str) -> None:
         with self.db:
             self.db.execute("INSERT INTO audit VALUES (?,?,?,?,?)", (time.time(), who, reason, asked, answer))

@@ -66,5 +66,21 @@ class OrthancArchive:
             raise RuntimeError(f"the peer {peer} answered {answer.get('Status')!r}")
 
 
+    def find_study(self, study_uid: str) -> str | None:
+        """The Orthanc ID of the study with this Study Instance UID here, if it is here."""
+        found = json.loads(self.ep.call("POST", "/tools/lookup", study_uid.encode()))
+        return next((r["ID"] for r in found if r.get("Type") == "Study"), None)
+
+    def send_study(self, peer: str, study_id: str) -> int:
+        """Send a whole study here to the Orthanc peer ``peer`` (a clinical archive; this Orthanc's peer
+        entry holds its URL, account and mutual TLS); the number of instances sent."""
+        answer = json.loads(self.ep.call("POST", f"/peers/{peer}/store",
+                                         {"Resources": [study_id], "Synchronous": True}))
+        failed = int(answer.get("FailedInstancesCount", 0) or 0)
+        if failed:
+            raise RuntimeError(f"the peer {peer} refused {failed} instance(s)")
+        return int(answer.get("InstancesCount", 0) or 0)
+
+
 def endpoint_from(doc: dict) -> Endpoint:
     return Endpoint(doc["url"], doc.get("username"), doc.get("password"))
