@@ -281,6 +281,65 @@ def _corpus_study(feeds: Feeds, orthanc_id: str) -> str:
     raise KeyError(uid)
 
 
+def test_instances_that_defeat_de_identification_are_held_back_named_and_leak_nothing(feeds):
+    """Issue 16's bad input at export: a private element whose creator is missing (Orthanc keeps such an
+    element), an SR whose content item has no value, an SR whose content tree is garbage bytes (VR UN)
+    holding the patient's name.  Each instance is either delivered clean or held back with its reason;
+    nothing of the patient reaches the research node; a failure makes the run exit 1."""
+    from kontur.testing.research import Corpus
+    ct = next(i for i in feeds.corpus.items if i.kind == "CT" and i.hospital == "onco")
+    sr = next(i for i in feeds.corpus.items if i.kind == "SR")
+    name = feeds.corpus.patients[feeds.corpus.studies[sr.study][1]].name
+    made = []
+
+    def variant(item, change, tail: bytes = b""):
+        ds = pydicom.dcmread(io.BytesIO(item.data))
+        ds.StudyInstanceUID = pydicom.uid.generate_uid(prefix="1.2.826.0.1.3680043.8.498.")
+        ds.SeriesInstanceUID = pydicom.uid.generate_uid(prefix="1.2.826.0.1.3680043.8.498.")
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid(
+            prefix="1.2.826.0.1.3680043.8.498.")
+        change(ds)
+        buf = io.BytesIO()
+        pydicom.dcmwrite(buf, ds, enforce_file_format=True)
+        answer = feeds.tsami.upload(buf.getvalue() + tail)
+        made.append((answer["ParentStudy"], str(ds.StudyInstanceUID)))
+
+    def orphan(ds):
+        del ds[0x00090010]                                   # the creator gone, its element kept
+        ds.add_new(0x00091003, "LO", name)
+
+    def empty_item(ds):
+        text = next(i for i in ds.ContentSequence if i.ValueType == "TEXT")
+        del text.TextValue
+
+    def no_content(ds):                                      # written as raw bytes after the rest
+        for tag in [t for t in ds.keys() if t >= 0x0040A730]:
+            del ds[tag]
+
+    junk = b"\xfe\xff\x00\xe0\x10\x00\x00\x00" + name.encode()
+    junk += b"\x00" * (len(junk) % 2)
+    garbage = b"\x40\x00\x30\xa7UN\x00\x00" + len(junk).to_bytes(4, "little") + junk
+
+    variant(ct, orphan)
+    variant(sr, empty_item)
+    variant(sr, no_content, garbage)
+    rc, outcomes, err = feeds.export(FEED, "trial", *[sid for sid, _ in made])
+    assert "Traceback" not in err, err
+    by_study = {o["study"]: o for o in outcomes}
+    for sid, _uid in made:
+        o = by_study[sid]
+        assert o["selected"], o
+        assert len(o["delivered"]) + len(o["held"]) == 1, o
+        assert all(h["reason"] for h in o["held"]), o
+    failed = [h for o in outcomes for h in o["held"] if h["reason"].startswith("de-identification failed")]
+    assert rc == (1 if failed else 0), (rc, outcomes)
+    raw = b"".join(feeds.research.request("GET", f"/instances/{i}/file", raw=True)
+                   for i in feeds.research.instance_ids())
+    assert not raw_leaks(raw, Corpus(planted=[("the name", "name", name)])), "the patient's name reached the research node"
+    assert not any(uid.encode() in raw for _, uid in made)
+    print(json.dumps([by_study[sid] for sid, _ in made], ensure_ascii=False, indent=1))
+
+
 def test_bad_input_is_refused_with_a_message_and_nothing_reaches_the_research_node(feeds):
     rc, _, err = feeds.export(FEED, "nosuchfeed")
     assert rc == 2 and "no feed 'nosuchfeed' here; this node's feeds: trial" in err and "Traceback" not in err
