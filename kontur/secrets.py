@@ -36,7 +36,8 @@ from .files import atomic_write
 
 def default_dir(region_name: str, lab: bool = False) -> Path:
     if lab:
-        return Path(os.environ.get("KONTUR_LAB_DIR", "/var/lib/kontur/lab")) / "secrets"
+        from .lab.config import lab_dir  # noqa: PLC0415 - one definition of where the lab lives
+        return lab_dir() / "secrets"
     base = os.environ.get("KONTUR_SECRETS")
     if base:
         return Path(base)

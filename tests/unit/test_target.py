@@ -190,3 +190,13 @@ def test_a_devices_lab_namespace_comes_from_the_lab_none_in_production(region, l
     assert t.device_netns(device) == "ns-dev"
     assert t.device_netns("NOT-A-DEVICE") is None
     assert target.resolve(region, secrets_dir=tmp_path / "s").device_netns(device) is None
+
+
+def test_the_labs_secrets_live_where_the_lab_lives_even_with_an_empty_variable(monkeypatch):
+    """One definition of the lab's directory (kontur.lab.config.lab_dir): the secrets store follows it,
+    also when KONTUR_LAB_DIR is set but empty (it once became a relative 'secrets' folder)."""
+    from kontur.lab.config import lab_dir
+    monkeypatch.setenv("KONTUR_LAB_DIR", "")
+    assert default_dir("example", lab=True) == lab_dir() / "secrets" == Path("/var/lib/kontur/lab/secrets")
+    monkeypatch.setenv("KONTUR_LAB_DIR", "/srv/lab-x")
+    assert default_dir("example", lab=True) == Path("/srv/lab-x/secrets")

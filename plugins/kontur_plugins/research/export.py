@@ -19,7 +19,7 @@ from typing import Callable, Protocol
 from ..transfer.ingest import write_dataset
 from .deid import Context, held_back, second_pass, standard_uids
 from .feeds import ResearchConfig, facts_of, matches
-from .identity import Identity, Leak, identity_of, leaks
+from .identity import Identity, Leak, clean_text, identity_of, leaks
 from .keymap import KeyMap
 from .pseudonyms import Keys
 
@@ -131,7 +131,9 @@ class Exporter:
             found = leaks(anon, ctx.identity)
             data = b"" if found else write_dataset(anon, _pydicom())
         except Exception as exc:  # noqa: BLE001 - a failed de-identification is held back, named
-            out.held.append(Held(iid, f"de-identification failed ({type(exc).__name__}: {exc})"))
+            # the error may quote a value of the instance: the reason is cleaned like a descriptor
+            why = clean_text(str(exc).replace("^", " "), ctx.identity)[:300]
+            out.held.append(Held(iid, f"de-identification failed ({type(exc).__name__}: {why})"))
             return
         if found:
             out.leaks[iid] = found

@@ -172,3 +172,39 @@ def test_a_pathology_only_selection_is_a_selection_and_judges_the_studys_reports
     assert not ok and "marks pathology" in why
     assert matches(sel, StudyFacts(hospital="onco", pathology=True)) == (True, "selected")
     assert matches(parse_selection({"hospitals": ["onco"]}, "select", []), StudyFacts(hospital="onco"))[0]
+
+
+def test_a_failed_de_identification_is_held_back_and_its_reason_names_no_one(tmp_path):
+    """Orthanc's (or pydicom's) error may quote a value of the instance: the reason the exporter prints and
+    the CLI shows is cleaned of the study's identity, like any descriptor."""
+    import io
+
+    import pydicom
+
+    from kontur.testing.research import build_corpus
+    from kontur_plugins.research.export import Exporter
+    item = next(i for i in build_corpus().items if i.kind == "CT")
+    ds = pydicom.dcmread(io.BytesIO(item.data))
+    name, pid = str(ds.PatientName), str(ds.PatientID)
+
+    class Archive:
+        def study_instances(self, study_id):
+            return ["i1"]
+
+        def file(self, iid):
+            return item.data
+
+        def anonymize(self, iid, body):
+            raise RuntimeError(f"Orthanc answered 500: bad value {name} for patient {pid}, "
+                               f"call {name.split('^')[0]} first")
+
+    config = parse_research({"research": {"region_code": "42", "hospitals": {"42-ONCO": "onco", "42-GKB3": "gkb3"},
+                                          "feeds": {"f": {"destination": "research", "select": {"modalities": ["CT"]},
+                                                          "profile": {}}}}})
+    delivered = []
+    out = Exporter(config, Keys(KEY, "42"), KeyMap(str(tmp_path / "k.sqlite")), Archive(),
+                   lambda peer, data: delivered.append(data)).export_study("f", "s1")
+    (held,) = out.held
+    assert held.reason.startswith("de-identification failed (RuntimeError: Orthanc answered 500"), held.reason
+    assert name.split("^")[0] not in held.reason and pid not in held.reason, held.reason
+    assert delivered == [] and out.delivered == []
