@@ -49,10 +49,16 @@ def _exporting_node(region: Region, feed: str | None) -> str:
                                f"{', '.join(sorted(region.research.feeds)) or 'none'}")
         f = region.research.feeds[feed]
         return f.at or region.nodes_by_role(Role.TSAMI)[0]
-    nodes = sorted({f.at or region.nodes_by_role(Role.TSAMI)[0] for f in region.research.feeds.values()})
+    return _exporting_nodes(region)[0]
+
+
+def _exporting_nodes(region: Region) -> list[str]:
+    """Every node that exports (each holds the key map of its feeds): the TsAMI first."""
+    tsami = region.nodes_by_role(Role.TSAMI)[0]
+    nodes = sorted({f.at or tsami for f in region.research.feeds.values()}, key=lambda n: (n != tsami, n))
     if not nodes:
         raise InvalidInput("the inventory declares no research feed (research.feeds)")
-    return nodes[0]
+    return nodes
 
 
 def _node_error(node: str, p: subprocess.CompletedProcess) -> str:
@@ -136,12 +142,20 @@ def reidentify_command(key, reason, login, send_to, lab, inventory, secrets_dir)
         args[1:1] = ["--refused", refused]
     elif send_to:
         args[1:1] = ["--send-to", send_to, "--secrets", rr.SECRETS_FILE]
-    p = _run(where, node, _node_command(*args), timeout=120)
     if refused:
+        _run(where, node, _node_command(*args), timeout=120)
         raise OperationFailed(f"refused: {refused} (the request is audited on {node})")
-    lines = [ln for ln in p.stdout.splitlines() if ln.startswith("{")]
-    if p.returncode != 0 and not lines:
-        raise OperationFailed(_node_error(node, p))
+    # each exporting node knows its own feeds' pseudonyms: asked in turn (each audits the request)
+    for node in [node] + [n for n in _exporting_nodes(region) if n != node]:
+        p = _run(where, node, _node_command(*args), timeout=120)
+        lines = [ln for ln in p.stdout.splitlines() if ln.startswith("{")]
+        if lines:
+            break
+        if "is no pseudonym or research study UID" not in p.stderr:
+            raise OperationFailed(_node_error(node, p))
+    else:
+        raise OperationFailed(f"{key!r} is no pseudonym or research study UID any exporting node "
+                              f"({', '.join(_exporting_nodes(region))}) made (the request is audited there)")
     person = json.loads(lines[-1])
     for k in ("pseudonym", "patient_name", "patient_id", "issuer", "birth_date", "original_study_uid"):
         if person.get(k):
@@ -161,12 +175,15 @@ def reidentify_command(key, reason, login, send_to, lab, inventory, secrets_dir)
 def audit_command(as_json, lab, inventory, secrets_dir):
     """Every re-identification request: when, who, why, what, and the answer."""
     region = load_region(inventory)
-    node = _exporting_node(region, None)
+    nodes = _exporting_nodes(region)
     where = target.resolve(region, lab=lab, secrets_dir=secrets_dir)
-    p = _run(where, node, _node_command("audit", "--keymap", rr.KEYMAP), timeout=120)
-    if p.returncode != 0:
-        raise OperationFailed(_node_error(node, p))
-    rows = [json.loads(x) for x in p.stdout.splitlines() if x.startswith("{")]
+    rows = []
+    for node in nodes:
+        p = _run(where, node, _node_command("audit", "--keymap", rr.KEYMAP), timeout=120)
+        if p.returncode != 0:
+            raise OperationFailed(_node_error(node, p))
+        rows += [dict(json.loads(x), node=node) for x in p.stdout.splitlines() if x.startswith("{")]
+    rows.sort(key=lambda r: r["at"])
     if as_json:
         for r in rows:              # one JSON object per line
             click.echo(json.dumps(r, ensure_ascii=False))
@@ -174,6 +191,7 @@ def audit_command(as_json, lab, inventory, secrets_dir):
     import datetime as dt
     for r in rows:
         when = dt.datetime.fromtimestamp(r["at"]).strftime("%Y-%m-%d %H:%M:%S")
-        out.print(f"{when}  {r['who']:12} {r['asked']:28} {r['answer']}  — {r['reason']}", markup=False)
+        at_node = f"{r['node']:10} " if len(nodes) > 1 else ""
+        out.print(f"{when}  {at_node}{r['who']:12} {r['asked']:28} {r['answer']}  — {r['reason']}", markup=False)
     if not rows:
-        err.print(f"kontur: no re-identification was asked on {node}", markup=False)
+        err.print(f"kontur: no re-identification was asked on {', '.join(nodes)}", markup=False)
