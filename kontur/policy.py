@@ -175,12 +175,13 @@ def plugins_importable() -> None:
 def check_policy(doc: dict[str, Any]) -> None:
     """Validate with the plugin's own parser (the one that runs on the node)."""
     plugins_importable()
-    from kontur_plugins.replication.config import PolicyError, parse_policy
-    from kontur_plugins.research.feeds import FeedError, parse_research
-    from kontur_plugins.transfer.config import TransferError, parse_transfer
+    from kontur_plugins.problems import ConfigProblems
+    from kontur_plugins.replication.config import parse_policy
+    from kontur_plugins.research.feeds import parse_research
+    from kontur_plugins.transfer.config import parse_transfer
     try:
         parse_policy(doc)
         parse_transfer(doc)
         parse_research(doc)
-    except (PolicyError, TransferError, FeedError) as exc:
+    except ConfigProblems as exc:
         raise InvalidInput(f"policy for {doc.get('node')} is not valid: " + "; ".join(exc.problems)) from None

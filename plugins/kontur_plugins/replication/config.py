@@ -34,6 +34,8 @@ import zoneinfo
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..problems import ConfigProblems
+
 SCHEMA = 1
 MODES = ("all", "pathology", "on-demand")
 DEFAULT_POLICY_FILE = "/etc/kontur/policy.json"
@@ -77,12 +79,8 @@ TUNING_DEFAULTS: dict[str, float | int] = {
 _WINDOW_RE = re.compile(r"^(\d{2}):(\d{2})-(\d{2}):(\d{2})$")
 
 
-class PolicyError(ValueError):
+class PolicyError(ConfigProblems):
     """The policy file cannot be used; ``problems`` lists why."""
-
-    def __init__(self, problems: list[str]):
-        super().__init__("; ".join(problems))
-        self.problems = problems
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..problems import ConfigProblems
+
 #: option -> (code in CID 7050 "De-identification Method", its meaning)
 OPTIONS: dict[str, tuple[str, str]] = {
     "retain_modified_dates": ("113107", "Retain Longitudinal Temporal Information Modified Dates Option"),
@@ -84,10 +86,8 @@ DESCRIPTORS = (
 STRUCTURED = ("ContentSequence",)
 
 
-class ProfileError(ValueError):
-    def __init__(self, problems: list[str]):
-        super().__init__("; ".join(problems))
-        self.problems = problems
+class ProfileError(ConfigProblems):
+    """A research profile cannot be used; ``problems`` lists why."""
 
 
 @dataclass(frozen=True)

@@ -12,13 +12,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ..problems import ConfigProblems
 from .rules import DEFAULT_PATHS, RULES, Settings
 
 
-class TransferError(ValueError):
-    def __init__(self, problems: list[str]):
-        super().__init__("; ".join(problems))
-        self.problems = problems
+class TransferError(ConfigProblems):
+    """The transfer section cannot be used; ``problems`` lists why."""
 
 
 @dataclass(frozen=True)
